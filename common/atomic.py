@@ -1,0 +1,73 @@
+"""Write files so that a reader sees the old state or the whole new file, never a half-written one.
+
+Write to a unique temporary name in the target's own folder (a rename across filesystems fails), flush,
+fsync, rename over the target, and fsync the folder so the rename itself is durable.
+"""
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+FSYNC = os.environ.get("JSTYLEID_FSYNC", "all") != "none"
+
+
+def _fsync_dir(folder: Path):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path, data: bytes, fsync: bool = None) -> Path:
+    """Atomically replace `path` with `data`."""
+    fsync = FSYNC if fsync is None else fsync
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    if fsync:
+        _fsync_dir(path.parent)
+    return path
+
+
+def write_png(path, image, fsync: bool = None) -> Path:
+    """Atomically write a PIL image or a uint8 (H,W,3) array as PNG."""
+    from PIL import Image
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return write_bytes(path, buf.getvalue(), fsync)
+
+
+def write_npy(path, array: np.ndarray, fsync: bool = None) -> Path:
+    """Atomically write a NumPy array (.npy)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array))
+    return write_bytes(path, buf.getvalue(), fsync)
+
+
+def png_is_complete(path) -> bool:
+    """Cheap validity check of a PNG: signature and a final IEND chunk (a truncated write fails it)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if head != b"\x89PNG\r\n\x1a\n":
+                return False
+            f.seek(-12, os.SEEK_END)
+            return f.read(12)[4:8] == b"IEND"
+    except OSError:
+        return False

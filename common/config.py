@@ -1,0 +1,200 @@
+"""The run configuration: YAML parsed once, at the edge, into typed, frozen dataclasses.
+
+Every section is a dataclass whose fields are the YAML keys. `load_config` rejects an unknown key, a wrong
+type or a missing path with one line naming the key and the file. Inner code takes these objects, never
+dicts. `pixel_hash()` covers every setting that changes pixels, so a rerun can refuse to mix results.
+"""
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message is one line naming the file and the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "stabilityai/stable-diffusion-2-1"  # a diffusers folder, or a repo id in the HF cache
+    dtype: str = "float16"  # UNet/text encoder precision on a GPU; the CPU always runs float32
+
+
+@dataclass(frozen=True)
+class ProducerConfig:
+    lora_dir: str = "style"  # holds style_NN/pytorch_lora_weights.bin (JDiffusion's trainer layout)
+    lora_subdir: str = "style_{style}"
+    lora_names: tuple = ("pytorch_lora_weights.bin", "pytorch_lora_weights.safetensors")
+    missing_lora: str = "error"  # error | warn (then the base model generates: StyleID without DreamBooth)
+    lora_scale: float = 1.0
+    prompt_template: str = "{prompt} in style_{style}"
+    negative_prompt: str = ""
+    guidance: float = 7.5
+    steps: int = 25
+    size: int = 512
+    batch: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    steps: int = 50
+    gamma: float = 0.75
+    temperature: float = 1.5
+    layers: tuple = tuple(f"up_blocks.{b}.attentions.{a}" for b in (2, 3) for a in range(3))
+    adain: bool = True
+    style_image: Optional[str] = None  # a file name inside STYLE/images/; None: the first in sorted order
+    batch: int = 4
+    cached_styles: int = 2  # styles whose inversion a worker keeps (LRU)
+    use_lora: bool = False  # StyleID runs on the base model by default (STYLEID.md §6)
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    max_attempts: int = 3
+    fsync: str = "all"  # all | none (tmpfs, CI)
+    heartbeat_s: float = 2.0
+    ttl_loading_s: float = 1200.0
+    ttl_working_s: float = 180.0
+    backoff_base_s: float = 30.0
+    backoff_max_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class StagesConfig:
+    """Which callable runs each stage: `module:Class`. Tests plug stand-ins in here."""
+    gen: str = "producer.stage:ProducerStage"
+    sty: str = "consumer.stage:ConsumerStage"
+    gen_cost: float = 1.0  # relative seconds per image, used to split GPUs until measured
+    sty_cost: float = 2.0
+
+
+@dataclass(frozen=True)
+class SchedulingConfig:
+    burst: int = 8  # single-GPU mode: content images generated before styling them
+    producers: Optional[int] = None  # fixed producer count; None: split by measured stage costs
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dataset: str = "data/styles"  # STYLE/images/*.png + STYLE/prompt.json
+    output: str = "output"  # results land in OUTPUT/STYLE/<prompt>.png
+    queue_dir: str = "queue_dir"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    producer: ProducerConfig = field(default_factory=ProducerConfig)
+    consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
+    source: str = ""  # the YAML file this came from (not a key users set)
+
+    def pixel_hash(self) -> str:
+        """A hash of every setting that changes output pixels (not GPUs, paths of queues, or batching)."""
+        relevant = {
+            "model": dataclasses.asdict(self.model),
+            "producer": {k: v for k, v in dataclasses.asdict(self.producer).items() if k != "batch"},
+            "consumer": {k: v for k, v in dataclasses.asdict(self.consumer).items()
+                         if k not in ("batch", "cached_styles")},
+            "stages": [self.stages.gen, self.stages.sty],
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _convert(value, hint, where: str):
+    """Check/convert one YAML value against a type hint; raise ConfigError naming `where`."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of settings, got {value!r}")
+        return _build(hint, value, where)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(value, inner, where)
+    if hint is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
+    return cls(**{k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()})
+
+
+def load_config(path=None, overrides: Optional[dict] = None) -> RunConfig:
+    """Read, validate and return a RunConfig. Relative paths resolve against the current directory."""
+    data = {}
+    source = ""
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config ({e.strerror}); check the --config path") from e
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}:{line} is not valid YAML ({getattr(e, 'problem', e)})") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        config = _build(RunConfig, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source or '<defaults>'}: {e}") from None
+    _check_values(config, source or "<defaults>")
+    return dataclasses.replace(config, source=source)
+
+
+def _check_values(c: RunConfig, source: str):
+    def bad(key, why):
+        raise ConfigError(f"{source}: {key} {why}")
+
+    if c.producer.missing_lora not in ("error", "warn"):
+        bad("producer.missing_lora", f"must be 'error' or 'warn', not {c.producer.missing_lora!r}")
+    if c.model.dtype not in ("float16", "float32"):
+        bad("model.dtype", f"must be 'float16' or 'float32', not {c.model.dtype!r}")
+    if c.queue.fsync not in ("all", "none"):
+        bad("queue.fsync", f"must be 'all' or 'none', not {c.queue.fsync!r}")
+    for key, value in (("producer.steps", c.producer.steps), ("consumer.steps", c.consumer.steps),
+                       ("producer.batch", c.producer.batch), ("consumer.batch", c.consumer.batch),
+                       ("queue.max_attempts", c.queue.max_attempts), ("scheduling.burst", c.scheduling.burst)):
+        if value < 1:
+            bad(key, f"must be at least 1, not {value}")
+    if c.producer.size % 8:
+        bad("producer.size", f"must be a multiple of 8, not {c.producer.size}")
+    if not 0.0 <= c.consumer.gamma <= 1.0:
+        bad("consumer.gamma", f"must lie in [0, 1], not {c.consumer.gamma}")
+    if "{prompt}" not in c.producer.prompt_template:
+        bad("producer.prompt_template", "must contain {prompt}")
+
+
+def require_path(path, key: str, source: str) -> Path:
+    """A path setting that must exist (checked where it is used, e.g. at launch)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{source or '<defaults>'}: {key} = {path!r} does not exist; fix the path in the config")
+    return p

@@ -1,0 +1,116 @@
+"""Import Jittor with the project's environment fixes applied first.
+
+Jittor reads its environment once, at first import, so every process imports it through `load_jittor()`:
+- a CUDA compiler on a machine without a GPU makes Jittor try (and fail) to build CUDA kernels, so nvcc is
+  hidden there (`nvcc_path=""`);
+- Jittor's fast CPU convolution and matmul need oneDNN 2.x, which Jittor would download from a server we
+  cannot reach. The pip packages `onednn-cpu-gomp`/`onednn-devel-cpu-gomp` 2022.2.1 (oneDNN 2.6) put it in
+  the environment's `lib/` and `include/`; we point Jittor's mkl cache folder at them.
+- the first import compiles Jittor's core for minutes: say so, once.
+"""
+import ctypes
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+# The folder name Jittor's installer looks for; if it holds lib/libmkldnn.so, Jittor downloads nothing.
+_JITTOR_DNNL_DIR = {"x86_64": "dnnl_lnx_2.2.0_cpu_gomp", "aarch64": "dnnl_lnx_2.2.0_cpu_gomp_aarch64"}
+SLOW_CPU_WARNING = (
+    "jstyleid: oneDNN 2.x not found, so Jittor's CPU conv/matmul run ~100x slower; "
+    "fix: pip install onednn-cpu-gomp==2022.2.1 onednn-devel-cpu-gomp==2022.2.1")
+
+_jt = None
+
+
+def gpu_present() -> bool:
+    """True when an NVIDIA GPU is visible to this process."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def onednn_prefix():
+    """The installation prefix holding oneDNN 2.x (lib/libdnnl.so.2 and include/dnnl.h), or None."""
+    candidates = [Path(sys.prefix), Path(sys.base_prefix), Path("/usr"),
+                  Path("/usr/lib") / f"{platform.machine()}-linux-gnu"]
+    for prefix in candidates:
+        for lib in (prefix / "lib" / "libdnnl.so.2", prefix / f"lib/{platform.machine()}-linux-gnu/libdnnl.so.2"):
+            include = prefix / "include" / "dnnl.h"
+            if lib.is_file() and include.is_file():
+                return lib, include.parent
+    return None
+
+
+def _link_onednn_for_jittor() -> bool:
+    """Make Jittor's mkl cache folder point at the installed oneDNN; preload it so its ops can link."""
+    found = onednn_prefix()
+    if found is None or platform.machine() not in _JITTOR_DNNL_DIR:
+        return False
+    lib, include = found
+    mkl_root = Path.home() / ".cache" / "jittor" / "mkl"
+    home = mkl_root / _JITTOR_DNNL_DIR[platform.machine()]
+    (home / "lib").mkdir(parents=True, exist_ok=True)
+    for link, target in ((home / "lib" / "libmkldnn.so", lib), (home / "include", include)):
+        if link.is_symlink() and os.readlink(link) == str(target):
+            continue
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.is_dir():
+            shutil.rmtree(link)
+        link.symlink_to(target)
+    # Jittor takes the first dnnl* folder it lists: leave no other candidate beside ours.
+    for other in mkl_root.iterdir():
+        if other.name.startswith("dnnl") and other != home and other.is_dir():
+            other.rename(mkl_root / f"old-{other.name}")
+    # Jittor's compiled mkl ops need libdnnl.so.2 by soname; the loader would not search our prefix.
+    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    return True
+
+
+def _first_compile_pending() -> bool:
+    cache = Path.home() / ".cache" / "jittor"
+    return not any(cache.glob("jt*/*/*/jittor_core*.so")) and not any(cache.glob("jt*/**/jittor_core*.so"))
+
+
+def load_jittor(use_cuda=None):
+    """Return the `jittor` module, configured for this machine. Call before anything imports jittor."""
+    global _jt
+    if _jt is not None:
+        return _jt
+    if "jittor" in sys.modules:
+        raise RuntimeError("jittor was imported before common.jittor_env.load_jittor(); import it through "
+                           "load_jittor() so the environment fixes apply")
+    if use_cuda is None:
+        use_cuda = gpu_present()
+    if not use_cuda:
+        os.environ["nvcc_path"] = ""
+    os.environ.setdefault("use_mkl", "1")
+    os.environ.setdefault("log_silent", "1")
+    have_onednn = os.environ["use_mkl"] == "1" and _link_onednn_for_jittor()
+    if not have_onednn:
+        os.environ["use_mkl"] = "0"
+    if _first_compile_pending():
+        print("jstyleid: compiling Jittor's core for this machine; this takes 2-4 minutes once "
+              "(cached in ~/.cache/jittor)", file=sys.stderr, flush=True)
+    import jittor as jt
+    if not have_onednn or jt.compile_extern.mkl_ops is None:
+        warnings.warn(SLOW_CPU_WARNING, stacklevel=2)
+    jt.flags.use_cuda = 1 if (use_cuda and jt.has_cuda) else 0
+    _jt = jt
+    return jt
+
+
+def fast_cpu_path() -> bool:
+    """True when Jittor's CPU conv/matmul go through oneDNN."""
+    jt = load_jittor()
+    return jt.compile_extern.mkl_ops is not None

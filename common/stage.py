@@ -1,0 +1,32 @@
+"""What a worker runs: a Task, and the Stage interface both pipeline stages implement.
+
+A worker builds its stage once (loading models, minutes), then feeds it batches of tasks of one style.
+The stage writes each task's outputs itself, atomically (common.atomic), and raises on failure; the worker
+marks a job done only after the stage returned and the outputs are in place.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Protocol
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str  # deterministic: hash of (style, prompt, seed, config pixel hash)
+    style: str  # the style folder's name, e.g. "00"
+    prompt: str  # as written in prompt.json
+    name: str  # the prompt as a safe, unique file name (without .png)
+    seed: int
+    style_dir: Path  # DATASET/STYLE, holding images/ and prompt.json
+    content_png: Path  # stage 1 output: the DreamBooth-only content image
+    content_latent: Path  # stage 1 output: its final latent (.npy), the hand-off to stage 2
+    output_png: Path  # stage 2 output: the stylized result
+
+
+Beat = Callable[[str], None]
+
+
+class Stage(Protocol):
+    kind: str  # "gen" or "sty"
+
+    def run(self, tasks: List[Task], beat: Beat) -> None:
+        """Produce every task's outputs (all of one style); call beat(phase) at least once per step."""
