@@ -1,0 +1,121 @@
+"""Building blocks shared by the UNet and the VAE, named like diffusers' modules so keys match.
+
+Norms compute in float32 with a two-pass variance: Jittor's own norms take E[x²] − E[x]², which loses
+precision on large activations and runs in the input dtype (fp16 overflows).
+"""
+import numpy as np
+
+from common.jittor_env import load_jittor
+
+jt = load_jittor()
+nn = jt.nn
+
+
+def silu(x):
+    return x * jt.sigmoid(x)
+
+
+class GroupNorm(nn.Module):
+    """torch.nn.GroupNorm over (N, C, *spatial) with a two-pass fp32 variance."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5):
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: {num_channels} channels do not split into {num_groups} groups")
+        self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
+        self.weight = jt.ones((num_channels,), "float32")
+        self.bias = jt.zeros((num_channels,), "float32")
+
+    def execute(self, x):
+        shape, dtype = x.shape, x.dtype
+        n, g = shape[0], self.num_groups
+        xg = x.float32().reshape((n, g, -1))
+        mean = xg.mean(dim=2, keepdims=True)
+        centred = xg - mean
+        var = (centred * centred).mean(dim=2, keepdims=True)
+        y = (centred / jt.sqrt(var + self.eps)).reshape((n, self.num_channels, -1))
+        y = y * self.weight.float32().reshape((1, -1, 1)) + self.bias.float32().reshape((1, -1, 1))
+        return y.reshape(shape).cast(dtype)
+
+
+class LayerNorm(nn.Module):
+    """torch.nn.LayerNorm over the last dimension with a two-pass fp32 variance."""
+
+    def __init__(self, dim, eps=1e-5):
+        self.eps = eps
+        self.weight = jt.ones((dim,), "float32")
+        self.bias = jt.zeros((dim,), "float32")
+
+    def execute(self, x):
+        dtype = x.dtype
+        x = x.float32()
+        centred = x - x.mean(dim=-1, keepdims=True)
+        var = (centred * centred).mean(dim=-1, keepdims=True)
+        y = centred / jt.sqrt(var + self.eps) * self.weight.float32() + self.bias.float32()
+        return y.cast(dtype)
+
+
+class ResnetBlock2D(nn.Module):
+    """GN → SiLU → conv1 (+ time embedding) → GN → SiLU → conv2, plus a (1x1 conv) shortcut."""
+
+    def __init__(self, in_channels, out_channels, temb_channels, groups=32, eps=1e-5):
+        self.norm1 = GroupNorm(groups, in_channels, eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
+        self.norm2 = GroupNorm(groups, out_channels, eps)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def execute(self, x, temb=None):
+        h = self.conv1(silu(self.norm1(x)))
+        if self.time_emb_proj is not None and temb is not None:
+            h = h + self.time_emb_proj(silu(temb))[:, :, None, None]
+        h = self.conv2(silu(self.norm2(h)))
+        return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
+
+
+class Downsample2D(nn.Module):
+    """3x3 stride-2 conv; padding 0 means the VAE's asymmetric pad (right and bottom by one)."""
+
+    def __init__(self, channels, padding=1):
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
+
+    def execute(self, x):
+        if self.padding == 0:
+            x = nn.pad(x, (0, 1, 0, 1))
+        return self.conv(x)
+
+
+def upsample_nearest(x, size=None):
+    """Nearest-neighbour resize to `size` (default twice the input), source index floor(i·in/out) as torch."""
+    n, c, h, w = x.shape
+    oh, ow = size if size is not None else (2 * h, 2 * w)
+    return x.reindex([n, c, oh, ow], ["i0", "i1", f"i2*{h}/{oh}", f"i3*{w}/{ow}"])
+
+
+class Upsample2D(nn.Module):
+    """Nearest x2 (or to the skip's size when latents are not divisible by 8), then a 3x3 conv."""
+
+    def __init__(self, channels):
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def execute(self, x, size=None):
+        return self.conv(upsample_nearest(x, size))
+
+
+def load_numpy_state(module, state: dict):
+    """Copy {key: array} into `module`'s parameters, casting to each parameter's dtype.
+
+    Strict: any missing or unexpected key, or a shape mismatch, raises one ValueError listing them.
+    """
+    params = module.state_dict()
+    missing = sorted(set(params) - set(state))
+    unexpected = sorted(set(state) - set(params))
+    bad = sorted(k for k in set(params) & set(state) if tuple(params[k].shape) != tuple(np.shape(state[k])))
+    if missing or unexpected or bad:
+        detail = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+                  "shape " + ", ".join(f"{k} {tuple(np.shape(state[k]))} != {tuple(params[k].shape)}"
+                                       for k in bad[:5]) if bad else ""]
+        raise ValueError(f"{type(module).__name__}: state does not fit: " + "; ".join(d for d in detail if d))
+    for key, var in params.items():
+        var.assign(jt.array(np.asarray(state[key])).cast(var.dtype))
