@@ -1,0 +1,167 @@
+"""The CPU demo: a tiny random checkpoint, two drawn styles, a config, and contact sheets of the results.
+
+`launch.py --demo` calls `prepare_demo(workdir)`, runs the whole pipeline on the result, then calls
+`make_contact_sheets(config)`. Every file is written idempotently (kept when present, written atomically
+when not), so an interrupted demo resumes. The model is random, so pictures are noise-like; the demo
+proves the plumbing (planning, queue, both stages, resume), not image quality.
+"""
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import yaml
+from PIL import Image, ImageDraw, ImageFont
+
+from common.atomic import png_is_complete, write_bytes, write_png
+from common.config import RunConfig
+from common.naming import prompt_names
+
+SIZE = 128  # the tiny model's 16x16 latents
+PROMPTS = {
+    "00": ["Dolphin", "Lighthouse", "Mountain"],
+    "01": ["Cat", "Bicycle", "Tree"],
+}
+IMAGES_PER_STYLE = 2
+
+
+def stripes(seed: int, size: int = SIZE) -> np.ndarray:
+    """Style 00: diagonal stripes of saturated colours."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    band = ((xx + yy * rng.uniform(0.5, 1.5)) // rng.integers(8, 16)).astype(int)
+    palette = rng.integers(0, 256, (16, 3))
+    palette[:, rng.integers(0, 3)] = 255  # one channel high: vivid colours
+    return palette[band % len(palette)].astype(np.uint8)
+
+
+def dots(seed: int, size: int = SIZE) -> np.ndarray:
+    """Style 01: dark dots on a soft pastel gradient."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / (size - 1)
+    a, b = rng.uniform(150, 255, 3), rng.uniform(150, 255, 3)
+    image = (a * (1 - xx[..., None]) + b * xx[..., None]) * (0.8 + 0.2 * yy[..., None])
+    step = int(rng.integers(10, 16))
+    radius = step * 0.3
+    cy = (yy * (size - 1)) % step - step / 2
+    cx = (xx * (size - 1)) % step - step / 2
+    inside = cx ** 2 + cy ** 2 < radius ** 2
+    image[inside] = rng.uniform(0, 90, 3)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+DRAW = {"00": stripes, "01": dots}
+
+
+def _write_dataset(data: Path):
+    for style, prompts in PROMPTS.items():
+        folder = data / style
+        for i in range(IMAGES_PER_STYLE):
+            path = folder / "images" / f"{i:02d}.png"
+            if not png_is_complete(path):
+                write_png(path, DRAW[style](seed=int(style) * 100 + i))
+        prompt_json = folder / "prompt.json"
+        if not prompt_json.is_file():
+            text = json.dumps({str(k): p for k, p in enumerate(prompts)}, indent=1)
+            write_bytes(prompt_json, text.encode())
+
+
+def _write_model(model: Path, loras: Path):
+    """The tiny checkpoint (built in a temporary folder, then renamed) and its LoRAs in the trainer layout."""
+    from common.tiny_model import write_tiny_model
+    if not (model / "model_index.json").is_file():
+        model.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=model.parent, prefix=".model."))
+        try:
+            write_tiny_model(tmp, lora_styles=tuple(PROMPTS))
+            if model.exists():
+                shutil.rmtree(model)
+            tmp.rename(model)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    for style in PROMPTS:
+        target = loras / f"style_{style}" / "pytorch_lora_weights.safetensors"
+        if not target.is_file():
+            source = model / "loras" / f"style_{style}" / "pytorch_lora_weights.safetensors"
+            write_bytes(target, source.read_bytes())
+
+
+def demo_settings(workdir: Path) -> dict:
+    """The demo's config: tiny model, 128x128, few steps, float32; paths inside `workdir`."""
+    return {
+        "dataset": str(workdir / "data"),
+        "output": str(workdir / "output"),
+        "queue_dir": str(workdir / "queue_dir"),
+        "model": {"path": str(workdir / "model"), "dtype": "float32"},
+        "producer": {"lora_dir": str(workdir / "style"), "size": SIZE, "steps": 10, "batch": 3},
+        "consumer": {"steps": 10, "batch": 3},
+        "queue": {"fsync": "none"},
+    }
+
+
+def prepare_demo(workdir) -> Path:
+    """Write (or keep) the demo's model, LoRAs, dataset and config under `workdir`; return the config path."""
+    workdir = Path(workdir).resolve()
+    _write_model(workdir / "model", workdir / "style")
+    _write_dataset(workdir / "data")
+    config = workdir / "demo.yaml"
+    text = yaml.safe_dump(demo_settings(workdir), sort_keys=False)
+    if not config.is_file() or config.read_text() != text:
+        write_bytes(config, text.encode())
+    return config
+
+
+def _tile(path: Path, size: int) -> Image.Image:
+    """The image at `path` fitted to size x size, or a grey 'missing' tile."""
+    if png_is_complete(path):
+        with Image.open(path) as im:
+            return im.convert("RGB").resize((size, size), Image.LANCZOS)
+    tile = Image.new("RGB", (size, size), (128, 128, 128))
+    ImageDraw.Draw(tile).text((4, size // 2 - 6), "missing", fill=(255, 255, 255))
+    return tile
+
+
+def contact_sheet(style_image: Path, rows: list, size: int) -> Image.Image:
+    """The style image, then one column per prompt: its label, the content image, the stylized result."""
+    font = ImageFont.load_default()
+    label_h, pad = 14, 4
+    width = pad + (len(rows) + 1) * (size + pad)
+    sheet = Image.new("RGB", (width, pad + 2 * (label_h + size + pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, pad), "style", fill=(0, 0, 0), font=font)
+    sheet.paste(_tile(style_image, size), (pad, pad + label_h))
+    for i, (prompt, content, result) in enumerate(rows):
+        x = pad + (i + 1) * (size + pad)
+        text = prompt if draw.textlength(prompt, font=font) <= size else prompt[: max(size // 7, 1)] + "..."
+        draw.text((x, pad), text, fill=(0, 0, 0), font=font)
+        sheet.paste(_tile(content, size), (x, pad + label_h))
+        draw.text((x, pad + label_h + size + pad), "stylized", fill=(0, 0, 0), font=font)
+        sheet.paste(_tile(result, size), (x, pad + 2 * label_h + size + pad))
+    return sheet
+
+
+def style_image_path(config: RunConfig, style_dir: Path) -> Path:
+    """The consumer's style image: the configured file, else the first in sorted order."""
+    if config.consumer.style_image:
+        return style_dir / "images" / config.consumer.style_image
+    images = sorted(p for p in (style_dir / "images").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    return images[0] if images else style_dir / "images" / "missing.png"
+
+
+def make_contact_sheets(config: RunConfig) -> List[Path]:
+    """Write OUTPUT/STYLE/contact_sheet.png for every style of the dataset; return their paths."""
+    dataset, output = Path(config.dataset), Path(config.output)
+    size = min(config.producer.size, 256)
+    written = []
+    for style_dir in sorted(p for p in dataset.iterdir() if (p / "prompt.json").is_file()):
+        source = style_dir / "prompt.json"
+        prompts = json.loads(source.read_text())
+        names = prompt_names(prompts, str(source))
+        out = output / style_dir.name
+        rows = [(prompts[k], out / "content" / f"{names[k]}.png", out / f"{names[k]}.png") for k in prompts]
+        sheet = contact_sheet(style_image_path(config, style_dir), rows, size)
+        written.append(write_png(out / "contact_sheet.png", sheet))
+    return written
