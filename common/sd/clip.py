@@ -1,0 +1,192 @@
+"""CLIP text encoder (transformers' CLIPTextModel) in Jittor, and CLIP's tokenizer via `tokenizers`.
+
+Attribute names equal transformers' state-dict keys (`text_model.encoder.layers.0.self_attn.q_proj...`), so
+a `text_encoder/model.safetensors` loads by walking names. SD 2.x conditions on `last_hidden_state`, i.e.
+after `final_layer_norm`.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import BPE
+
+from common.jittor_env import load_jittor
+
+jt = load_jittor()
+nn = jt.nn
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# CLIP's word split: specials are matched before this runs; contractions, letter runs, single digits,
+# other non-space runs. Whitespace is dropped.
+_CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+class CLIPTokenizer:
+    """Prompts -> (B, max_length) int32 ids, as transformers' CLIPTokenizer(Fast) with padding="max_length"
+    and truncation: `<|startoftext|>` + first max_length-2 tokens + `<|endoftext|>`, then the pad id."""
+
+    def __init__(self, vocab: dict, merges: list, pad_token: str = EOS, max_length: int = 77):
+        for name in (BOS, EOS, pad_token):
+            if name not in vocab:
+                raise ValueError(f"tokenizer vocabulary lacks {name!r}; fix: use CLIP's vocab.json")
+        tok = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=EOS, continuing_subword_prefix="",
+                            end_of_word_suffix="</w>", fuse_unk=False))
+        tok.normalizer = normalizers.Sequence(
+            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        tok.decoder = decoders.ByteLevel()
+        # transformers registers the pad token as a special token: a literal "!" (SD 2.x's pad) becomes id 0.
+        tok.add_special_tokens([AddedToken(pad_token, normalized=False, special=True),
+                                AddedToken(BOS, special=True), AddedToken(EOS, special=True)])
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])])
+        tok.enable_truncation(max_length)
+        tok.enable_padding(length=max_length, pad_id=vocab[pad_token], pad_token=pad_token)
+        self.tokenizer, self.max_length, self.pad_token_id = tok, max_length, vocab[pad_token]
+
+    @classmethod
+    def from_folder(cls, path) -> "CLIPTokenizer":
+        """Read a diffusers `tokenizer/` folder; special_tokens_map.json's pad token wins over the config's."""
+        path = Path(path)
+        for name in ("vocab.json", "merges.txt"):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path / name}: missing; fix: point at a CLIP tokenizer folder")
+        vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+        lines = (path / "merges.txt").read_text(encoding="utf-8").split("\n")
+        # As transformers' CLIPTokenizer: skip the "#version" header, read at most 49152 - 256 - 2 merges.
+        merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1] if line]
+        settings = {}
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            if (path / name).is_file():
+                settings.update(json.loads((path / name).read_text(encoding="utf-8")))
+        pad = settings.get("pad_token", EOS)
+        pad = pad["content"] if isinstance(pad, dict) else pad
+        max_length = int(settings.get("model_max_length", 77))
+        return cls(vocab, merges, pad_token=pad or EOS, max_length=max_length if max_length <= 4096 else 77)
+
+    def __call__(self, prompts: list) -> np.ndarray:
+        if isinstance(prompts, str):
+            raise TypeError("CLIPTokenizer takes a list of prompts, not one string")
+        return np.array([e.ids for e in self.tokenizer.encode_batch(list(prompts))], dtype=np.int32)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with two-pass variance in float32 (Jittor's one-pass E[x²]−E[x]² loses digits)."""
+
+    def __init__(self, dim: int, eps: float):
+        self.eps = eps
+        self.weight = jt.ones(dim)
+        self.bias = jt.zeros(dim)
+
+    def execute(self, x):
+        h = x.float32()
+        h = h - h.mean(dim=-1, keepdims=True)
+        h = h / jt.sqrt((h * h).mean(dim=-1, keepdims=True) + self.eps)
+        return (h * self.weight.float32() + self.bias.float32()).cast(x.dtype)
+
+
+def quick_gelu(x):
+    return x * jt.sigmoid(1.702 * x)
+
+
+_ACTIVATIONS = {"gelu": nn.gelu, "quick_gelu": quick_gelu}
+
+
+class CLIPAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.q_proj, self.k_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.v_proj, self.out_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def execute(self, x, mask):
+        b, n, c = x.shape
+        split = lambda t: t.reshape(b, n, self.heads, c // self.heads).transpose(0, 2, 1, 3)
+        q, k, v = split(self.q_proj(x) * self.scale), split(self.k_proj(x)), split(self.v_proj(x))
+        scores = jt.matmul(q.float32(), k.float32().transpose(0, 1, 3, 2)) + mask
+        probs = nn.softmax(scores, dim=-1).cast(v.dtype)
+        return self.out_proj(jt.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, n, c))
+
+
+class CLIPMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, act):
+        self.fc1, self.fc2, self.act = nn.Linear(dim, hidden), nn.Linear(hidden, dim), act
+
+    def execute(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CLIPEncoderLayer(nn.Module):
+    def __init__(self, cfg: dict, act):
+        dim, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
+        self.layer_norm1 = LayerNorm(dim, eps)
+        self.self_attn = CLIPAttention(dim, cfg["num_attention_heads"])
+        self.layer_norm2 = LayerNorm(dim, eps)
+        self.mlp = CLIPMLP(dim, cfg["intermediate_size"], act)
+
+    def execute(self, x, mask):
+        x = x + self.self_attn(self.layer_norm1(x), mask)
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class CLIPEncoder(nn.Module):
+    def __init__(self, cfg: dict, act):
+        self.layers = nn.ModuleList([CLIPEncoderLayer(cfg, act) for _ in range(cfg["num_hidden_layers"])])
+
+    def execute(self, x, mask):
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+class CLIPTextEmbeddings(nn.Module):
+    def __init__(self, cfg: dict):
+        self.token_embedding = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
+        self.position_embedding = nn.Embedding(cfg["max_position_embeddings"], cfg["hidden_size"])
+
+    def execute(self, ids):
+        return self.token_embedding(ids) + self.position_embedding.weight[:ids.shape[1]].unsqueeze(0)
+
+
+class CLIPTextTransformer(nn.Module):
+    def __init__(self, cfg: dict, act):
+        self.embeddings = CLIPTextEmbeddings(cfg)
+        self.encoder = CLIPEncoder(cfg, act)
+        self.final_layer_norm = LayerNorm(cfg["hidden_size"], cfg["layer_norm_eps"])
+
+    def execute(self, ids):
+        n = ids.shape[1]
+        # Causal: token i sees tokens <= i. No padding mask (SD attends to pad positions too).
+        causal = np.triu(np.full((n, n), -1e30, dtype=np.float32), k=1)
+        x = self.encoder(self.embeddings(ids), jt.array(causal))
+        return self.final_layer_norm(x)
+
+
+# transformers' CLIPTextConfig defaults, for keys a config.json may omit.
+_DEFAULTS = {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+             "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+             "layer_norm_eps": 1e-5}
+
+
+class CLIPTextModel(nn.Module):
+    """ids (B, N<=max_position_embeddings) int32 -> last_hidden_state (B, N, hidden_size)."""
+
+    def __init__(self, config: dict):
+        cfg = {**_DEFAULTS, **{k: v for k, v in config.items() if k in _DEFAULTS}}
+        if cfg["hidden_act"] not in _ACTIVATIONS:
+            raise ValueError(f"text encoder config: hidden_act={cfg['hidden_act']!r} is not supported "
+                             f"(supported: {', '.join(_ACTIVATIONS)})")
+        if cfg["hidden_size"] % cfg["num_attention_heads"]:
+            raise ValueError("text encoder config: hidden_size must be divisible by num_attention_heads")
+        self.config = cfg
+        self.text_model = CLIPTextTransformer(cfg, _ACTIVATIONS[cfg["hidden_act"]])
+
+    def execute(self, ids):
+        if not isinstance(ids, jt.Var):
+            ids = jt.array(np.asarray(ids, dtype=np.int32))
+        if ids.ndim != 2 or ids.shape[1] > self.config["max_position_embeddings"]:
+            raise ValueError(f"text encoder takes ids (B, <= {self.config['max_position_embeddings']}), "
+                             f"got {tuple(ids.shape)}")
+        return self.text_model(ids)
