@@ -1,0 +1,102 @@
+"""Find a diffusers model folder on disk, offline: a local path, or a repo id in the Hugging Face cache.
+
+The hub cache keeps `models--org--name/refs/main` (a commit hash) and `snapshots/<commit>/` (the tree,
+symlinks into `blobs/`). We never download: a missing model is an error saying where we looked.
+"""
+import json
+import os
+from pathlib import Path
+
+# The components we build and the classes we can build them as.
+COMPONENTS = {
+    "unet": ("diffusion_pytorch_model", {"UNet2DConditionModel"}),
+    "vae": ("diffusion_pytorch_model", {"AutoencoderKL"}),
+    "text_encoder": ("model", {"CLIPTextModel"}),
+}
+_DOWNLOAD_HINT = ("download it first, e.g. `huggingface-cli download {repo}`, or pass the local folder "
+                  "that holds model_index.json")
+
+
+class ModelFolderError(FileNotFoundError):
+    """A model folder, file or config we cannot use (message names the path and the fix)."""
+
+
+def hub_cache_roots() -> list:
+    """Where Hugging Face caches live: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub;
+    then the old diffusers cache."""
+    if os.environ.get("HF_HUB_CACHE"):
+        hub = Path(os.environ["HF_HUB_CACHE"])
+    elif os.environ.get("HF_HOME"):
+        hub = Path(os.environ["HF_HOME"]) / "hub"
+    else:
+        hub = Path.home() / ".cache" / "huggingface" / "hub"
+    old = Path(os.environ["HF_HOME"]) / "diffusers" if os.environ.get("HF_HOME") else \
+        Path.home() / ".cache" / "huggingface" / "diffusers"
+    return [hub.expanduser(), old.expanduser()]
+
+
+def _snapshot(repo_dir: Path) -> Path:
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo_dir / "snapshots" / ref.read_text().strip()
+        if not snapshot.is_dir():
+            raise ModelFolderError(f"{ref} names snapshot {snapshot.name}, which is missing in {repo_dir}; "
+                                   "download the model again")
+        return snapshot
+    snapshots = sorted(p for p in (repo_dir / "snapshots").glob("*") if p.is_dir())
+    if len(snapshots) != 1:
+        raise ModelFolderError(f"{repo_dir}: no refs/main and {len(snapshots)} snapshots, so the revision is "
+                               "ambiguous; pass the snapshot folder itself as the model path")
+    return snapshots[0]
+
+
+def resolve_model_folder(path_or_repo_id) -> Path:
+    """The folder holding model_index.json: `path_or_repo_id` itself if it is a directory, else the
+    snapshot of repo id `org/name` in a Hugging Face cache."""
+    given = Path(str(path_or_repo_id)).expanduser()
+    if given.is_dir():
+        return given
+    repo = str(path_or_repo_id)
+    if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
+        raise ModelFolderError(f"{repo}: no such model folder (and not an org/name repo id); "
+                               "pass the folder that holds model_index.json")
+    roots = hub_cache_roots()
+    for root in roots:
+        repo_dir = root / ("models--" + repo.replace("/", "--"))
+        if repo_dir.is_dir():
+            return _snapshot(repo_dir)
+    raise ModelFolderError(f"{repo}: not a folder and not in the Hugging Face cache "
+                           f"({', '.join(map(str, roots))}); " + _DOWNLOAD_HINT.format(repo=repo))
+
+
+def component_files(folder, component: str):
+    """(config dict, weight file) of one component: prefer `.safetensors`, then the `.fp16.safetensors`
+    variant, then `.bin` (and its fp16 variant)."""
+    folder = Path(folder)
+    stem, classes = COMPONENTS[component]
+    sub = folder / component
+    config_path = sub / "config.json"
+    if not config_path.is_file():
+        raise ModelFolderError(f"{config_path}: missing; {folder} is not a complete diffusers SD model folder "
+                               "(needs unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelFolderError(f"{config_path}: unreadable JSON ({e}); download the model again") from e
+    name = config.get("_class_name") or (config.get("architectures") or [None])[0]
+    if name not in classes:
+        raise ModelFolderError(f"{config_path}: {component} class {name!r} is unsupported (need "
+                               f"{'/'.join(sorted(classes))}); use a Stable Diffusion 2.x model folder")
+    for suffix in (".safetensors", ".fp16.safetensors", ".bin", ".fp16.bin"):
+        weights = sub / (stem + suffix)
+        if weights.is_file():
+            return config, weights
+    raise ModelFolderError(f"{sub}: no {stem}.safetensors (or .fp16.safetensors/.bin) weights; "
+                           "download the model's weights (sharded checkpoints are unsupported)")
+
+
+def scheduler_config(folder) -> dict:
+    path = Path(folder) / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: missing; the model folder needs scheduler/scheduler_config.json")
+    return json.loads(path.read_text())
