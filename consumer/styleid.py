@@ -1,0 +1,104 @@
+"""StyleID (STYLEID.md): DDIM inversion with feature recording, AdaIN, reversion with K/V injection.
+
+One empty-prompt embedding, no guidance batch: a UNet call sees the style alone (batch 1) or a batch of
+contents. The loop sets `clock.t` to the timestep VALUE before each call; processors record and inject
+under that key, so reversion at t reads exactly what inversion recorded at t.
+"""
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence
+
+from common.jittor_env import load_jittor
+
+from consumer.adain import adain
+from consumer.features import FeatureStore, StepClock
+from consumer.processors import InjectProcessor, RecordProcessor, hook_name
+
+jt = load_jittor()
+
+Beat = Optional[Callable[[str], None]]
+
+
+def ddim(model, scheduler, x, steps: int, clock: StepClock, inverse: bool, beat: Beat = None, phase: str = "ddim"):
+    """Run `steps` DDIM steps (eta 0) of `model(x, t) -> out`: ascending inversion or descending reversion.
+
+    Inversion to t uses the output at t on x_{t-Δ} (`invert_step`); reversion at t uses it on x_t (`step`).
+    Everything held is materialized after every step, so the lazy graph never spans two steps.
+    """
+    timesteps = [int(t) for t in scheduler.timesteps(steps)]
+    move = scheduler.invert_step if inverse else scheduler.step
+    try:
+        for i, t in enumerate(reversed(timesteps) if inverse else timesteps):
+            clock.t = t
+            x = move(model(x, t), t, x, steps)
+            jt.sync_all()
+            if beat is not None:
+                beat(f"{phase} {i + 1}/{steps}")
+    finally:
+        clock.t = None
+    return x
+
+
+@dataclass
+class StyleFeatures:
+    """A style's inversion: its latent at the last timestep and its K, V per layer per timestep."""
+    x_T: object  # fp32 (1, 4, h, w)
+    kv: FeatureStore
+
+    def nbytes(self) -> int:
+        return int(self.x_T.nbytes) + self.kv.nbytes()
+
+
+class StyleID:
+    """StyleID on a loaded UNet + DDIM scheduler, with γ, T, steps, layers and AdaIN from the config."""
+
+    def __init__(self, unet, scheduler, cond, *, steps: int = 50, gamma: float = 0.75, temperature: float = 1.5,
+                 layers: Sequence[str] = (), adain: bool = True, dtype: str = "float32"):
+        known = unet.attention_layers()
+        self.names = [hook_name(layer) for layer in layers]
+        for layer, name in zip(layers, self.names):
+            if name not in known:
+                raise ValueError(f"consumer.layers: {layer!r} has no self-attention {name!r} in this UNet; "
+                                 "use up_blocks.B.attentions.A names of a cross-attention up block")
+        self.unet, self.scheduler, self.cond = unet, scheduler, cond
+        self.steps, self.gamma, self.temperature, self.adain = steps, gamma, temperature, adain
+        self.dtype = dtype
+        self.clock = StepClock()
+
+    def model(self, x, t):
+        """The UNet on fp32 latents x (B, 4, h, w) with the empty prompt; fp32 output."""
+        cond = self.cond if x.shape[0] == 1 else self.cond.broadcast((x.shape[0],) + tuple(self.cond.shape[1:]))
+        return self.unet(x.astype(self.dtype), t, cond).float32()
+
+    @contextmanager
+    def processors(self, processors: Dict[str, object]):
+        """Install processors on their layers for the block; restore the previous ones after it."""
+        layers = self.unet.attention_layers()
+        previous = {name: layers[name].processor for name in processors}
+        self.unet.set_processors(processors)
+        try:
+            yield
+        finally:
+            self.unet.set_processors(previous)
+
+    def invert(self, z0, kinds: str, beat: Beat = None, phase: str = "invert"):
+        """DDIM-invert fp32 latents z0, recording `kinds` ("kv" or "q") in the layers: (x_T, FeatureStore)."""
+        store = FeatureStore()
+        hooks = {name: RecordProcessor(name, self.clock, store, kinds) for name in self.names}
+        with jt.no_grad(), self.processors(hooks):
+            x_T = ddim(self.model, self.scheduler, z0.float32(), self.steps, self.clock, True, beat, phase)
+        return x_T, store
+
+    def invert_style(self, z_style, beat: Beat = None) -> StyleFeatures:
+        """The once-per-style part: x_T and K, V of the (1, 4, h, w) style latent."""
+        x_T, kv = self.invert(z_style, "kv", beat, "style inversion")
+        return StyleFeatures(x_T, kv)
+
+    def stylize(self, z_content, style: StyleFeatures, beat: Beat = None):
+        """Content latents (B, 4, h, w) -> stylized latents: invert recording Q, AdaIN, inject while reverting."""
+        x_T, q = self.invert(z_content, "q", beat, "content inversion")
+        x = adain(x_T, style.x_T) if self.adain else x_T
+        hooks = {name: InjectProcessor(name, self.clock, q, style.kv, self.gamma, self.temperature)
+                 for name in self.names}
+        with jt.no_grad(), self.processors(hooks):
+            return ddim(self.model, self.scheduler, x, self.steps, self.clock, False, beat, "reversion")
