@@ -12,6 +12,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 from tokenizers.models import BPE
 
 from common.jittor_env import load_jittor
+from common.sd.layers import LayerNorm
 
 jt = load_jittor()
 nn = jt.nn
@@ -71,21 +72,6 @@ class CLIPTokenizer:
         if isinstance(prompts, str):
             raise TypeError("CLIPTokenizer takes a list of prompts, not one string")
         return np.array([e.ids for e in self.tokenizer.encode_batch(list(prompts))], dtype=np.int32)
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm with two-pass variance in float32 (Jittor's one-pass E[x²]−E[x]² loses digits)."""
-
-    def __init__(self, dim: int, eps: float):
-        self.eps = eps
-        self.weight = jt.ones(dim)
-        self.bias = jt.zeros(dim)
-
-    def execute(self, x):
-        h = x.float32()
-        h = h - h.mean(dim=-1, keepdims=True)
-        h = h / jt.sqrt((h * h).mean(dim=-1, keepdims=True) + self.eps)
-        return (h * self.weight.float32() + self.bias.float32()).cast(x.dtype)
 
 
 def quick_gelu(x):
