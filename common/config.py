@@ -63,6 +63,9 @@ class QueueConfig:
     ttl_working_s: float = 180.0
     backoff_base_s: float = 30.0
     backoff_max_s: float = 600.0
+    restart_base_s: float = 1.0  # a crashed worker restarts after min(base * 2^k, 60) s
+    kill_grace_s: float = 20.0  # a hung worker gets SIGTERM, then SIGKILL after this
+    stop_grace_s: float = 30.0  # Ctrl-C: workers get this long to release their jobs
 
 
 @dataclass(frozen=True)
