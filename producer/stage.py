@@ -41,14 +41,14 @@ class ProducerStage:
         self.config = config
         dtype = "float32" if device == "cpu" else config.model.dtype
         self.sd = StableDiffusion.shared(config.model.path, dtype, device)
-        self.style = None  # the style whose LoRA is applied now
         self._warned = set()
         self._fsync = config.queue.fsync == "all"
 
     def use_style(self, style: str):
-        """Apply the style's LoRA (or, with missing_lora: warn, none): a delta swap, not a reload."""
-        if style == self.style:
-            return
+        """Apply the style's LoRA (or, with missing_lora: warn, none): a delta swap, not a reload.
+
+        Called on every run: a consumer sharing this process's model may have applied other weights since.
+        """
         path = lora_path(self.config, style)
         if path is None:
             if self.config.producer.missing_lora == "error":
@@ -57,7 +57,6 @@ class ProducerStage:
                 self._warned.add(style)
                 warnings.warn(missing_lora_message(self.config, style), stacklevel=2)
         self.sd.set_lora(path, self.config.producer.lora_scale if path else 0.0)
-        self.style = style
 
     def run(self, tasks: List[Task], beat: Beat) -> None:
         if not tasks:

@@ -1,0 +1,269 @@
+"""Stage costs: producer and consumer seconds per image, style inversion, peak memory, and the seed-style reference.
+
+    .venv/bin/python benchmarks/stages.py --json stages.json
+
+Each measurement runs in its own process (its peak RSS is that stage's alone). The reference is the
+predecessor's ("seed 000") consumer design, run here in the same session: a fresh process per content image
+that loads the model, re-inverts the style, and runs every UNet call on a guidance-doubled batch (same
+steps). `consumer_speedup_vs_seed_style` = its seconds per image / ours with the style cached, batch 4.
+
+On a GPU: SD 2.1's architecture (the real model when `--model` names one), 512x512 float16, 25 producer and
+50 consumer steps. On a CPU (2 cores take minutes per SD-sized call): `--arch` (default `sd21`, SD 2.1's
+full UNet/VAE/text encoder shapes with random weights) at 256x256 float32, 5 steps each way. Random weights
+cost the same time as trained ones; Jittor compiles each new shape once, so every part warms up first.
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# SD 2.1's component configs (SD21.md §2); "half" halves every width (heads stay 64 wide) for slow machines.
+SD21_UNET = {
+    "_class_name": "UNet2DConditionModel", "sample_size": 96, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "attention_head_dim": [5, 10, 20, 20],
+    "cross_attention_dim": 1024, "use_linear_projection": True, "upcast_attention": True,
+    "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu", "flip_sin_to_cos": True, "freq_shift": 0,
+    "downsample_padding": 1, "mid_block_scale_factor": 1,
+}
+SD21_VAE = {
+    "_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4,
+    "norm_num_groups": 32, "act_fn": "silu", "sample_size": 768, "scaling_factor": 0.18215,
+}
+SD21_TEXT = {
+    "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "vocab_size": 49408,
+    "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16,
+    "max_position_embeddings": 77, "hidden_act": "gelu", "layer_norm_eps": 1e-5, "projection_dim": 512,
+    "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "torch_dtype": "float32",
+}
+
+
+def arch_configs(arch: str):
+    unet, vae, text = dict(SD21_UNET), dict(SD21_VAE), dict(SD21_TEXT)
+    if arch == "half":
+        unet.update(block_out_channels=[160, 320, 640, 640], attention_head_dim=[5, 5, 10, 10],
+                    cross_attention_dim=512)
+        vae.update(block_out_channels=[64, 128, 256, 256])
+        text.update(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
+    return unet, vae, text
+
+
+def write_random_model(folder: Path, arch: str):
+    """A diffusers folder with SD-2.1-shaped components and random weights (Jittor's default init, seed 0)."""
+    if (folder / "model_index.json").is_file():
+        return
+    from safetensors.numpy import save_file
+
+    from common.jittor_env import load_jittor
+    from common.sd.clip import CLIPTextModel
+    from common.sd.unet import UNet2DConditionModel
+    from common.sd.vae import AutoencoderKL
+    from common.tiny_model import write_tiny_model
+    jt = load_jittor()
+    jt.set_global_seed(0)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_tiny_model(tmp, lora_styles=())  # tokenizer, scheduler and model_index; components replaced below
+    unet_cfg, vae_cfg, text_cfg = arch_configs(arch)
+    for sub, cls, cfg, weights in (("unet", UNet2DConditionModel, unet_cfg, "diffusion_pytorch_model.safetensors"),
+                                   ("vae", AutoencoderKL, vae_cfg, "diffusion_pytorch_model.safetensors"),
+                                   ("text_encoder", CLIPTextModel, text_cfg, "model.safetensors")):
+        for old in (tmp / sub).glob("*"):
+            old.unlink()
+        (tmp / sub / "config.json").write_text(json.dumps(cfg, indent=1))
+        state = {k: v.numpy().astype("float32") for k, v in cls(cfg).state_dict().items()}
+        save_file(state, str(tmp / sub / weights))
+        del state
+    shutil.rmtree(tmp / "loras", ignore_errors=True)
+    tmp.rename(folder)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def drawn_image(size: int, seed: int):
+    """A deterministic colourful picture (the demo's styles) at size x size."""
+    from common.demo import dots, stripes
+    return (stripes if seed % 2 == 0 else dots)(seed, size)
+
+
+# ---------------------------------------------------------------- parts (each in its own process)
+
+def part_producer(a) -> dict:
+    from producer.generate import generate
+    sd = load_model(a)
+    prompts = ["a dolphin", "a lighthouse", "a mountain", "a bicycle"]
+
+    def run(batch, steps):
+        t0 = time.perf_counter()
+        generate(sd, prompts[:batch], list(range(batch)), size=a.size, steps=steps, guidance=7.5)
+        return time.perf_counter() - t0
+
+    run(1, 1), run(4, 1)  # compile every shape once
+    return {"producer_s_per_image_b1": run(1, a.gen_steps),
+            "producer_s_per_image_b4": run(4, a.gen_steps) / 4, "producer_peak_rss_mb": peak_rss_mb()}
+
+
+def styleid(sd, a, steps):
+    from consumer.styleid import StyleID
+    from common.config import ConsumerConfig
+    c = ConsumerConfig()
+    jt = jittor()
+    with jt.no_grad():
+        cond = sd.encode_prompt([""])
+    return StyleID(sd.unet, sd.scheduler, cond, steps=steps, gamma=c.gamma, temperature=c.temperature,
+                   layers=c.layers, adain=c.adain, dtype=a.dtype)
+
+
+def latents(sd, images):
+    jt = jittor()
+    import numpy as np
+    with jt.no_grad():
+        z = sd.encode_images(np.stack(images))
+    return z.float32()
+
+
+def part_consumer(a) -> dict:
+    jt = jittor()
+    sd = load_model(a)
+    style = latents(sd, [drawn_image(a.size, 0)])
+    contents = latents(sd, [drawn_image(a.size, s) for s in range(1, 5)])
+
+    def run(engine, batch, cached):
+        t0 = time.perf_counter()
+        with jt.no_grad():
+            feats = cached or engine.invert_style(style)
+            if batch:
+                sd.decode_latents(engine.stylize(contents[:batch], feats))
+        jt.sync_all()
+        return time.perf_counter() - t0, feats
+
+    warm = styleid(sd, a, 1)
+    feats = run(warm, 0, None)[1]
+    run(warm, 1, feats), run(warm, 4, feats)
+    engine = styleid(sd, a, a.sty_steps)
+    inversion, feats = run(engine, 0, None)
+    b1 = run(engine, 1, feats)[0]
+    b4 = run(engine, 4, feats)[0] / 4
+    return {"style_inversion_s": inversion, "consumer_s_per_image_b1_cached": b1,
+            "consumer_s_per_image_b4_cached": b4, "consumer_peak_rss_mb": peak_rss_mb()}
+
+
+def part_seed_image(a) -> dict:
+    """One content image the predecessor's way: load, invert the style, guidance-doubled batches."""
+    jt = jittor()
+    sd = load_model(a)
+    engine = styleid(sd, a, a.sty_steps)
+    style = latents(sd, [drawn_image(a.size, 0)])
+    content = latents(sd, [drawn_image(a.size, 1 + a.index % 4)])
+    with jt.no_grad():
+        feats = engine.invert_style(jt.concat([style, style], dim=0))
+        out = engine.stylize(jt.concat([content, content], dim=0), feats)[:1]
+        sd.decode_latents(out)
+    jt.sync_all()
+    return {"peak_rss_mb": peak_rss_mb()}
+
+
+PARTS = {"producer": part_producer, "consumer": part_consumer, "seed-image": part_seed_image}
+
+
+def jittor():
+    from common.jittor_env import load_jittor
+    return load_jittor()
+
+
+def load_model(a):
+    from common.sd.pipeline import StableDiffusion
+    return StableDiffusion.load(a.model, a.dtype, a.device)
+
+
+def run_part(a, part: str, **extra) -> tuple:
+    """Run one part in a fresh process; return (its JSON result, its wall seconds)."""
+    args = [sys.executable, __file__, "--part", part, "--model", str(a.model), "--size", str(a.size),
+            "--gen-steps", str(a.gen_steps), "--sty-steps", str(a.sty_steps), "--dtype", a.dtype,
+            "--device", a.device]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    t0 = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.exit(f"benchmarks/stages.py: part {part} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), wall
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--model", help="a diffusers folder (default: a random SD-2.1-shaped one)")
+    p.add_argument("--arch", choices=("sd21", "half"), default="sd21", help="random model's shapes")
+    p.add_argument("--size", type=int)
+    p.add_argument("--gen-steps", type=int)
+    p.add_argument("--sty-steps", type=int)
+    p.add_argument("--seed-images", type=int, default=2, help="content images timed for the seed-style reference")
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "jstyleid-bench")
+    p.add_argument("--dtype"), p.add_argument("--device")
+    p.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
+    p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.part:
+        print(json.dumps(PARTS[a.part](a)))
+        return
+
+    from common.jittor_env import gpu_present
+    gpu = gpu_present()
+    a.device = a.device or ("cuda" if gpu else "cpu")
+    a.dtype = a.dtype or ("float16" if gpu else "float32")
+    a.size = a.size or (512 if gpu else 256)
+    a.gen_steps = a.gen_steps or (25 if gpu else 5)
+    a.sty_steps = a.sty_steps or (50 if gpu else 5)
+    if a.model is None:
+        a.model = a.workdir / f"random-{a.arch}"
+        t0 = time.perf_counter()
+        write_random_model(a.model, a.arch)
+        print(f"model: random {a.arch} weights in {a.model} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    model_name = str(a.model) if "random-" not in str(a.model) else f"random {a.arch} (SD 2.1 shapes)"
+
+    figures = {}
+    for part in ("producer", "consumer"):
+        result, _ = run_part(a, part)
+        figures.update(result)
+    run_part(a, "seed-image", sty_steps=1)  # compiles the doubled-batch shapes
+    walls, rss = [], []
+    for i in range(a.seed_images):
+        result, wall = run_part(a, "seed-image", index=i)
+        walls.append(wall), rss.append(result["peak_rss_mb"])
+    figures["seed_style_s_per_image"] = sum(walls) / len(walls)
+    figures["seed_style_peak_rss_mb"] = max(rss)
+    figures["consumer_speedup_vs_seed_style"] = figures["seed_style_s_per_image"] / figures[
+        "consumer_s_per_image_b4_cached"]
+    figures["consumer_speedup_vs_seed_style_b1"] = figures["seed_style_s_per_image"] / figures[
+        "consumer_s_per_image_b1_cached"]
+    setup = {"device": a.device, "dtype": a.dtype, "model": model_name, "size": a.size,
+             "producer_steps": a.gen_steps, "consumer_steps": a.sty_steps, "seed_images": a.seed_images,
+             "cpu_count": os.cpu_count()}
+
+    width = max(map(len, figures))
+    print(" ".join(f"{k}={v}" for k, v in setup.items()))
+    print(f"{'figure':<{width}}  value")
+    for k, v in figures.items():
+        print(f"{k:<{width}}  {v:10.3f}")
+    if a.json:
+        a.json.write_text(json.dumps({"setup": setup, **figures}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The CPU demo: its inputs are complete and idempotent, its contact sheets, and the whole run surviving a kill."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from common.atomic import png_is_complete, write_png
+from common.config import load_config
+from common.demo import PROMPTS, dots, make_contact_sheets, prepare_demo, stripes
+from common.naming import prompt_names
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_prepare_demo_writes_a_valid_config_dataset_and_loras_once(tmp_path):
+    path = prepare_demo(tmp_path)
+    config = load_config(path)
+    for style, prompts in PROMPTS.items():
+        folder = Path(config.dataset) / style
+        assert list(json.loads((folder / "prompt.json").read_text()).values()) == prompts
+        assert all(png_is_complete(p) for p in (folder / "images").glob("*.png"))
+        assert any((Path(config.producer.lora_dir) / f"style_{style}").glob("pytorch_lora_weights.*"))
+    assert (Path(config.model.path) / "model_index.json").is_file()
+    assert config.producer.size == 128 and config.model.dtype == "float32"
+    before = snapshot(tmp_path)
+    assert prepare_demo(tmp_path) == path
+    assert snapshot(tmp_path) == before
+
+
+def test_the_two_drawn_styles_are_clearly_different():
+    a, b = stripes(0).astype(float), dots(100).astype(float)
+    assert np.abs(a.mean((0, 1)) - b.mean((0, 1))).max() > 20 or abs(a.std() - b.std()) > 20
+    assert not np.array_equal(stripes(0), stripes(1))
+
+
+def fake_outputs(config, missing=()):
+    """Content and result PNGs where the planner puts them, except the names in `missing`."""
+    out = Path(config.output)
+    for style in PROMPTS:
+        source = Path(config.dataset) / style / "prompt.json"
+        for name in prompt_names(json.loads(source.read_text()), str(source)).values():
+            if name not in missing:
+                write_png(out / style / "content" / f"{name}.png", np.full((128, 128, 3), 40, np.uint8))
+                write_png(out / style / f"{name}.png", np.full((128, 128, 3), 200, np.uint8))
+
+
+def test_contact_sheets_show_style_content_and_result_per_prompt(tmp_path):
+    config = load_config(prepare_demo(tmp_path))
+    fake_outputs(config, missing=("Cat",))
+    sheets = make_contact_sheets(config)
+    assert sheets == [Path(config.output) / s / "contact_sheet.png" for s in sorted(PROMPTS)]
+    for sheet in sheets:
+        assert png_is_complete(sheet)
+        with Image.open(sheet) as im:
+            pixels = np.asarray(im.convert("RGB"))
+        width_per_column = pixels.shape[1] / (len(PROMPTS["00"]) + 1)
+        assert width_per_column >= 128 and pixels.shape[0] >= 2 * 128
+        # a content tile (40) and a result tile (200) are pasted in
+        assert (pixels == 40).all(-1).sum() >= 100 * 100 and (pixels == 200).all(-1).sum() >= 100 * 100

@@ -1,0 +1,155 @@
+"""The producer stage on the tiny random model (CPU, float32): determinism, batching, LoRA, outputs."""
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.config import load_config
+from common.jittor_env import load_jittor
+from common.stage import Task
+
+jt = load_jittor()
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from common.tiny_model import write_tiny_model
+    folder = tmp_path_factory.mktemp("tiny_sd")
+    write_tiny_model(folder, lora_styles=("00", "01"))
+    return folder
+
+
+def make_config(tiny: Path, **producer):
+    settings = {"model.path": str(tiny), "model.dtype": "float32", "producer.lora_dir": str(tiny / "loras"),
+                "producer.size": 128, "producer.steps": STEPS, "queue.fsync": "none"}
+    settings.update({f"producer.{k}": v for k, v in producer.items()})
+    return load_config(None, settings)
+
+
+def make_stage(tiny: Path, **producer):
+    from producer.stage import ProducerStage
+    return ProducerStage(make_config(tiny, **producer), "cpu")
+
+
+def make_task(out: Path, prompt: str, seed: int, style: str = "00") -> Task:
+    name = prompt.replace(" ", "_")
+    return Task(id=f"{style}-{name}", style=style, prompt=prompt, name=name, seed=seed,
+                style_dir=out / "data" / style, content_png=out / style / "content" / f"{name}.png",
+                content_latent=out / "queue" / f"{style}-{name}.npy", output_png=out / style / f"{name}.png")
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).astype(np.int16)
+
+
+PROMPTS = [("Dolphin", 11), ("Lighthouse", 22), ("Mountain", 33)]
+
+
+def run(stage, out: Path, style="00", prompts=PROMPTS):
+    tasks = [make_task(out, p, s, style) for p, s in prompts]
+    stage.run(tasks, lambda phase: None)
+    return tasks
+
+
+def test_same_seed_gives_the_same_content_image_bytes(tiny, tmp_path):
+    stage = make_stage(tiny)
+    a = run(stage, tmp_path / "a", prompts=PROMPTS[:1])[0]
+    b = run(make_stage(tiny), tmp_path / "b", prompts=PROMPTS[:1])[0]
+    assert a.content_png.read_bytes() == b.content_png.read_bytes()
+    assert np.array_equal(np.load(a.content_latent), np.load(b.content_latent))
+
+
+def test_batched_equals_one_at_a_time(tiny, tmp_path):
+    batched = run(make_stage(tiny, batch=3), tmp_path / "b3")
+    single = run(make_stage(tiny, batch=1), tmp_path / "b1")
+    for b, s in zip(batched, single):
+        zb, zs = np.load(b.content_latent), np.load(s.content_latent)
+        assert np.abs(zb - zs).max() <= 1e-4 * np.abs(zs).max()
+        assert np.abs(pixels(b.content_png) - pixels(s.content_png)).max() <= 1
+
+
+def test_different_seeds_give_different_images(tiny, tmp_path):
+    one = run(make_stage(tiny), tmp_path / "1", prompts=[("Dolphin", 1)])[0]
+    two = run(make_stage(tiny), tmp_path / "2", prompts=[("Dolphin", 2)])[0]
+    assert np.abs(np.load(one.content_latent) - np.load(two.content_latent)).max() > 1e-2
+
+
+def test_each_prompt_of_a_batch_gets_its_own_image(tiny, tmp_path):
+    tasks = run(make_stage(tiny, batch=3), tmp_path)
+    latents = [np.load(t.content_latent) for t in tasks]
+    for i in range(len(latents)):
+        for j in range(i + 1, len(latents)):
+            assert np.abs(latents[i] - latents[j]).max() > 1e-2
+
+
+def test_the_latent_written_decodes_to_the_png_written(tiny, tmp_path):
+    stage = make_stage(tiny)
+    task = run(stage, tmp_path, prompts=PROMPTS[:1])[0]
+    latent = np.load(task.content_latent)
+    assert latent.dtype == np.float32 and latent.shape == (4, 16, 16)
+    with jt.no_grad():
+        decoded = stage.sd.decode_latents(jt.array(latent[None]))
+    decoded = decoded.numpy() if hasattr(decoded, "numpy") else decoded
+    assert np.array_equal(decoded[0].astype(np.int16), pixels(task.content_png))
+
+
+def test_a_lora_changes_the_output_and_a_zero_scale_lora_does_not(tiny, tmp_path):
+    with_lora = run(make_stage(tiny), tmp_path / "lora", prompts=PROMPTS[:1])[0]
+    zero = run(make_stage(tiny, lora_scale=0.0), tmp_path / "zero", prompts=PROMPTS[:1])[0]
+    base = run(make_stage(tiny, lora_dir=str(tmp_path / "none"), missing_lora="warn"), tmp_path / "base",
+               prompts=PROMPTS[:1])[0]
+    z_lora, z_zero, z_base = (np.load(t.content_latent) for t in (with_lora, zero, base))
+    assert np.abs(z_lora - z_base).max() > 1e-3
+    assert np.abs(z_zero - z_base).max() <= 1e-5
+
+
+def test_switching_styles_swaps_the_lora_and_back_without_drift(tiny, tmp_path):
+    stage = make_stage(tiny)
+    first = run(stage, tmp_path / "1", "00", PROMPTS[:1])[0]
+    other = run(stage, tmp_path / "2", "01", PROMPTS[:1])[0]
+    again = run(stage, tmp_path / "3", "00", PROMPTS[:1])[0]
+    assert np.abs(np.load(first.content_latent) - np.load(other.content_latent)).max() > 1e-3
+    assert np.abs(np.load(first.content_latent) - np.load(again.content_latent)).max() <= 1e-5
+
+
+def test_a_missing_lora_is_an_error_naming_the_folder_and_the_fix(tiny, tmp_path):
+    stage = make_stage(tiny, lora_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError) as err:
+        run(stage, tmp_path, prompts=PROMPTS[:1])
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(tmp_path / "nowhere" / "style_00") in message and "missing_lora: warn" in message
+
+
+def test_a_missing_lora_with_warn_uses_the_base_model_and_warns_once_per_style(tiny, tmp_path):
+    stage = make_stage(tiny, lora_dir=str(tmp_path / "nowhere"), missing_lora="warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(stage, tmp_path / "a", "00", PROMPTS[:1])
+        run(stage, tmp_path / "b", "00", PROMPTS[:1])
+        run(stage, tmp_path / "c", "01", PROMPTS[:1])
+    found = [str(w.message) for w in caught if "no LoRA" in str(w.message)]
+    assert len(found) == 2 and "style_00" in found[0] and "style_01" in found[1]
+
+
+def test_the_jdiffusion_bin_name_is_found_first(tiny, tmp_path):
+    from producer.stage import lora_path
+    folder = tmp_path / "style" / "style_07"
+    folder.mkdir(parents=True)
+    (folder / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+    (folder / "pytorch_lora_weights.bin").write_bytes(b"x")
+    config = make_config(tiny, lora_dir=str(tmp_path / "style"))
+    assert lora_path(config, "07") == folder / "pytorch_lora_weights.bin"
+    assert lora_path(config, "08") is None
+
+
+def test_beat_is_called_at_least_once_per_step(tiny, tmp_path):
+    beats = []
+    stage = make_stage(tiny, batch=2)
+    stage.run([make_task(tmp_path, p, s) for p, s in PROMPTS], beats.append)
+    assert len(beats) >= 2 * STEPS  # two batches
