@@ -6,37 +6,16 @@ under that key, so reversion at t reads exactly what inversion recorded at t.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 from common.jittor_env import load_jittor
 
 from consumer.adain import adain
+from consumer.ddim_loop import Beat, ddim
 from consumer.features import FeatureStore, StepClock
 from consumer.processors import InjectProcessor, RecordProcessor, hook_name
 
 jt = load_jittor()
-
-Beat = Optional[Callable[[str], None]]
-
-
-def ddim(model, scheduler, x, steps: int, clock: StepClock, inverse: bool, beat: Beat = None, phase: str = "ddim"):
-    """Run `steps` DDIM steps (eta 0) of `model(x, t) -> out`: ascending inversion or descending reversion.
-
-    Inversion to t uses the output at t on x_{t-Δ} (`invert_step`); reversion at t uses it on x_t (`step`).
-    Everything held is materialized after every step, so the lazy graph never spans two steps.
-    """
-    timesteps = [int(t) for t in scheduler.timesteps(steps)]
-    move = scheduler.invert_step if inverse else scheduler.step
-    try:
-        for i, t in enumerate(reversed(timesteps) if inverse else timesteps):
-            clock.t = t
-            x = move(model(x, t), t, x, steps)
-            jt.sync_all()
-            if beat is not None:
-                beat(f"{phase} {i + 1}/{steps}")
-    finally:
-        clock.t = None
-    return x
 
 
 @dataclass
@@ -50,10 +29,13 @@ class StyleFeatures:
 
 
 class StyleID:
-    """StyleID on a loaded UNet + DDIM scheduler, with γ, T, steps, layers and AdaIN from the config."""
+    """StyleID on a loaded UNet + DDIM scheduler, with γ, T, steps, layers and AdaIN from the config.
+
+    `cond` is the empty prompt's embedding (1, 77, D) in the UNet's dtype; latents stay fp32 between calls.
+    """
 
     def __init__(self, unet, scheduler, cond, *, steps: int = 50, gamma: float = 0.75, temperature: float = 1.5,
-                 layers: Sequence[str] = (), adain: bool = True, dtype: str = "float32"):
+                 layers: Sequence[str] = (), adain: bool = True):
         known = unet.attention_layers()
         self.names = [hook_name(layer) for layer in layers]
         for layer, name in zip(layers, self.names):
@@ -62,13 +44,12 @@ class StyleID:
                                  "use up_blocks.B.attentions.A names of a cross-attention up block")
         self.unet, self.scheduler, self.cond = unet, scheduler, cond
         self.steps, self.gamma, self.temperature, self.adain = steps, gamma, temperature, adain
-        self.dtype = dtype
         self.clock = StepClock()
 
     def model(self, x, t):
         """The UNet on fp32 latents x (B, 4, h, w) with the empty prompt; fp32 output."""
         cond = self.cond if x.shape[0] == 1 else self.cond.broadcast((x.shape[0],) + tuple(self.cond.shape[1:]))
-        return self.unet(x.astype(self.dtype), t, cond).float32()
+        return self.unet(x.cast(cond.dtype), t, cond).float32()
 
     @contextmanager
     def processors(self, processors: Dict[str, object]):

@@ -1,0 +1,111 @@
+"""Stage 2: StyleID turns each content image of a style into the stylized result.
+
+The model loads once per worker (shared with a producer in the same process); StyleID runs on the base
+model unless `consumer.use_lora`. The style's inversion comes from a per-worker LRU, so a style costs its
+`steps` UNet calls once, and its content images go through the UNet `consumer.batch` at a time.
+"""
+from collections import OrderedDict
+from typing import List, Tuple
+
+import numpy as np
+
+from common.atomic import write_png
+from common.config import RunConfig
+from common.jittor_env import load_jittor
+from common.stage import Beat, Task
+from consumer.inputs import load_image, load_latent, style_image_path
+from consumer.style_cache import StyleCache, StyleKey, file_hash
+from consumer.styleid import StyleFeatures, StyleID
+
+jt = load_jittor()
+
+
+def _numpy(x) -> np.ndarray:
+    return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+
+
+class ConsumerStage:
+    """Stylizes tasks of one style: content latent (or PNG) + the style's first image -> output PNG."""
+    kind = "sty"
+
+    def __init__(self, config: RunConfig, device: str):
+        from common.sd.pipeline import StableDiffusion
+        self.config = config
+        self.dtype = "float32" if device == "cpu" else config.model.dtype
+        self.sd = StableDiffusion.shared(config.model.path, self.dtype, device)
+        self.factor = 2 ** (len(self.sd.vae.config["block_out_channels"]) - 1)
+        self.cache = StyleCache(config.consumer.cached_styles)
+        self._fsync = config.queue.fsync == "all"
+
+    def _use_weights(self, style: str) -> str:
+        """Apply the base model, or the style's LoRA with consumer.use_lora; its identity for cache keys."""
+        if not self.config.consumer.use_lora:
+            self.sd.set_lora(None, 0.0)
+            return ""
+        from producer.stage import lora_path, missing_lora_message
+        path = lora_path(self.config, style)
+        if path is None:
+            raise FileNotFoundError(missing_lora_message(self.config, style))
+        self.sd.set_lora(path, self.config.producer.lora_scale)
+        return f"{file_hash(path)}@{self.config.producer.lora_scale}"
+
+    def styleid(self) -> StyleID:
+        """A StyleID with the config's settings on this worker's model (base or LoRA as applied now)."""
+        c = self.config.consumer
+        with jt.no_grad():
+            cond = self.sd.encode_prompt([""])
+        return StyleID(self.sd.unet, self.sd.scheduler, cond, steps=c.steps, gamma=c.gamma,
+                       temperature=c.temperature, layers=c.layers, adain=c.adain)
+
+    def content_latent(self, task: Task) -> np.ndarray:
+        """fp32 (4, h, w): the producer's latent when present, else the VAE-encoded content PNG."""
+        if task.content_latent.is_file():
+            return load_latent(task.content_latent)
+        if not task.content_png.is_file():
+            raise FileNotFoundError(f"{task.content_latent}: no content latent, nor {task.content_png}; "
+                                    "run the producer for this task first")
+        size = self.config.producer.size
+        image = load_image(task.content_png, (size, size))
+        with jt.no_grad():
+            return _numpy(self.sd.encode_images(image[None]))[0].astype(np.float32)
+
+    def style_features(self, styleid: StyleID, style_dir, latent_hw: Tuple[int, int], weights: str,
+                       beat: Beat = None) -> StyleFeatures:
+        """The style image's inversion at this latent size, from the cache or computed (once) now."""
+        c = self.config.consumer
+        path = style_image_path(style_dir, c.style_image)
+        key = StyleKey(file_hash(path), f"{self.config.model.path}|{self.dtype}|{weights}", tuple(latent_hw),
+                       c.steps, tuple(c.layers))
+
+        def invert():
+            h, w = latent_hw
+            image = load_image(path, (h * self.factor, w * self.factor))
+            with jt.no_grad():
+                z = self.sd.encode_images(image[None])
+            return styleid.invert_style(jt.array(_numpy(z)).float32(), beat)
+
+        return self.cache.get(key, invert)
+
+    def run(self, tasks: List[Task], beat: Beat) -> None:
+        if not tasks:
+            return
+        styles = {t.style for t in tasks}
+        if len(styles) != 1:
+            raise ValueError(f"ConsumerStage.run takes tasks of one style, got styles {sorted(styles)}")
+        weights = self._use_weights(tasks[0].style)
+        styleid = self.styleid()
+        by_shape = OrderedDict()  # contents of one latent size share a style inversion and UNet batches
+        for task in tasks:
+            z = self.content_latent(task)
+            by_shape.setdefault(z.shape, []).append((task, z))
+        batch = self.config.consumer.batch
+        for shape, items in by_shape.items():
+            style = self.style_features(styleid, tasks[0].style_dir, shape[1:], weights, beat)
+            for start in range(0, len(items), batch):
+                chunk = items[start:start + batch]
+                z = styleid.stylize(jt.array(np.stack([z for _, z in chunk])), style, beat)
+                with jt.no_grad():
+                    images = _numpy(self.sd.decode_latents(z))
+                for (task, _), image in zip(chunk, images):
+                    write_png(task.output_png, image, fsync=self._fsync)
+                beat("sty written")
