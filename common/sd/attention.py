@@ -1,0 +1,136 @@
+"""Multi-head attention with swappable processors, and the fast kernel they share.
+
+StyleID records and injects q/k/v inside chosen layers, so each `Attention` calls `self.processor`; a
+processor is any `processor(attn, hidden_states, encoder_hidden_states=None)` and reuses `attention()`.
+
+On CPU, plain Jittor attention is slow (its batched matmul bypasses oneDNN and softmax takes several
+passes), so `attention()` runs one fused kernel: per (batch, head, block of queries) a oneDNN sgemm for
+the logits, an in-place softmax, and a second sgemm into the output. Heads are read in place with a
+leading dimension (no transposes), the logits buffer is one block per thread (bounded memory), and K/V
+with batch 1 are broadcast by a zero stride.
+"""
+from common.jittor_env import load_jittor
+
+jt = load_jittor()
+nn = jt.nn
+
+QUERY_BLOCK = 128  # queries per task: 128 x 4096 fp32 logits = 2 MiB per thread
+
+_HEADER = r'''
+#include <cmath>
+#include <cstdint>
+#include <algorithm>
+extern "C" int dnnl_sgemm(char transa, char transb, int64_t M, int64_t N, int64_t K, float alpha,
+    const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+'''
+
+_SOURCE = r'''
+    const int64_t B = in0_shape0, N = in0_shape1, C = in0_shape2, M = in1_shape1;
+    const int64_t heads = data["heads"], block = data["block"], d = C / heads;
+    const float scale = data["scale"];
+    const int64_t kv_stride = in1_shape0 == 1 ? 0 : M * C;
+    const int64_t n_blocks = (N + block - 1) / block, tasks = B * heads * n_blocks;
+    #pragma omp parallel
+    {
+        float* s = new float[block * M];
+        #pragma omp for schedule(dynamic)
+        for (int64_t t = 0; t < tasks; t++) {
+            const int64_t b = t / (heads * n_blocks), h = (t / n_blocks) % heads, r0 = (t % n_blocks) * block;
+            const int64_t rows = std::min(block, N - r0);
+            const float* q = in0_p + b * N * C + r0 * C + h * d;
+            const float* k = in1_p + b * kv_stride + h * d;
+            const float* v = in2_p + b * kv_stride + h * d;
+            dnnl_sgemm('N', 'T', rows, M, d, scale, q, C, k, C, 0.f, s, M);
+            for (int64_t r = 0; r < rows; r++) {
+                float* x = s + r * M;
+                float mx = x[0];
+                for (int64_t j = 1; j < M; j++) mx = std::max(mx, x[j]);
+                float sum = 0.f;
+                #pragma omp simd reduction(+:sum)
+                for (int64_t j = 0; j < M; j++) { const float e = expf(x[j] - mx); x[j] = e; sum += e; }
+                const float inv = 1.f / sum;
+                #pragma omp simd
+                for (int64_t j = 0; j < M; j++) x[j] *= inv;
+            }
+            dnnl_sgemm('N', 'N', rows, d, M, 1.f, s, M, v, C, 0.f, out0_p + b * N * C + r0 * C + h * d, C);
+        }
+        delete[] s;
+    }
+'''
+
+
+def fused_cpu_available() -> bool:
+    """The fused kernel needs the CPU and oneDNN (its sgemm is preloaded by common.jittor_env)."""
+    return not jt.flags.use_cuda and jt.compile_extern.mkl_ops is not None
+
+
+def _attention_fused_cpu(q, k, v, heads, scale):
+    q, k, v = (x.float32() for x in (q, k, v))
+    return jt.code(q.shape, "float32", [q, k, v], cpu_header=_HEADER, cpu_src=_SOURCE,
+                   data={"heads": heads, "block": QUERY_BLOCK, "scale": float(scale)})
+
+
+def _attention_generic(q, k, v, heads, scale, upcast):
+    """Batched-matmul attention (cuBLAS on CUDA); logits and softmax in fp32 when upcast or fp32 input."""
+    b, n, c = q.shape
+    m, d = k.shape[1], c // heads
+    if k.shape[0] != b:
+        k, v = k.broadcast((b, m, c)), v.broadcast((b, m, c))
+
+    def split(x):
+        return x.reshape((b, x.shape[1], heads, d)).transpose((0, 2, 1, 3)).reshape((b * heads, x.shape[1], d))
+
+    qh, kh, vh = split(q), split(k), split(v)
+    if upcast:
+        qh, kh = qh.float32(), kh.float32()
+    logits = nn.bmm_transpose(qh, kh).float32() * scale
+    logits = logits - logits.max(dim=-1, keepdims=True)
+    probs = logits.exp()
+    probs = (probs / probs.sum(dim=-1, keepdims=True)).cast(v.dtype)
+    out = nn.bmm(probs, vh)
+    return out.reshape((b, heads, n, d)).transpose((0, 2, 1, 3)).reshape((b, n, c))
+
+
+def attention(q, k, v, heads, scale, upcast=False):
+    """softmax(scale · q kᵀ) v per head. q: (B, N, C); k, v: (B or 1, M, C), batch 1 broadcast → (B, N, C).
+
+    `scale` is an argument so StyleID can fold its temperature in (T/√d).
+    """
+    if q.ndim != 3 or k.ndim != 3 or q.shape[2] != k.shape[2] or k.shape != v.shape or q.shape[2] % heads:
+        raise ValueError(f"attention: bad shapes q {q.shape} k {k.shape} v {v.shape} for {heads} heads")
+    if k.shape[0] not in (1, q.shape[0]):
+        raise ValueError(f"attention: k/v batch {k.shape[0]} is neither 1 nor q's batch {q.shape[0]}")
+    if fused_cpu_available():
+        return _attention_fused_cpu(q, k, v, heads, scale).cast(q.dtype)
+    return _attention_generic(q, k, v, heads, scale, upcast)
+
+
+class AttnProcessor:
+    """The plain processor: project, attend, project out."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None):
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        return attn.project_out(attention(q, k, v, attn.heads, attn.scale, attn.upcast))
+
+
+class Attention(nn.Module):
+    """diffusers' Attention: to_q/to_k/to_v/to_out.0 (to_out.1 is inference-time Dropout)."""
+
+    def __init__(self, query_dim, cross_attention_dim=None, heads=8, dim_head=64, upcast=False, bias=False,
+                 out_bias=True):
+        inner = heads * dim_head
+        context_dim = cross_attention_dim or query_dim
+        self.to_q = nn.Linear(query_dim, inner, bias=bias)
+        self.to_k = nn.Linear(context_dim, inner, bias=bias)
+        self.to_v = nn.Linear(context_dim, inner, bias=bias)
+        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim, bias=out_bias), nn.Dropout(0.0)])
+        self.heads, self.scale, self.upcast = heads, dim_head ** -0.5, upcast
+        self.name = ""
+        self.processor = AttnProcessor()
+
+    def project_out(self, hidden_states):
+        return self.to_out[0](hidden_states)
+
+    def execute(self, hidden_states, encoder_hidden_states=None):
+        return self.processor(self, hidden_states, encoder_hidden_states)
