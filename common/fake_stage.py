@@ -1,0 +1,88 @@
+"""Stand-in stages for the job-system tests and benchmarks: no Jittor, milliseconds per task.
+
+FakeGen writes a tiny content PNG and a latent derived from the task id; FakeSty reads the latent and
+writes the stylized PNG, so a lost or mixed-up hand-off shows in the output bytes.
+Environment knobs (read per call, so forked test workers can set them):
+  JSTYLEID_FAKE_MS   "LO-HI" or "MS": sleep a seeded time per task (default 5-20; "0" for none)
+  JSTYLEID_POISON    a prompt on which the stage calls os.abort() (a job that always kills its worker)
+  JSTYLEID_HANG      "PROMPT:MARKER": hang without beating on PROMPT while the file MARKER does not exist
+                     (it is created first, so only the first attempt hangs)
+  JSTYLEID_CRASH     crash points `mid_output` and `after_output` (see common.jobqueue.crash)
+"""
+import hashlib
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import write_npy, write_png
+from common.jobqueue import crash
+
+SIZE = 8
+
+
+def fake_latent(task_id: str) -> np.ndarray:
+    seed = int(hashlib.sha256(task_id.encode()).hexdigest()[:8], 16)
+    return np.random.default_rng(seed).standard_normal((4, SIZE, SIZE)).astype(np.float32)
+
+
+def fake_content(latent: np.ndarray) -> np.ndarray:
+    return np.clip(latent[:3].transpose(1, 2, 0) * 40 + 128, 0, 255).astype(np.uint8)
+
+
+def fake_output(latent: np.ndarray, style: str) -> np.ndarray:
+    shift = int(hashlib.sha256(style.encode()).hexdigest()[:2], 16)
+    return ((fake_content(latent).astype(np.int32) + shift) % 256).astype(np.uint8)
+
+
+def _pause(task_id: str):
+    spec = os.environ.get("JSTYLEID_FAKE_MS", "5-20")
+    lo, _, hi = spec.partition("-")
+    lo, hi = float(lo), float(hi or lo)
+    if hi > 0:
+        time.sleep(random.Random(task_id).uniform(lo, hi) / 1000)
+
+
+def _faults(task, beat):
+    if task.prompt == os.environ.get("JSTYLEID_POISON"):
+        os.abort()
+    prompt, _, marker = os.environ.get("JSTYLEID_HANG", "").partition(":")
+    if prompt and task.prompt == prompt and marker and not Path(marker).exists():
+        Path(marker).touch()
+        while True:  # hung: no beats, so the lease expires and the launcher kills us
+            time.sleep(3600)
+
+
+class FakeGen:
+    kind = "gen"
+
+    def __init__(self, config, device: str):
+        self.device = device
+
+    def run(self, tasks, beat):
+        for task in tasks:
+            beat("working")
+            _faults(task, beat)
+            _pause(task.id)
+            latent = fake_latent(task.id)
+            write_npy(task.content_latent, latent)
+            crash.point("mid_output")
+            write_png(task.content_png, fake_content(latent))
+            crash.point("after_output")
+
+
+class FakeSty:
+    kind = "sty"
+
+    def __init__(self, config, device: str):
+        self.device = device
+
+    def run(self, tasks, beat):
+        for task in tasks:
+            beat("working")
+            _pause(task.id)
+            latent = np.load(task.content_latent)
+            write_png(task.output_png, fake_output(latent, task.style))
+            crash.point("after_output")

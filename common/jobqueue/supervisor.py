@@ -1,0 +1,197 @@
+"""The launcher's process manager (QUEUE.md §6): one worker process per slot, restarted with backoff.
+
+- Workers are exec'd (`python -m common.jobqueue.worker`) in their own session, CUDA_VISIBLE_DEVICES
+  pinned; they die with the launcher via PR_SET_PDEATHSIG.
+- Exit 0 means no work left: no restart. Any other exit: reclaim its jobs (waitpid proved the death),
+  restart after min(base * 2^k, 60) s with jitter; exit 3 or 5 failures in 10 minutes park the slot.
+- A worker whose lease is older than its TTL is hung: SIGTERM, grace, SIGKILL, reap, reclaim (counted).
+- First SIGINT/SIGTERM: stop restarting, SIGTERM every worker (they release their jobs and exit 0),
+  SIGKILL stragglers after stop_grace_s. A second signal SIGKILLs everything at once.
+"""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import RunConfig
+from common.jobqueue import lease
+from common.jobqueue.lease import make_wid
+from common.jobqueue.queue import Queue
+
+REPO = Path(__file__).resolve().parents[2]
+FAILURE_WINDOW_S = 600.0
+MAX_FAILURES = 5
+EXIT_NO_DEVICE = 3
+
+
+@dataclass
+class Slot:
+    gpu: str
+    role: str
+    proc: subprocess.Popen = None
+    wid: str = None
+    started: float = 0.0
+    term_at: float = None  # when a hung worker got SIGTERM
+    hung: bool = False
+    restart_at: float = 0.0  # spawn when time passes this (0: now)
+    done: bool = False  # exited 0: nothing left for it
+    parked: str = None  # why the slot gave up
+    failures: deque = field(default_factory=deque)
+    busy_s: float = 0.0
+    jobs_done: int = 0
+
+
+def describe_exit(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
+class Supervisor:
+    def __init__(self, config: RunConfig, config_path, slots: list, log=print, on_tick=None):
+        self.config, self.config_path = config, config_path
+        self.q = Queue(config.queue_dir, fsync=config.queue.fsync == "all")
+        self.slots = [Slot(str(g), r) for g, r in slots]
+        self.log, self.on_tick = log, on_tick or (lambda: None)
+        self.signals = 0
+        self.signal_code = 0
+        self.stop_deadline = None
+        self.tick = min(0.2, config.queue.heartbeat_s)
+        qc = config.queue
+        self.backoff = {"backoff_base": qc.backoff_base_s, "backoff_max": qc.backoff_max_s}
+
+    # -- signals --------------------------------------------------------------------------------------
+    def handle_signal(self, signum, _frame):
+        self.signals += 1
+        self.signal_code = 128 + signum
+        if self.signals == 1:
+            self.log(f"stopping: workers release their jobs (press Ctrl-C again to kill them now)")
+            self.stop_deadline = time.monotonic() + self.config.queue.stop_grace_s
+            self._signal_all(signal.SIGTERM)
+        else:
+            self._signal_all(signal.SIGKILL)
+
+    def _signal_all(self, sig):
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                try:
+                    os.kill(slot.proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    @property
+    def stopping(self) -> bool:
+        return self.signals > 0
+
+    # -- processes ------------------------------------------------------------------------------------
+    def spawn(self, slot: Slot):
+        cmd = [sys.executable, "-m", "common.jobqueue.worker", "--gpu", slot.gpu, "--role", slot.role,
+               "--workers", str(len(self.slots)), "--parent", str(os.getpid()), "--log"]
+        if self.config_path:
+            cmd += ["--config", str(self.config_path)]
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if slot.gpu == "cpu" else slot.gpu,
+                   JSTYLEID_FSYNC=self.config.queue.fsync,
+                   PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+        slot.proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL)
+        slot.wid = make_wid(slot.gpu, slot.proc.pid)
+        slot.started, slot.term_at, slot.hung, slot.done = time.time(), None, False, False
+
+    def _check_lease(self, slot: Slot, now: float):
+        qc = self.config.queue
+        if slot.term_at is not None:
+            if now - slot.term_at > qc.kill_grace_s:
+                slot.proc.kill()
+            return
+        info = lease.read(self.q.layout.lease_path(slot.wid)) or {}
+        phase = info.get("phase", "loading")
+        ttl = qc.ttl_loading_s if phase == "loading" else qc.ttl_working_s
+        last = max(info.get("beat_at", 0.0), slot.started)
+        if now - last > ttl:
+            self.log(f"worker {slot.wid} hung: no lease renewal for {now - last:.1f} s (phase {phase}, "
+                     f"TTL {ttl:g} s); terminating")
+            slot.hung, slot.term_at = True, now
+            slot.proc.terminate()
+
+    def _reap(self, slot: Slot, rc: int, now: float):
+        info = lease.read(self.q.layout.lease_path(slot.wid)) or {}
+        slot.busy_s += info.get("busy_s", 0.0)
+        slot.jobs_done += info.get("jobs_done", 0)
+        crashed = rc != 0 or slot.hung
+        reason = f"worker {slot.wid} " + ("hung (lease expired) and was killed" if slot.hung else describe_exit(rc))
+        counted = crashed and not self.stopping
+        for stage, jid, outcome in self.q.reclaim(slot.wid, counted=counted, reason=reason, **self.backoff):
+            self.log(f"reclaimed {stage} {jid} from {slot.wid}: {outcome}")
+        try:
+            self.q.layout.lease_path(slot.wid).unlink()
+        except FileNotFoundError:
+            pass
+        slot.proc = None
+        if not crashed:
+            slot.done = True
+            return
+        self.log(f"{reason}")
+        if self.stopping:
+            return
+        slot.failures.append(now)
+        while slot.failures and now - slot.failures[0] > FAILURE_WINDOW_S:
+            slot.failures.popleft()
+        if rc == EXIT_NO_DEVICE or len(slot.failures) >= MAX_FAILURES:
+            slot.parked = "device unusable (exit 3)" if rc == EXIT_NO_DEVICE else \
+                f"{len(slot.failures)} failures in {FAILURE_WINDOW_S:.0f} s"
+            self.log(f"slot gpu={slot.gpu} parked: {slot.parked}; see {self.q.layout.log_path(slot.wid)}")
+            return
+        delay = min(self.config.queue.restart_base_s * 2 ** (len(slot.failures) - 1), 60.0)
+        slot.restart_at = now + delay * random.uniform(0.8, 1.2)
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Supervise until no work is left (0), every slot is parked (3 or 1), or a stop (130/143)."""
+        old = {s: signal.signal(s, self.handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        last_promote = 0.0
+        try:
+            for slot in self.slots:
+                self.spawn(slot)
+            while True:
+                now = time.time()
+                for slot in self.slots:
+                    if slot.proc is not None:
+                        rc = slot.proc.poll()
+                        if rc is None:
+                            if not self.stopping:
+                                self._check_lease(slot, now)
+                            continue
+                        self._reap(slot, rc, now)
+                    elif not (self.stopping or slot.parked or slot.done) and now >= slot.restart_at:
+                        self.spawn(slot)
+                if self.stopping:
+                    if self.stop_deadline and time.monotonic() > self.stop_deadline:
+                        self._signal_all(signal.SIGKILL)
+                    if all(s.proc is None for s in self.slots):
+                        return self.signal_code
+                elif all(s.proc is None and (s.done or s.parked) for s in self.slots):
+                    if not self.q.in_flight():
+                        return 0
+                    usable = [s for s in self.slots if not s.parked]
+                    if not usable:
+                        no_device = all("exit 3" in s.parked for s in self.slots)
+                        return EXIT_NO_DEVICE if no_device else 1
+                    for s in usable:  # work came back (a reclaim, a retry): wake the idle slots
+                        s.done = False
+                if now - last_promote > 1.0:
+                    self.q.promote_due("gen")
+                    self.q.promote_due("sty")
+                    last_promote = now
+                self.on_tick()
+                time.sleep(self.tick)
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)

@@ -1,0 +1,197 @@
+"""The worker loop: one long-lived process per GPU (or one on the CPU), building its stages once.
+
+Each turn it picks a stage (common.scheduling: elastic roles with back-pressure, or bursts when one
+worker does both), claims a batch of one style, runs it, checks the outputs and completes the jobs.
+SIGTERM (or the launcher's death, via PR_SET_PDEATHSIG) stops it at the next beat: unfinished jobs go
+back to pending uncounted and it exits 0. It exits 0 too when no job is left in flight.
+
+    python -m common.jobqueue.worker --config CFG --gpu 0 --role gen --workers 4 --parent PID --log
+"""
+import argparse
+import ctypes
+import importlib
+import os
+import signal
+import sys
+import time
+import traceback
+
+from common import atomic
+from common.config import ConfigError, RunConfig, load_config
+from common.jobqueue import crash
+from common.jobqueue.jobs import to_task
+from common.jobqueue.layout import STAGES
+from common.jobqueue.lease import Lease, make_wid
+from common.jobqueue.queue import Queue, outputs_ok
+from common.scheduling import BurstPolicy, choose_stage
+
+PR_SET_PDEATHSIG = 1
+
+
+class Stop(BaseException):
+    """Raised from beat() when the worker must stop; BaseException so a stage's `except Exception`
+    cannot swallow it."""
+
+
+def log(msg: str):
+    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+def load_stage_class(spec: str):
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class Worker:
+    def __init__(self, config: RunConfig, gpu="cpu", role="both", n_workers=1, parent=None, wid=None):
+        self.config, self.role, self.n_workers, self.parent = config, role, n_workers, parent
+        qc = config.queue
+        self.q = Queue(config.queue_dir, fsync=qc.fsync == "all")
+        self.wid = wid or make_wid(gpu)
+        self.device = "cpu" if str(gpu) == "cpu" else "cuda"
+        self.lease = Lease(self.q.layout.lease_path(self.wid), gpu, role, qc.heartbeat_s, qc.fsync == "all")
+        self.claimers = {s: self.q.claimer(s, self.wid) for s in STAGES}
+        self.policy = BurstPolicy(config.scheduling.burst if self.device != "cpu" else 1) \
+            if role == "both" else None
+        self.stages, self.current, self.last_style = {}, None, {}
+        self.batch = {"gen": config.producer.batch, "sty": config.consumer.batch}
+        self.backoff = {"backoff_base": qc.backoff_base_s, "backoff_max": qc.backoff_max_s}
+        self.idle_cap = min(2.0, max(0.2, 5 * qc.heartbeat_s))
+        self.stopping = False
+
+    def request_stop(self, *_):
+        self.stopping = True
+
+    def beat(self, phase: str, job: str = None):
+        """The stage's heartbeat: renew the lease, or raise Stop if asked to stop or orphaned."""
+        if self.parent and os.getppid() != self.parent:
+            self.stopping = True
+        if self.stopping:
+            raise Stop()
+        self.lease.beat(phase, job)
+
+    def stage(self, kind: str):
+        if kind not in self.stages:
+            self.lease.beat("loading", force=True)
+            spec = getattr(self.config.stages, kind)
+            log(f"loading {kind} stage {spec} on {self.device}")
+            self.stages[kind] = load_stage_class(spec)(self.config, self.device)
+        return self.stages[kind]
+
+    def pick(self):
+        backlog = self.q.backlog()
+        gen_left, sty_left = self.claimers["gen"].has_work(), backlog > 0
+        if self.policy is not None:
+            return self.policy.next_stage(backlog, gen_left, sty_left)
+        return choose_stage(self.role, self.current, backlog, gen_left, sty_left, self.n_workers)
+
+    def run(self) -> int:
+        """Work until no job is left in flight (0) or a stop is requested (0)."""
+        idle = 0.2
+        try:
+            self.lease.beat("loading", force=True)
+            while not self.stopping:
+                kind = self.pick()
+                jobs = []
+                if kind is not None:
+                    self.stage(kind)
+                    jobs = self.claimers[kind].claim(self.batch[kind], self.last_style.get(kind))
+                if jobs:
+                    idle = 0.2
+                    self.run_batch(kind, jobs)
+                    continue
+                if not self.q.in_flight():
+                    log("no job left; exiting")
+                    return 0
+                for s in STAGES:
+                    self.q.promote_due(s)
+                self._sleep(idle)
+                idle = min(idle * 1.5, self.idle_cap)
+                self.beat("idle")
+        except Stop:
+            pass
+        log("stopped")
+        return 0
+
+    def _sleep(self, seconds: float):
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            time.sleep(min(0.05, seconds))
+
+    def run_batch(self, kind: str, jobs: list):
+        self.current = kind
+        tasks = [to_task(j) for j in jobs]
+        log(f"{kind} {len(jobs)} job(s) of style {jobs[0]['style']}: {[j['id'] for j in jobs]}")
+        t0 = time.monotonic()
+        error = None
+        try:
+            self.beat("working", jobs[0]["id"])
+            self.stage(kind).run(tasks, self.beat)
+        except Stop:
+            self.stopping = True
+        except Exception:
+            error = traceback.format_exc()
+            log(f"{kind} batch failed:\n{error}")
+        finally:
+            self.lease.info["busy_s"] += time.monotonic() - t0
+        crash.point("after_stage")
+        for job in jobs:
+            if outputs_ok(kind, job):
+                self.q.complete(kind, self.wid, job)
+                self.lease.info["jobs_done"] += 1
+            elif self.stopping and error is None:
+                self.q.release(kind, self.wid, job)
+            else:
+                text = error or f"stage returned without writing the outputs of {job['id']}"
+                where = self.q.fail(kind, self.wid, job, "exception" if error else "missing_output", text,
+                                    isolate=len(jobs) > 1, **self.backoff)
+                log(f"{kind} {job['id']} -> {where}")
+        self.last_style[kind] = jobs[0]["style"]
+        self.lease.beat("idle", force=True)
+
+
+def _set_pdeathsig():
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except OSError:
+        pass
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m common.jobqueue.worker", description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=None)
+    p.add_argument("--gpu", default="cpu")
+    p.add_argument("--role", choices=("gen", "sty", "both"), default="both")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--parent", type=int, default=None, help="launcher pid: exit when it is gone")
+    p.add_argument("--log", action="store_true", help="write stdout/stderr to queue_dir/logs/<wid>.log")
+    args = p.parse_args(argv)
+    _set_pdeathsig()
+    if args.parent and os.getppid() != args.parent:
+        return 0  # the launcher died before we could arm the death signal
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    atomic.FSYNC = config.queue.fsync == "all"
+    worker = Worker(config, args.gpu, args.role, args.workers, args.parent)
+    if args.log:
+        worker.q.layout.logs.mkdir(parents=True, exist_ok=True)
+        fd = os.open(worker.q.layout.log_path(worker.wid), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    signal.signal(signal.SIGINT, worker.request_stop)
+    log(f"worker {worker.wid} role={args.role} device={worker.device} pid={os.getpid()}")
+    try:
+        code = worker.run()
+    except Exception:
+        log(f"worker crashed:\n{traceback.format_exc()}")
+        code = 1
+    worker.lease.beat("exited", force=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

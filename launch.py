@@ -1,0 +1,242 @@
+"""jstyleid launcher: plan the dataset into the queue, run one worker per GPU, supervise, summarise.
+
+    python launch.py --gpus 0,1,2,3 [--config configs/NAME.yaml] [--producers K] [--fresh] [--retry-failed]
+    python launch.py --gpus cpu            # one CPU worker doing both stages (also when no GPU is found)
+    python launch.py status [--config ...]  # counts, failures, throughput, ETA
+    python launch.py --demo                # tiny CPU demo; prints the contact sheets
+
+Every start re-plans from the dataset and the outputs (finished tasks are skipped, so a rerun resumes).
+--fresh deletes the queue folder's contents (jobs, leases, logs, hand-off latents, manifest) and never
+the outputs; it is needed when pixel settings changed since the queue was planned.
+Exit codes: 0 done, 1 some jobs dead-lettered (listed), 2 usage/config/dataset/manifest error,
+3 no usable device, 75 queue folder locked by another launcher, 130/143 interrupted.
+The launcher never imports Jittor.
+"""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from common.config import ConfigError, load_config, require_path
+from common.jittor_env import gpu_present
+from common.jobqueue.jobs import read_job
+from common.jobqueue.layout import STAGES
+from common.jobqueue.planner import (DatasetError, ManifestError, check_manifest, clear_queue, plan, recover,
+                                     scan_dataset, write_manifest)
+from common.jobqueue.queue import Queue
+from common.jobqueue.status import collect, failures, format_failures, format_status
+from common.jobqueue.supervisor import Supervisor
+from common.naming import NamingError
+from common.scheduling import split_gpus
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+
+
+class UsageError(ValueError):
+    pass
+
+
+def say(msg: str):
+    try:
+        from tqdm import tqdm
+        tqdm.write(f"jstyleid: {msg}", file=sys.stderr)
+    except ImportError:
+        print(f"jstyleid: {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n")[0])
+    p.add_argument("command", nargs="?", choices=("run", "status"), default="run")
+    p.add_argument("--config", help="a YAML file (see configs/default.yaml); defaults otherwise")
+    p.add_argument("--gpus", help="comma-separated GPU indices, or 'cpu' (default: every visible GPU)")
+    p.add_argument("--producers", type=int, help="number of GPUs whose home stage is generation")
+    p.add_argument("--fresh", action="store_true", help="clear the queue folder (never the outputs) and re-plan")
+    p.add_argument("--retry-failed", action="store_true", help="give dead-lettered jobs another max_attempts")
+    p.add_argument("--demo", action="store_true", help="run the tiny CPU demo and print its contact sheets")
+    return p.parse_args(argv)
+
+
+def visible_gpus() -> list:
+    if not gpu_present():
+        return []
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU"))]
+
+
+def parse_gpus(spec) -> list:
+    """['cpu'] or GPU indices; no GPU found means the CPU."""
+    if spec is not None and spec.strip().lower() == "cpu":
+        return ["cpu"]
+    found = visible_gpus()
+    if spec is None:
+        return found or ["cpu"]
+    gpus = [g.strip() for g in spec.split(",") if g.strip()]
+    if not gpus or not all(g.isdigit() for g in gpus) or len(set(gpus)) != len(gpus):
+        raise UsageError(f"--gpus {spec!r}: expected distinct indices like 0,1,2,3 or 'cpu'")
+    if not found:
+        say(f"no GPU found (--gpus {spec}); running on the CPU")
+        return ["cpu"]
+    return gpus
+
+
+def assign_roles(gpus: list, config, producers) -> list:
+    """[(gpu, home role)]: one slot does both stages; more split by the stages' costs."""
+    if len(gpus) == 1:
+        return [(gpus[0], "both")]
+    try:
+        n_gen = split_gpus(len(gpus), config.stages.gen_cost, config.stages.sty_cost,
+                           producers if producers is not None else config.scheduling.producers)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return [(g, "gen" if i < n_gen else "sty") for i, g in enumerate(gpus)]
+
+
+def check_model(config):
+    """The model folder must exist (a local path, or a repo id in the HF cache) unless stand-ins run."""
+    if all(getattr(config.stages, k).startswith("common.fake_stage:") for k in STAGES):
+        return
+    from common.sd.model_folder import resolve_model_folder
+    try:
+        resolve_model_folder(config.model.path)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{config.source or '<defaults>'}: model.path: {e}") from None
+
+
+def acquire_lock(queue: Queue) -> FileLock:
+    queue.layout.root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(queue.layout.lock))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            h = json.loads(queue.layout.holder.read_text())
+            who = f"pid {h['pid']} on host {h['host']} since {time.strftime('%H:%M:%S', time.localtime(h['start']))}"
+        except (OSError, ValueError, KeyError):
+            who = "another launcher"
+        print(f"error: {queue.layout.root} is in use by {who}; wait for it or stop it "
+              f"(python launch.py status shows progress)", file=sys.stderr)
+        raise SystemExit(EXIT_LOCKED)
+    queue.layout.holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                               "start": time.time(), "argv": sys.argv}))
+    return lock
+
+
+class Progress:
+    """One tqdm bar per stage (rate and ETA), fed from the done/ counts about once a second."""
+
+    def __init__(self, queue: Queue, totals: dict):
+        from tqdm import tqdm
+        self.q = queue
+        self.base = {s: queue.count_done(s) for s in STAGES}
+        self.bars = {s: tqdm(total=totals[s], desc=s, unit="img", position=i, leave=True, disable=None,
+                             dynamic_ncols=True) for i, s in enumerate(STAGES)}
+        self.last = 0.0
+
+    def __call__(self, force=False):
+        if not force and time.monotonic() - self.last < 1.0:
+            return
+        self.last = time.monotonic()
+        for s, bar in self.bars.items():
+            bar.update(self.q.count_done(s) - self.base[s] - bar.n)
+
+    def done(self, stage: str) -> int:
+        return self.q.count_done(stage) - self.base[stage]
+
+    def close(self):
+        self(force=True)
+        for bar in self.bars.values():
+            bar.close()
+
+
+def summary(queue: Queue, sup: Supervisor, progress: Progress, wall: float) -> list:
+    images = progress.done("sty")
+    lines = [f"done in {wall:.1f} s: {images} image(s), {images / wall * 3600 if wall else 0:.1f} images/hour; "
+             f"{progress.done('gen')} content image(s)"]
+    for s in sup.slots:
+        lines.append(f"  gpu {s.gpu} ({s.role}): busy {s.busy_s / wall if wall else 0:.0%}, {s.jobs_done} job(s)"
+                     + (f", parked: {s.parked}" if s.parked else ""))
+    fails = failures(queue)
+    if fails:
+        lines.append(f"{len(fails)} job(s) failed (dead-lettered in {queue.layout.root}/*/failed/):")
+        lines += format_failures(fails)
+    return lines
+
+
+def run(args) -> int:
+    config_path = args.config
+    if args.demo:
+        from common.demo import prepare_demo
+        config_path = prepare_demo(Path("demo_run"))
+        args.gpus = "cpu"
+    config = load_config(config_path)
+    require_path(config.dataset, "dataset", config.source)
+    check_model(config)
+    slots = assign_roles(parse_gpus(args.gpus), config, args.producers)
+    queue = Queue(config.queue_dir, fsync=config.queue.fsync == "all")
+    lock = acquire_lock(queue)
+    try:
+        if args.fresh:
+            clear_queue(queue)
+            say(f"--fresh: cleared {queue.layout.root} (outputs kept)")
+        check_manifest(queue, config.pixel_hash())
+        queue.layout.make()
+        tasks = scan_dataset(config, queue)
+        for note in recover(queue, config, grace=config.queue.kill_grace_s):
+            say(note)
+        report = plan(queue, tasks, config.queue.max_attempts, retry_failed=args.retry_failed)
+        write_manifest(queue, config.pixel_hash(), len(tasks))
+        for note in report.notes:
+            say(note)
+        say(f"{report.total} task(s): {report.finished} finished, {report.gen_queued} to generate, "
+            f"{report.sty_queued} to style only, {report.in_queue} already queued, {len(report.failed)} failed; "
+            f"workers: {', '.join(f'{g}:{r}' for g, r in slots)}")
+        counts = {s: {k: len(v) for k, v in queue.scan(s).items()} for s in STAGES}
+        open_gen = sum(counts["gen"][k] for k in ("pending", "retry", "claimed"))
+        open_sty = report.total - report.finished - len(report.failed)
+        progress = Progress(queue, {"gen": open_gen, "sty": open_sty})
+        sup = Supervisor(config, config_path, slots, log=say, on_tick=progress)
+        t0 = time.monotonic()
+        code = sup.run() if queue.in_flight() else EXIT_OK
+        progress.close()
+        for line in summary(queue, sup, progress, time.monotonic() - t0):
+            say(line)
+        if code == EXIT_OK and failures(queue):
+            code = EXIT_FAILED
+        if args.demo and code == EXIT_OK:
+            from common.demo import make_contact_sheets
+            for path in make_contact_sheets(config):
+                print(path)
+        return code
+    finally:
+        try:
+            queue.layout.holder.unlink()
+        except FileNotFoundError:
+            pass
+        lock.release()
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.command == "status":
+            config = load_config(args.config)
+            queue = Queue(config.queue_dir)
+            if not queue.layout.manifest.exists():
+                print(f"{queue.layout.root}: no queue planned yet (run python launch.py first)")
+                return EXIT_OK
+            print(format_status(collect(queue)))
+            return EXIT_OK
+        return run(args)
+    except (ConfigError, DatasetError, NamingError, ManifestError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
