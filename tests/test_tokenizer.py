@@ -53,3 +53,10 @@ def test_missing_file_names_it(tmp_path):
     (tmp_path / "vocab.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="merges.txt"):
         CLIPTokenizer.from_folder(tmp_path)
+
+
+def test_corrupt_vocab_names_the_file(tmp_path):
+    (tmp_path / "vocab.json").write_text("{not json")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(ValueError, match="vocab.json"):
+        CLIPTokenizer.from_folder(tmp_path)

@@ -23,6 +23,16 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 _CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); fix: restore the tokenizer file") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object; fix: restore the tokenizer file")
+    return data
+
+
 class CLIPTokenizer:
     """Prompts -> (B, max_length) int32 ids, as transformers' CLIPTokenizer(Fast) with padding="max_length"
     and truncation: `<|startoftext|>` + first max_length-2 tokens + `<|endoftext|>`, then the pad id."""
@@ -55,14 +65,14 @@ class CLIPTokenizer:
         for name in ("vocab.json", "merges.txt"):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{path / name}: missing; fix: point at a CLIP tokenizer folder")
-        vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+        vocab = _read_json(path / "vocab.json")
         lines = (path / "merges.txt").read_text(encoding="utf-8").split("\n")
         # As transformers' CLIPTokenizer: skip the "#version" header, read at most 49152 - 256 - 2 merges.
         merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1] if line]
         settings = {}
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             if (path / name).is_file():
-                settings.update(json.loads((path / name).read_text(encoding="utf-8")))
+                settings.update(_read_json(path / name))
         pad = settings.get("pad_token", EOS)
         pad = pad["content"] if isinstance(pad, dict) else pad
         max_length = int(settings.get("model_max_length", 77))

@@ -8,6 +8,7 @@ import re
 import numpy as np
 
 from common.jittor_env import load_jittor
+from common.sd.attention import attention
 from common.sd.layers import Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, silu
 
 jt = load_jittor()
@@ -17,7 +18,7 @@ EPS = 1e-6
 
 
 class VAEAttention(nn.Module):
-    """The mid block's single-head self-attention over pixels: GN, q/k/v, softmax in fp32, out, residual."""
+    """The mid block's single-head self-attention over pixels: GN, q/k/v, fp32 softmax, out, residual."""
 
     def __init__(self, channels: int, groups: int):
         self.group_norm = GroupNorm(groups, channels, EPS)
@@ -28,9 +29,7 @@ class VAEAttention(nn.Module):
     def execute(self, x):
         b, c, h, w = x.shape
         t = self.group_norm(x).reshape(b, c, h * w).transpose(0, 2, 1)
-        q, k, v = self.to_q(t), self.to_k(t), self.to_v(t)
-        scores = jt.matmul(q.float32() * self.scale, k.float32().transpose(0, 2, 1))
-        out = jt.matmul(nn.softmax(scores, dim=-1).cast(v.dtype), v)
+        out = attention(self.to_q(t), self.to_k(t), self.to_v(t), heads=1, scale=self.scale, upcast=True)
         return self.to_out[0](out).transpose(0, 2, 1).reshape(b, c, h, w) + x
 
 
