@@ -8,3 +8,16 @@ for path in (str(REPO), str(REPO / "tests")):
     if path not in sys.path:
         sys.path.insert(0, path)
 os.environ.setdefault("JSTYLEID_FAKE_MS", "0")  # the job-system tests' stand-in stages: no sleep
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The tiny SD-2.1-shaped diffusers folder (common.tiny_model), with LoRAs for styles 00 (.safetensors)
+    and 01 (.bin) under loras/style_NN/; written once per test session."""
+    from common.tiny_model import write_tiny_model
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-sd21"
+    write_tiny_model(folder, ["00"])
+    write_tiny_model(folder, ["01"], lora_format="bin")
+    return folder

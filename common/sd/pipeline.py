@@ -1,0 +1,127 @@
+"""StableDiffusion: the loaded SD 2.x components and the few helpers both stages share.
+
+A thin bundle, not a sampler: the producer and the consumer write their own loops over `unet` and
+`scheduler`. `shared()` keeps one copy per process, so a worker running both stages loads the model once;
+`set_lora` swaps LoRA deltas in place (the base files are read once, at load).
+"""
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from common.jittor_env import load_jittor
+from common.sd.clip import CLIPTextModel, CLIPTokenizer
+from common.sd.ddim import DDIMScheduler
+from common.sd.lora import LoraMerger, LoraSet
+from common.sd.model_folder import component_files, resolve_model_folder, scheduler_config
+from common.sd.unet import UNet2DConditionModel
+from common.sd.vae import AutoencoderKL, rename_legacy_keys
+from common.sd.weights import load_state_dict, read_weights
+
+DTYPES = ("float32", "float16")
+_SHARED = {}
+_SHARED_LOCK = threading.Lock()
+_LORA_CACHE_SIZE = 8
+
+
+class StableDiffusion:
+    """`.unet .vae .text_encoder .tokenizer .scheduler` of one model folder. The UNet and text encoder run in
+    `dtype`; the VAE always in float32 (SD 2.x's VAE overflows in fp16)."""
+
+    def __init__(self, folder: Path, unet, vae, text_encoder, tokenizer, scheduler, dtype: str, device: str):
+        self.folder, self.dtype, self.device = folder, dtype, device
+        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
+        self.tokenizer, self.scheduler = tokenizer, scheduler
+        self._lora = LoraMerger(unet, text_encoder)
+        self._lora_sets = {}  # (path, mtime, size) → LoraSet: switching back to a style re-reads nothing
+
+    @classmethod
+    def load(cls, path_or_repo_id, dtype: str = "float32", device: str = "cuda") -> "StableDiffusion":
+        """Build the components from `path_or_repo_id` (a folder, or a repo id in the HF cache) offline."""
+        if dtype not in DTYPES:
+            raise ValueError(f"model dtype {dtype!r} is unsupported; use one of {DTYPES}")
+        jt = load_jittor()
+        if device == "cpu":
+            jt.flags.use_cuda = 0
+        folder = resolve_model_folder(path_or_repo_id)
+        models = {}
+        for name, cls_, half in (("unet", UNet2DConditionModel, True), ("vae", AutoencoderKL, False),
+                                 ("text_encoder", CLIPTextModel, True)):
+            config, weights = component_files(folder, name)
+            try:
+                model = cls_(config)
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"{weights.parent / 'config.json'}: {e}") from e
+            if half and dtype == "float16":
+                model.float16()  # before loading, so fp16 files load without an fp32 copy
+            state = read_weights(weights)
+            load_state_dict(model, rename_legacy_keys(state) if name == "vae" else state, weights)
+            model.eval()
+            models[name] = model
+        tokenizer_dir = folder / "tokenizer"
+        if not (tokenizer_dir / "vocab.json").is_file():
+            raise FileNotFoundError(f"{tokenizer_dir / 'vocab.json'}: missing; the model folder needs its "
+                                    "CLIP tokenizer (tokenizer/vocab.json, merges.txt)")
+        scheduler = DDIMScheduler.from_config(scheduler_config(folder))
+        return cls(folder, models["unet"], models["vae"], models["text_encoder"],
+                   CLIPTokenizer.from_folder(tokenizer_dir), scheduler, dtype, device)
+
+    @classmethod
+    def shared(cls, path_or_repo_id, dtype: str = "float32", device: str = "cuda") -> "StableDiffusion":
+        """One loaded copy per (folder, dtype, device) in this process."""
+        key = (str(resolve_model_folder(path_or_repo_id).resolve()), dtype, device)
+        with _SHARED_LOCK:
+            if key not in _SHARED:
+                _SHARED[key] = cls.load(path_or_repo_id, dtype, device)
+            return _SHARED[key]
+
+    def encode_prompt(self, prompts: list):
+        """Prompts → text-encoder hidden states (B, 77, D) in the model dtype."""
+        jt = load_jittor()
+        with jt.no_grad():
+            return self.text_encoder(jt.array(self.tokenizer(prompts)))
+
+    def unet_forward(self, x, t, cond):
+        jt = load_jittor()
+        with jt.no_grad():
+            return self.unet(x, t, cond)
+
+    def decode_latents(self, latents) -> np.ndarray:
+        """Scaled latents (B, 4, h, w) → uint8 images (B, 8h, 8w, 3), as diffusers' pipeline outputs them."""
+        jt = load_jittor()
+        with jt.no_grad():
+            z = (latents if isinstance(latents, jt.Var) else jt.array(np.asarray(latents))).float32()
+            x = self.vae.decode(z / self.vae.scaling_factor)
+            x = ((x / 2 + 0.5).clamp(0.0, 1.0) * 255.0).round()
+            return x.numpy().astype(np.uint8).transpose(0, 2, 3, 1)
+
+    def encode_images(self, images: np.ndarray):
+        """uint8 images (B, H, W, 3) → scaled posterior means (B, 4, H/8, W/8) float32 Var."""
+        jt = load_jittor()
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"encode_images takes uint8 (B, H, W, 3) images, got {images.dtype} {images.shape}")
+        x = (images.astype(np.float32) / 255.0) * 2.0 - 1.0
+        with jt.no_grad():
+            mean, _ = self.vae.encode(jt.array(x.transpose(0, 3, 1, 2)))
+            return mean * self.vae.scaling_factor
+
+    def set_lora(self, path=None, scale: float = 1.0) -> None:
+        """Merge the LoRA at `path` (replacing any other) at `scale`; None or scale 0 restores the base.
+        The same path and scale again does nothing."""
+        if path is None or scale == 0:
+            if self._lora.active is not None:
+                self._lora.remove()
+            return
+        path = Path(path).resolve()
+        if self._lora.active == (path, float(scale)):
+            return
+        stat = path.stat() if path.is_file() else None
+        key = (path, stat.st_mtime_ns, stat.st_size) if stat else (path,)
+        lora = self._lora_sets.get(key)
+        if lora is None:
+            lora = LoraSet.read(path, self.unet, self.text_encoder)
+            if len(self._lora_sets) >= _LORA_CACHE_SIZE:
+                self._lora_sets.pop(next(iter(self._lora_sets)))
+            self._lora_sets[key] = lora
+        self._lora.apply(LoraSet(path, lora.layers), float(scale))
