@@ -173,3 +173,26 @@ def test_bad_lora_files_fail_naming_file_and_key(models, lora_bin, tmp_path, edi
     with pytest.raises(LoraError, match="bad.safetensors: .*" + words) as e:
         LoraSet.read(tmp_path / "bad.safetensors", unet, te)
     assert "\n" not in str(e.value)
+
+
+def test_fp16_models_merge_in_fp32_and_restore_exactly(lora_bin, tmp_path):
+    unet = tiny(UNet2DConditionModel, UNET).float16()
+    base = weights(unet)
+    save_file({k: v for k, v in read_weights(lora_bin).items() if k.startswith("unet.")},
+              str(tmp_path / "unet.safetensors"))
+    lora = LoraSet.read(tmp_path / "unet.safetensors", unet)
+    merger = LoraMerger(unet)
+    merger.apply(lora, 1.0)
+    merged = weights(unet)
+    for layer in lora.layers[:8]:
+        key = layer.module + ".weight"
+        expected = (base[key].astype(np.float32) + layer.delta(1.0)).astype(np.float16)
+        assert merged[key].dtype == np.float16 and np.array_equal(merged[key], expected)
+    merger.remove()
+    assert all(np.array_equal(v, base[k]) for k, v in weights(unet).items())
+
+
+def test_text_encoder_keys_need_a_text_encoder(lora_bin):
+    unet = tiny(UNet2DConditionModel, UNET)
+    with pytest.raises(LoraError, match="targets the text_encoder, which is not loaded"):
+        LoraSet.read(lora_bin, unet)

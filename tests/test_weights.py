@@ -106,3 +106,17 @@ def test_load_state_dict_is_strict(damage, words):
     with pytest.raises(WeightFileError, match="unet/x.safetensors: .*" + words) as e:
         load_state_dict(module, state, "unet/x.safetensors")
     assert "\n" not in str(e.value) and "config" in str(e.value)
+
+
+def test_reads_jittor_save_layout(tmp_path):
+    """jittor.save(.bin) names the zip folder after the file and uses int storage keys."""
+    import io
+    from common.sd import weights as w
+    storage = w._Storage(0, np.arange(6, dtype=np.float32).reshape(2, 3))
+    buffer = io.BytesIO()
+    w._Pickler(buffer, protocol=2).dump({"k": w._TensorRef(storage)})
+    with zipfile.ZipFile(tmp_path / "pytorch_lora_weights.bin", "w") as z:
+        z.writestr("pytorch_lora_weights/data.pkl", buffer.getvalue())
+        z.writestr("pytorch_lora_weights/data/0", storage.array.tobytes())
+        z.writestr("pytorch_lora_weights/version", "3")
+    assert np.array_equal(read_weights(tmp_path / "pytorch_lora_weights.bin")["k"], storage.array)

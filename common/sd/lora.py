@@ -96,6 +96,9 @@ class LoraSet:
                 raise LoraError(f"{path}: key {key!r} is not a LoRA key we know (diffusers .lora.down/.up, "
                                 "peft lora_A/lora_B, kohya lora_down/lora_up); convert the file to diffusers format")
             model, module, part = split
+            if models[model] is None:
+                raise LoraError(f"{path}: key {key!r} targets the {model}, which is not loaded here; "
+                                f"pass the {model} or drop its keys from the LoRA")
             if module not in weights[model]:
                 raise LoraError(f"{path}: key {key!r} targets {model} module {module!r}, which this model lacks; "
                                 "the LoRA was trained for another model (use one made for this base model)")
