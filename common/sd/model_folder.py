@@ -57,6 +57,9 @@ def resolve_model_folder(path_or_repo_id) -> Path:
     if given.is_dir():
         return given
     repo = str(path_or_repo_id)
+    if given.is_file():
+        raise ModelFolderError(f"{given}: is a file; pass the diffusers model folder that holds model_index.json "
+                               "(single-file .ckpt/.safetensors checkpoints are unsupported)")
     if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
         raise ModelFolderError(f"{repo}: no such model folder (and not an org/name repo id); "
                                "pass the folder that holds model_index.json")
