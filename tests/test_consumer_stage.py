@@ -15,9 +15,13 @@ jt = load_jittor()
 STEPS = 3
 
 
+def make_config_settings(tiny_model_dir) -> dict:
+    return {"model.path": str(tiny_model_dir), "model.dtype": "float32", "producer.size": 128,
+            "consumer.steps": STEPS, "queue.fsync": "none"}
+
+
 def make_config(tiny_model_dir, **consumer):
-    settings = {"model.path": str(tiny_model_dir), "model.dtype": "float32", "producer.size": 128,
-                "consumer.steps": STEPS, "queue.fsync": "none"}
+    settings = make_config_settings(tiny_model_dir)
     settings.update({f"consumer.{k}": v for k, v in consumer.items()})
     return load_config(None, settings)
 
@@ -148,3 +152,13 @@ def test_restyle_writes_one_png_per_content_image_and_skips_existing(tiny_model_
     assert pixels((dataset / "restyled" / "p1.png").read_bytes()).shape == (128, 128, 3)
     assert main(args) == 0
     assert "already exists" in capsys.readouterr().out
+
+
+def test_the_base_model_is_used_unless_use_lora_and_a_lora_left_by_another_stage_is_removed(tiny_model_dir, dataset):
+    base = run(make_stage(tiny_model_dir), dataset, "base", n=1)
+    lora_dir = {"producer.lora_dir": str(tiny_model_dir / "loras")}
+    from consumer.stage import ConsumerStage
+    with_lora = ConsumerStage(load_config(None, dict(make_config_settings(tiny_model_dir), **lora_dir,
+                                                     **{"consumer.use_lora": True})), "cpu")
+    assert run(with_lora, dataset, "lora", n=1) != base  # the shared model now holds style 00's LoRA
+    assert run(make_stage(tiny_model_dir), dataset, "base-again", n=1) == base

@@ -133,3 +133,35 @@ def test_a_recomputed_style_inversion_is_bit_identical(sd, cond):
 def test_an_unknown_layer_is_a_config_error_naming_it(sd, cond):
     with pytest.raises(ValueError, match=r"consumer.layers: 'up_blocks.0.attentions.0'"):
         _styleid(sd, cond, layers=("up_blocks.0.attentions.0",))
+
+
+def test_reversion_reads_each_layer_at_the_timestep_of_the_unet_call(sd, cond):
+    styleid = _styleid(sd, cond)
+    style = styleid.invert_style(_latents(9))
+    reads, calls = [], []
+
+    class Spy(FeatureStore):
+        def get(self, layer, kind, t):
+            reads.append((t, layer, kind))
+            return super().get(layer, kind, t)
+
+    spy = Spy()
+    for key in style.kv.keys():
+        spy.put(*key, style.kv.get(*key))
+    style.kv = spy
+    unet_call = sd.unet.execute
+
+    def spying_execute(sample, timestep, encoder_hidden_states):
+        calls.append(timestep)
+        return unet_call(sample, timestep, encoder_hidden_states)
+
+    sd.unet.execute = spying_execute
+    try:
+        styleid.stylize(_latents(10), style)
+    finally:
+        del sd.unet.execute
+    timesteps = sd.scheduler.timesteps(STEPS)
+    assert calls[-STEPS:] == timesteps  # the reversion's UNet calls, descending
+    expected = [(t, hook_name(layer), kind) for t in timesteps for layer in LAYERS for kind in "kv"]
+    assert sorted(reads) == sorted(expected)
+    assert [r[0] for r in reads] == sorted((r[0] for r in reads), reverse=True)  # never a later t's record
