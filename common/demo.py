@@ -6,8 +6,6 @@ when not), so an interrupted demo resumes. The model is random, so pictures are 
 proves the plumbing (planning, queue, both stages, resume), not image quality.
 """
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import List
 
@@ -69,24 +67,13 @@ def _write_dataset(data: Path):
 
 
 def _write_model(model: Path, loras: Path):
-    """The tiny checkpoint (built in a temporary folder, then renamed) and its LoRAs in the trainer layout."""
+    """The tiny checkpoint, and its LoRAs where JDiffusion's trainer puts them (style/style_NN/*.bin)."""
     from common.tiny_model import write_tiny_model
-    if not (model / "model_index.json").is_file():
-        model.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=model.parent, prefix=".model."))
-        try:
-            write_tiny_model(tmp, lora_styles=tuple(PROMPTS))
-            if model.exists():
-                shutil.rmtree(model)
-            tmp.rename(model)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+    write_tiny_model(model, lora_styles=tuple(PROMPTS), lora_format="bin")
     for style in PROMPTS:
-        target = loras / f"style_{style}" / "pytorch_lora_weights.safetensors"
+        target = loras / f"style_{style}" / "pytorch_lora_weights.bin"
         if not target.is_file():
-            source = model / "loras" / f"style_{style}" / "pytorch_lora_weights.safetensors"
-            write_bytes(target, source.read_bytes())
+            write_bytes(target, (model / "loras" / f"style_{style}" / target.name).read_bytes())
 
 
 def demo_settings(workdir: Path) -> dict:

@@ -24,12 +24,15 @@ def lora_path(config: RunConfig, style: str) -> Optional[Path]:
     return None
 
 
-def missing_lora_message(config: RunConfig, style: str) -> str:
+def missing_lora_message(config: RunConfig, style: str, fatal: bool = True) -> str:
+    """One line naming the folder searched and the fix (not fatal: what happens instead)."""
     p = config.producer
     folder = Path(p.lora_dir) / p.lora_subdir.format(style=style)
-    return (f"{folder}: no LoRA for style {style} (looked for {' or '.join(p.lora_names)}); train it with "
-            f"JDiffusion's dreambooth train.py into that folder, fix producer.lora_dir in "
-            f"{config.source or 'the config'}, or set producer.missing_lora: warn to use the base model")
+    missing = f"{folder}: no LoRA for style {style} (looked for {' or '.join(p.lora_names)})"
+    if not fatal:
+        return f"{missing}; generating with the base model (producer.missing_lora: warn)"
+    return (f"{missing}; train it with JDiffusion's dreambooth train.py into that folder, fix producer.lora_dir "
+            f"in {config.source or 'the config'}, or set producer.missing_lora: warn to use the base model")
 
 
 class ProducerStage:
@@ -55,7 +58,7 @@ class ProducerStage:
                 raise FileNotFoundError(missing_lora_message(self.config, style))
             if style not in self._warned:
                 self._warned.add(style)
-                warnings.warn(missing_lora_message(self.config, style), stacklevel=2)
+                warnings.warn(missing_lora_message(self.config, style, fatal=False), stacklevel=2)
         self.sd.set_lora(path, self.config.producer.lora_scale if path else 0.0)
 
     def run(self, tasks: List[Task], beat: Beat) -> None:

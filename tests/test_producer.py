@@ -15,12 +15,10 @@ jt = load_jittor()
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    from common.tiny_model import write_tiny_model
-    folder = tmp_path_factory.mktemp("tiny_sd")
-    write_tiny_model(folder, lora_styles=("00", "01"))
-    return folder
+@pytest.fixture
+def tiny(tiny_model_dir) -> Path:
+    """The session's tiny model; its LoRAs: style_00 .safetensors, style_01 JDiffusion's .bin."""
+    return tiny_model_dir
 
 
 def make_config(tiny: Path, **producer):
