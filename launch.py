@@ -59,6 +59,7 @@ def parse_args(argv):
     p.add_argument("--fresh", action="store_true", help="clear the queue folder (never the outputs) and re-plan")
     p.add_argument("--retry-failed", action="store_true", help="give dead-lettered jobs another max_attempts")
     p.add_argument("--demo", action="store_true", help="run the tiny CPU demo and print its contact sheets")
+    p.add_argument("--workdir", default="demo_run", help="with --demo: the folder for its model, data and outputs")
     return p.parse_args(argv)
 
 
@@ -172,7 +173,7 @@ def run(args) -> int:
     config_path = args.config
     if args.demo:
         from common.demo import prepare_demo
-        config_path = prepare_demo(Path("demo_run"))
+        config_path = prepare_demo(Path(args.workdir))
         args.gpus = "cpu"
     config = load_config(config_path)
     require_path(config.dataset, "dataset", config.source)
