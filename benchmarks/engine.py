@@ -1,0 +1,248 @@
+"""Engine speed: Jittor vs diffusers/transformers (PyTorch) on the full SD 2.1 architecture.
+
+Times one UNet forward (64x64 latents), one VAE decode and one text encode, plus the two StyleID-sized
+self-attentions, with random weights, on the same machine and thread count. Each (side, part) runs in
+its own process (torch and jittor never share one), so peak RSS is per side and part. CPU: float32,
+batches 1 and 2; with a GPU: float16, batches 1, 2, 4, 8. Warm-up runs (Jittor compiles on the first
+call) are excluded; the figure is the median of --runs.
+
+    .venv/bin/python benchmarks/engine.py --threads 2 --json /tmp/engine.json
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+UNET = {
+    "sample_size": 96, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": [320, 640, 1280, 1280], "attention_head_dim": [5, 10, 20, 20],
+    "cross_attention_dim": 1024, "use_linear_projection": True, "upcast_attention": True,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu", "flip_sin_to_cos": True, "freq_shift": 0,
+    "downsample_padding": 1, "mid_block_scale_factor": 1,
+}
+VAE = {
+    "in_channels": 3, "out_channels": 3, "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 2, "latent_channels": 4, "norm_num_groups": 32, "act_fn": "silu", "sample_size": 768,
+    "scaling_factor": 0.18215,
+}
+TEXT_ENCODER = {
+    "vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
+    "num_attention_heads": 16, "max_position_embeddings": 77, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+    "projection_dim": 512,
+}
+# (tokens, channels, heads): the self-attentions of up_blocks.3 and up_blocks.2 at 512x512.
+ATTENTION = [(4096, 320, 5), (1024, 640, 10)]
+PARTS = ("attention", "unet", "vae_decode", "text_encode")
+
+
+def median_time(fn, warmup, runs):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- Jittor side
+def jittor_worker(part, batches, dtype, warmup, runs, latent):
+    from common.jittor_env import load_jittor
+    jt = load_jittor()
+    import numpy as np
+
+    def fill(model):
+        """Cheap random weights: N(0, 1/fan_in) matrices keep activations O(1); 1-D params keep defaults."""
+        for var in model.state_dict().values():
+            if var.ndim >= 2:
+                var.assign(jt.randn(var.shape) * float(np.prod(var.shape[1:])) ** -0.5)
+        if dtype == "fp16":
+            model.float16()
+        return model
+
+    cast = (lambda x: x.float16()) if dtype == "fp16" else (lambda x: x)
+    out = {}
+    with jt.no_grad():
+        if part == "attention":
+            from common.sd.attention import _attention_generic, attention
+            for n, c, h in ATTENTION:
+                q, k, v = (cast(jt.randn((1, n, c))) for _ in range(3))
+                scale = (c // h) ** -0.5
+                key = f"attn_{n}x{c}_h{h}_{dtype}_b1"
+                out[f"{key}_jittor_s"] = median_time(lambda: attention(q, k, v, h, scale, True).sync(), warmup, runs)
+                out[f"{key}_jittor_plain_s"] = median_time(
+                    lambda: _attention_generic(q, k, v, h, scale, True).sync(), warmup, runs)
+        elif part == "unet":
+            from common.sd.unet import UNet2DConditionModel
+            unet = fill(UNet2DConditionModel(UNET))
+            for b in batches:
+                x, ctx = cast(jt.randn((b, 4, latent, latent))), cast(jt.randn((b, 77, 1024)))
+                t = jt.array(np.full((b,), 961, np.int32))
+                out[f"unet_{dtype}_b{b}_jittor_s"] = median_time(lambda: unet(x, t, ctx).sync(), warmup, runs)
+        elif part == "vae_decode":
+            from common.sd.vae import AutoencoderKL
+            vae = fill(AutoencoderKL(VAE))
+            for b in batches:
+                z = cast(jt.randn((b, 4, latent, latent)))
+                out[f"vae_decode_{dtype}_b{b}_jittor_s"] = median_time(lambda: vae.decode(z).sync(), warmup, runs)
+        elif part == "text_encode":
+            from common.sd.clip import CLIPTextModel
+            clip = fill(CLIPTextModel(TEXT_ENCODER))
+            for b in batches:
+                ids = jt.array(np.random.default_rng(0).integers(0, 49408, (b, 77)).astype(np.int32))
+                out[f"text_encode_{dtype}_b{b}_jittor_s"] = median_time(lambda: clip(ids).sync(), warmup, runs)
+        jt.sync_all(True)
+    out[f"{part}_jittor_peak_rss_mib"] = peak_rss_mib()
+    return out
+
+
+# ---------------------------------------------------------------- PyTorch side
+def torch_worker(part, batches, dtype, warmup, runs, latent, threads):
+    import torch
+    torch.set_num_threads(threads)
+    device = "cuda" if dtype == "fp16" else "cpu"
+    tdtype = torch.float16 if dtype == "fp16" else torch.float32
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def fill(model):
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.ndim >= 2:
+                    p.normal_(0.0, p[0].numel() ** -0.5)
+        return model.eval().to(device, tdtype)
+
+    def timed(fn):
+        return median_time(lambda: (fn(), sync()), warmup, runs)
+
+    out = {}
+    with torch.inference_mode():
+        if part == "attention":
+            import torch.nn.functional as F
+            for n, c, h in ATTENTION:
+                q, k, v = (torch.randn(1, h, n, c // h, device=device, dtype=tdtype) for _ in range(3))
+                out[f"attn_{n}x{c}_h{h}_{dtype}_b1_torch_s"] = timed(lambda: F.scaled_dot_product_attention(q, k, v))
+        elif part == "unet":
+            from diffusers import UNet2DConditionModel
+            unet = fill(UNet2DConditionModel(**UNET))
+            for b in batches:
+                x = torch.randn(b, 4, latent, latent, device=device, dtype=tdtype)
+                ctx = torch.randn(b, 77, 1024, device=device, dtype=tdtype)
+                t = torch.full((b,), 961, device=device)
+                out[f"unet_{dtype}_b{b}_torch_s"] = timed(lambda: unet(x, t, ctx))
+        elif part == "vae_decode":
+            from diffusers import AutoencoderKL
+            vae = fill(AutoencoderKL(**VAE))
+            for b in batches:
+                z = torch.randn(b, 4, latent, latent, device=device, dtype=tdtype)
+                out[f"vae_decode_{dtype}_b{b}_torch_s"] = timed(lambda: vae.decode(z))
+        elif part == "text_encode":
+            from transformers import CLIPTextConfig, CLIPTextModel
+            clip = fill(CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER)))
+            for b in batches:
+                ids = torch.randint(0, 49408, (b, 77), device=device)
+                out[f"text_encode_{dtype}_b{b}_torch_s"] = timed(lambda: clip(ids))
+    out[f"{part}_torch_peak_rss_mib"] = peak_rss_mib()
+    if device == "cuda":
+        out[f"{part}_torch_peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    return out
+
+
+# ---------------------------------------------------------------- driver
+def run_worker(python, side, part, args):
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    cmd = [python, __file__, "--worker", side, "--parts", part, "--batches", args.batches, "--dtype", args.dtype,
+           "--warmup", str(args.warmup), "--runs", str(args.runs), "--latent", str(args.latent),
+           "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(f"{side} {part} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return {}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def add_ratios(results):
+    for key in list(results):
+        if key.endswith("_jittor_s") and key.replace("_jittor_s", "_torch_s") in results:
+            results[key.replace("_jittor_s", "_ratio_vs_torch")] = results[key] / results[
+                key.replace("_jittor_s", "_torch_s")]
+    return results
+
+
+def print_table(results):
+    rows = sorted({k[:-len("_jittor_s")] for k in results if k.endswith("_jittor_s")})
+    print(f"{'case':32} {'jittor s':>10} {'torch s':>10} {'ratio':>7}")
+    for row in rows:
+        torch_s = results.get(f"{row}_torch_s")
+        ratio = results.get(f"{row}_ratio_vs_torch")
+        print(f"{row:32} {results[f'{row}_jittor_s']:10.3f} "
+              f"{'-' if torch_s is None else f'{torch_s:.3f}':>10} {'-' if ratio is None else f'{ratio:.2f}':>7}")
+        if f"{row}_jittor_plain_s" in results:
+            print(f"{row + ' (plain jittor)':32} {results[f'{row}_jittor_plain_s']:10.3f}")
+    for key in sorted(k for k in results if k.endswith("_mib")):
+        print(f"{key:45} {results[key]:10.0f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {PARTS}")
+    parser.add_argument("--batches", default=None, help="comma list (default 1,2 on CPU, 1,2,4,8 on GPU)")
+    parser.add_argument("--dtype", choices=("fp32", "fp16"), default=None, help="default fp32 on CPU, fp16 on GPU")
+    parser.add_argument("--latent", type=int, default=64, help="latent side (64 = 512x512 images)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--torch-python", default=str(ROOT / ".venv-ref" / "bin" / "python"))
+    parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--worker", choices=("jittor", "torch"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        batches = [int(b) for b in args.batches.split(",")]
+        if args.worker == "jittor":
+            result = jittor_worker(args.parts, batches, args.dtype, args.warmup, args.runs, args.latent)
+        else:
+            result = torch_worker(args.parts, batches, args.dtype, args.warmup, args.runs, args.latent, args.threads)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    from common.jittor_env import gpu_present  # imports no jittor
+    gpu = gpu_present()
+    args.dtype = args.dtype or ("fp16" if gpu else "fp32")
+    args.batches = args.batches or ("1,2,4,8" if gpu else "1,2")
+    have_torch = Path(args.torch_python).exists()
+    if not have_torch:
+        print(f"no reference python at {args.torch_python}: timing Jittor only", file=sys.stderr)
+    results = {"threads": args.threads, "device": "gpu" if gpu else "cpu", "dtype": args.dtype}
+    for part in args.parts.split(","):
+        if part not in PARTS:
+            parser.error(f"unknown part {part!r}; choose from {PARTS}")
+        results.update(run_worker(sys.executable, "jittor", part, args))
+        if have_torch:
+            results.update(run_worker(args.torch_python, "torch", part, args))
+    print_table(add_ratios(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
