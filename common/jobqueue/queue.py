@@ -12,6 +12,7 @@ import random
 import time
 import uuid
 import zlib
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from common.jobqueue import crash
 from common.jobqueue.jobs import CorruptJob, add_error, dumps, read_job
 from common.jobqueue.layout import STAGES, Layout
 
+REFRESH_S = 0.5  # an empty stage's folders are re-listed at most this often by has_work()
 PEEK = 8  # a claim picks at random among the first PEEK entries of a shard, to spread racing workers
 
 
@@ -35,6 +37,17 @@ def outputs_ok(stage: str, job: dict) -> bool:
         return True
     except (OSError, ValueError):
         return False
+
+
+def drop_temp_files(job: dict):
+    """Delete the half-written temp files (common.atomic names them .<target>.*.tmp) a dead owner left."""
+    for target in (job["out"], job["content_png"], job["content_latent"]):
+        target = Path(target)
+        for tmp in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def _files(folder: Path):
@@ -119,7 +132,7 @@ class Queue:
     def complete(self, stage: str, wid: str, job: dict):
         """Mark a job done (its outputs were checked); gen first publishes the sty job."""
         path = self.layout.claimed_dir(stage, wid) / f"{job['id']}.json"
-        if stage == "gen":
+        if stage == "gen" and not self._sty_exists(job):
             self.enqueue(dict(job, stage="sty", attempts=0, errors=[], owner=None, claimed_at=None,
                               not_before=None, finished_at=None, created_at=time.time()))
             crash.point("after_publish")
@@ -132,6 +145,20 @@ class Queue:
                 os.unlink(job["content_latent"])  # the hand-off is spent; the content PNG stays
             except FileNotFoundError:
                 pass
+
+    def _sty_exists(self, job: dict) -> bool:
+        """Whether the sty job was published already (a gen job reclaimed after its publish step).
+
+        States are checked in the order jobs flow (pending, claimed, retry, done), so a job moving
+        on meanwhile is still seen; the final enqueue's EEXIST covers a retry moving back to pending."""
+        jid, lay = job["id"], self.layout
+        if self.pending_path(dict(job, stage="sty")).exists():
+            return True
+        claimed = lay.state_dir("sty", "claimed")
+        if any((claimed / w / f"{jid}.json").exists() for w in _subdirs(claimed)):
+            return True
+        return any(p.exists() for p in (lay.retry_path("sty", jid), lay.done_path("sty", jid),
+                                        lay.failed_path("sty", jid))) or png_is_complete(job["out"])
 
     def fail(self, stage: str, wid: str, job: dict, kind: str, text: str, *, isolate: bool = False,
              backoff_base: float = 30.0, backoff_max: float = 600.0):
@@ -173,6 +200,10 @@ class Queue:
         A job whose outputs are in place is completed; otherwise it goes back (counted: an attempt
         spent, else returned as unrun). Returns [(stage, id, outcome)]."""
         outcomes = []
+        pid = wid.rsplit("-", 1)[-1]
+        if pid.isdigit():  # its half-written queue records (tmp/<id>.<pid>.<rand>.json)
+            for tmp in self.layout.tmp.glob(f"*.{pid}.*.json"):
+                tmp.unlink()
         for stage in STAGES:
             folder = self.layout.claimed_dir(stage, wid)
             entries = list(_files(folder))
@@ -182,6 +213,7 @@ class Queue:
                 except CorruptJob as err:
                     outcomes.append((stage, Path(e.path).stem, self.quarantine(stage, Path(e.path), str(err))))
                     continue
+                drop_temp_files(job)
                 if outputs_ok(stage, job):
                     self.complete(stage, wid, job)
                     outcomes.append((stage, job["id"], "done"))
@@ -283,17 +315,32 @@ class Claimer:
         self.shards = []
         self.rng = random.Random(wid)
         self._offset = zlib.crc32(wid.encode())
+        self._empty_at = 0.0  # when a refresh last found nothing
 
-    def refresh(self):
+    def refresh(self, min_interval: float = 0.0) -> bool:
+        """Rebuild the shard list (O(shards)); at most every `min_interval` s while it stays empty."""
+        if time.monotonic() - self._empty_at < min_interval:
+            return False
         shards = self.q.pending_dirs(self.stage)
         if shards:
             k = self._offset % len(shards)
             shards = shards[k:] + shards[:k]
         self.shards = shards
+        self._empty_at = 0.0 if shards else time.monotonic()
         return bool(shards)
 
     def has_work(self) -> bool:
-        return bool(self.shards) or self.refresh()
+        """Whether a pending job exists (empty shards found on the way are dropped)."""
+        refreshed = False
+        while True:
+            if not self.shards:
+                if refreshed or not self.refresh(min_interval=REFRESH_S):
+                    self._empty_at = time.monotonic()
+                    return False
+                refreshed = True
+            if next(_files(self.shards[0]), None) is not None:
+                return True
+            self.shards.pop(0)
 
     def _style_of(self, shard: Path) -> str:
         return shard.parent.name if self.stage == "gen" else shard.name

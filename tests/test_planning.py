@@ -1,0 +1,102 @@
+"""Planning: prompts become safe unique names, bad datasets fail in one line, and planning queues exactly
+what is missing (finished tasks skipped, existing content goes straight to stage 2, twice adds nothing)."""
+import json
+
+import numpy as np
+import pytest
+
+from common.atomic import write_npy, write_png
+from common.jobqueue.planner import DatasetError, plan, scan_dataset
+from common.jobqueue.queue import Queue
+from common.naming import NamingError, prompt_names, safe_name
+from queue_fixtures import tasks_of, write_config
+
+
+def test_safe_name_keeps_readable_characters_and_replaces_the_rest():
+    assert safe_name("A cat / dog?") == "A cat _ dog"
+    assert safe_name("  Café,  l'été (2)  ") == "Café, l'été (2)"
+    assert safe_name("a**b<>c") == "a_b_c"
+    assert safe_name("..hidden") == "hidden"
+
+
+def test_safe_name_caps_length_in_utf8_bytes():
+    name = safe_name("é" * 200)
+    assert len(name.encode()) <= 150 and name == "é" * 75
+
+
+def test_colliding_prompts_get_a_stable_hash_suffix_on_the_later_one():
+    names = prompt_names({"0": "cat?", "1": "cat!", "2": "Cat*"}, "p.json")
+    assert names["0"] == "cat"
+    assert names["1"].startswith("cat~") and len(names["1"]) == 8
+    assert names["2"].startswith("Cat~") and len({n.lower() for n in names.values()}) == 3
+    assert prompt_names({"0": "cat?", "1": "cat!"}, "p.json")["1"] == names["1"]
+
+
+@pytest.mark.parametrize("prompt", ["???", "content", "CON", "  ..  "])
+def test_empty_or_reserved_name_is_an_error_naming_prompt_json(prompt):
+    with pytest.raises(NamingError, match=r"^styles/00/prompt.json: .*reword"):
+        prompt_names({"0": prompt}, "styles/00/prompt.json")
+
+
+def test_duplicate_prompt_text_is_an_error():
+    with pytest.raises(NamingError, match="same text"):
+        prompt_names({"0": "Dog", "1": "Dog"}, "p.json")
+
+
+
+
+@pytest.mark.parametrize("breakage, match", [
+    (lambda d: (d / "00" / "images" / "ref.png").unlink(), r"00/images: no images"),
+    (lambda d: (d / "01" / "prompt.json").write_text("{not json"), r"01/prompt.json: not valid JSON"),
+    (lambda d: (d / "01" / "prompt.json").write_text("[]"), r"01/prompt.json: expected a non-empty object"),
+    (lambda d: (d / "01" / "prompt.json").unlink(), r"01/prompt.json: missing"),
+    (lambda d: (d / "01" / "prompt.json").write_text('{"0": 3}'), r"prompt '0' must be a non-empty string"),
+])
+def test_bad_dataset_is_a_one_line_error_naming_the_file(tmp_path, breakage, match):
+    path = write_config(tmp_path)
+    breakage(tmp_path / "data")
+    with pytest.raises(DatasetError, match=match) as err:
+        tasks_of(path)
+    assert "\n" not in str(err.value)
+
+
+def test_task_paths_and_ids_follow_the_layout(tmp_path):
+    config, tasks = tasks_of(write_config(tmp_path))
+    assert len(tasks) == 6 and len({t.id for t in tasks}) == 6
+    t = next(t for t in tasks if t.prompt == "A cat / dog?")
+    assert t.output_png == (tmp_path / "out" / "00" / "A cat _ dog.png")
+    assert t.content_png == (tmp_path / "out" / "00" / "content" / "A cat _ dog.png")
+    assert t.content_latent == (tmp_path / "q" / "content" / f"{t.id}.npy")
+    assert [t.id for t in tasks_of(write_config(tmp_path))[1]] == [t.id for t in tasks]  # deterministic
+
+
+def test_planning_twice_enqueues_nothing_new(tmp_path):
+    config, tasks = tasks_of(write_config(tmp_path))
+    q = Queue(config.queue_dir, fsync=False)
+    first = plan(q, tasks, 3)
+    second = plan(q, tasks, 3)
+    assert (first.gen_queued, second.gen_queued, second.in_queue) == (6, 0, 6)
+    assert len(q.scan("gen")["pending"]) == 6
+
+
+def test_finished_tasks_are_skipped_and_existing_content_goes_to_stage_two(tmp_path):
+    config, tasks = tasks_of(write_config(tmp_path))
+    done, styled_only = tasks[0], tasks[1]
+    write_png(done.output_png, np.zeros((4, 4, 3), np.uint8))
+    write_png(styled_only.content_png, np.zeros((4, 4, 3), np.uint8))
+    write_npy(styled_only.content_latent, np.zeros((4, 8, 8), np.float32))
+    q = Queue(config.queue_dir, fsync=False)
+    report = plan(q, tasks, 3)
+    assert (report.finished, report.sty_queued, report.gen_queued) == (1, 1, 4)
+    assert set(q.scan("sty")["pending"]) == {styled_only.id}
+    assert done.id not in q.scan("gen")["pending"] and styled_only.id not in q.scan("gen")["pending"]
+
+
+def test_truncated_output_is_removed_and_replanned(tmp_path):
+    config, tasks = tasks_of(write_config(tmp_path))
+    t = tasks[0]
+    write_png(t.output_png, np.zeros((4, 4, 3), np.uint8))
+    t.output_png.write_bytes(t.output_png.read_bytes()[:20])
+    report = plan(Queue(config.queue_dir, fsync=False), tasks, 3)
+    assert report.gen_queued == 6 and not t.output_png.exists()
+    assert any("truncated output" in n for n in report.notes)
