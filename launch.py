@@ -25,7 +25,6 @@ from filelock import FileLock, Timeout
 
 from common.config import ConfigError, load_config, require_path
 from common.jittor_env import gpu_present
-from common.jobqueue.jobs import read_job
 from common.jobqueue.layout import STAGES
 from common.jobqueue.planner import (DatasetError, ManifestError, check_manifest, clear_queue, plan, recover,
                                      scan_dataset, write_manifest)
@@ -194,6 +193,9 @@ def run(args) -> int:
         write_manifest(queue, config.pixel_hash(), len(tasks))
         for note in report.notes:
             say(note)
+        if args.fresh and report.finished:
+            say(f"{report.finished} finished output(s) in {config.output} are kept and skipped; to redo them "
+                f"with the new settings, use a new output folder (or delete them)")
         say(f"{report.total} task(s): {report.finished} finished, {report.gen_queued} to generate, "
             f"{report.sty_queued} to style only, {report.in_queue} already queued, {len(report.failed)} failed; "
             f"workers: {', '.join(f'{g}:{r}' for g, r in slots)}")

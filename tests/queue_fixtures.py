@@ -56,7 +56,8 @@ def tasks_of(config_path):
 def launch(config_path, *args, env=None, timeout=60, wait=True):
     """Run launch.py as a subprocess (the fake stages sleep 1-3 ms per task unless env says otherwise)."""
     cmd = [sys.executable, str(REPO / "launch.py"), "--config", str(config_path), "--gpus", "cpu", *args]
-    full_env = dict(os.environ, JSTYLEID_FAKE_MS="1-3", PYTHONPATH=str(REPO), **(env or {}))
+    full_env = dict(os.environ, PYTHONPATH=str(REPO))
+    full_env.update({"JSTYLEID_FAKE_MS": "1-3", **(env or {})})
     if not wait:
         return subprocess.Popen(cmd, env=full_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)

@@ -22,12 +22,12 @@ def boot_id() -> str:
 
 
 def proc_start(pid: int):
-    """The kernel's start time of `pid` (clock ticks since boot), or None if it does not exist."""
+    """The kernel's start time of `pid` (clock ticks since boot), or None if it is gone (or a zombie)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def make_wid(gpu, pid: int = None) -> str:
