@@ -8,12 +8,15 @@ Jittor reads its environment once, at first import, so every process imports it 
   the environment's `lib/` and `include/`; we point Jittor's mkl cache folder at them.
 - the first import compiles Jittor's core for minutes: say so, once.
 """
+import atexit
 import ctypes
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -82,6 +85,29 @@ def _first_compile_pending() -> bool:
     return not any(cache.glob("jt*/*/*/jittor_core*.so")) and not any(cache.glob("jt*/**/jittor_core*.so"))
 
 
+class _default_signals:
+    """Jittor's import may fork a pool of compile processes. They must get the default SIGTERM/SIGINT, not a
+    caller's (a worker's stop request): terminating them at exit would otherwise hang the process."""
+
+    def __enter__(self):
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def __exit__(self, *exc):
+        for s, handler in self.saved.items():
+            signal.signal(s, handler)
+
+
+def _close_compile_pool():
+    """End the compile pool Jittor's import left running (idle processes); Jittor makes a new one if needed."""
+    import jittor_utils
+    if getattr(jittor_utils, "p", None) is not None and getattr(jittor_utils, "pool_size", 0):
+        atexit.unregister(jittor_utils.pool_cleanup)
+        jittor_utils.pool_cleanup()
+        jittor_utils.pool_size = 0
+
+
 def load_jittor(use_cuda=None):
     """Return the `jittor` module, configured for this machine. Call before anything imports jittor."""
     global _jt
@@ -102,7 +128,9 @@ def load_jittor(use_cuda=None):
     if _first_compile_pending():
         print("jstyleid: compiling Jittor's core for this machine; this takes 2-4 minutes once "
               "(cached in ~/.cache/jittor)", file=sys.stderr, flush=True)
-    import jittor as jt
+    with _default_signals():
+        import jittor as jt
+    _close_compile_pool()
     if not have_onednn or jt.compile_extern.mkl_ops is None:
         warnings.warn(SLOW_CPU_WARNING, stacklevel=2)
     jt.flags.use_cuda = 1 if (use_cuda and jt.has_cuda) else 0
