@@ -36,6 +36,8 @@ class StyleID:
 
     def __init__(self, unet, scheduler, cond, *, steps: int = 50, gamma: float = 0.75, temperature: float = 1.5,
                  layers: Sequence[str] = (), adain: bool = True):
+        if not temperature > 0:
+            raise ValueError(f"consumer.temperature must be positive (1.5 by default), not {temperature}")
         known = unet.attention_layers()
         self.names = [hook_name(layer) for layer in layers]
         for layer, name in zip(layers, self.names):

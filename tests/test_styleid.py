@@ -130,9 +130,11 @@ def test_a_recomputed_style_inversion_is_bit_identical(sd, cond):
     np.testing.assert_array_equal(styleid.stylize(content, first).numpy(), styleid.stylize(content, second).numpy())
 
 
-def test_an_unknown_layer_is_a_config_error_naming_it(sd, cond):
+def test_an_unknown_layer_or_a_non_positive_temperature_is_a_config_error_naming_it(sd, cond):
     with pytest.raises(ValueError, match=r"consumer.layers: 'up_blocks.0.attentions.0'"):
         _styleid(sd, cond, layers=("up_blocks.0.attentions.0",))
+    with pytest.raises(ValueError, match=r"consumer.temperature"):
+        _styleid(sd, cond, temperature=0.0)
 
 
 def test_reversion_reads_each_layer_at_the_timestep_of_the_unet_call(sd, cond):
