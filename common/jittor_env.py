@@ -86,13 +86,16 @@ def _first_compile_pending() -> bool:
 
 
 class _default_signals:
-    """Jittor's import may fork a pool of compile processes. They must get the default SIGTERM/SIGINT, not a
-    caller's (a worker's stop request): terminating them at exit would otherwise hang the process."""
+    """Jittor's import may fork a pool of compile processes: they must get the default SIGTERM/SIGINT, not a
+    caller's (a worker's stop request), or terminating them at exit hangs the process. Jittor's import also
+    installs quick-exit handlers for SIGINT and SIGCHLD (any child killed by a signal, e.g. a hung worker the
+    launcher SIGKILLs, would end this process): the caller's handlers come back afterwards."""
 
     def __enter__(self):
         self.saved = {}
         if threading.current_thread() is threading.main_thread():
-            self.saved = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGINT)}
+            self.saved = {s: signal.signal(s, signal.SIG_DFL)
+                          for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)}
 
     def __exit__(self, *exc):
         for s, handler in self.saved.items():

@@ -67,3 +67,48 @@ def test_contact_sheets_show_style_content_and_result_per_prompt(tmp_path):
         assert width_per_column >= 128 and pixels.shape[0] >= 2 * 128
         # a content tile (40) and a result tile (200) are pasted in
         assert (pixels == 40).all(-1).sum() >= 100 * 100 and (pixels == 200).all(-1).sum() >= 100 * 100
+
+
+def worker_pids(queue_dir: Path) -> list:
+    pids = []
+    for lease in (queue_dir / "workers").glob("*.json"):
+        try:
+            pids.append(int(json.loads(lease.read_text())["pid"]))
+        except (OSError, ValueError, KeyError):
+            pass
+    return pids
+
+
+def test_the_demo_killed_midway_completes_every_output_on_rerun(tmp_path):
+    """SIGKILL the launcher and its worker after the first content image, rerun: every output is whole."""
+    cmd = [sys.executable, "launch.py", "--demo", "--workdir", str(tmp_path)]
+    log = tmp_path / "first_run.log"
+    with open(log, "wb") as sink:
+        first = subprocess.Popen(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while not list((tmp_path / "output").glob("*/content/*.png")):
+        assert first.poll() is None, f"the demo exited before writing any content image:\n{log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, "no content image within 10 minutes"
+        time.sleep(0.2)
+    victims = worker_pids(tmp_path / "queue_dir")
+    first.kill()
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    first.wait()
+    assert not (tmp_path / "output" / "00" / "contact_sheet.png").exists()
+
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    config = load_config(tmp_path / "demo.yaml")
+    out = Path(config.output)
+    for style in PROMPTS:
+        source = Path(config.dataset) / style / "prompt.json"
+        for name in prompt_names(json.loads(source.read_text()), str(source)).values():
+            assert png_is_complete(out / style / "content" / f"{name}.png"), (style, name)
+            assert png_is_complete(out / style / f"{name}.png"), (style, name)
+        sheet = out / style / "contact_sheet.png"
+        assert png_is_complete(sheet) and str(sheet) in rerun.stdout
+    assert not list(out.rglob(".*.tmp")), "a temporary file was left behind"
