@@ -69,7 +69,7 @@ def pixels(data: bytes) -> np.ndarray:
 
 
 def test_each_task_gets_a_stylized_png_of_the_content_size(tiny_model_dir, dataset):
-    outputs = run(make_stage(tiny_model_dir), dataset)
+    outputs = run(make_stage(tiny_model_dir), dataset, n=2)
     images = [pixels(b) for b in outputs]
     assert all(im.shape == (128, 128, 3) and im.dtype == np.uint8 for im in images)
     assert not np.array_equal(images[0], images[1])
@@ -78,9 +78,9 @@ def test_each_task_gets_a_stylized_png_of_the_content_size(tiny_model_dir, datas
 
 def test_the_consumer_is_deterministic_and_a_cached_style_gives_the_same_bytes(tiny_model_dir, dataset):
     stage = make_stage(tiny_model_dir)
-    first = run(stage, dataset, "first")
-    cached = run(stage, dataset, "second")  # the style's inversion comes from the cache
-    fresh = run(make_stage(tiny_model_dir, cached_styles=0), dataset, "third")  # recomputed
+    first = run(stage, dataset, "first", n=2)
+    cached = run(stage, dataset, "second", n=2)  # the style's inversion comes from the cache
+    fresh = run(make_stage(tiny_model_dir, cached_styles=0), dataset, "third", n=2)  # recomputed
     assert first == cached == fresh
     assert (stage.cache.misses, stage.cache.hits) == (1, 1)
 
