@@ -3,7 +3,7 @@
     python launch.py --gpus 0,1,2,3 [--config configs/NAME.yaml] [--producers K] [--fresh] [--retry-failed]
     python launch.py --gpus cpu            # one CPU worker doing both stages (also when no GPU is found)
     python launch.py status [--config ...]  # counts, failures, throughput, ETA
-    python launch.py --demo                # tiny CPU demo; prints the contact sheets
+    python launch.py --demo [--workdir DIR] # tiny CPU demo (default DIR: demo_run); prints its contact sheets
 
 Every start re-plans from the dataset and the outputs (finished tasks are skipped, so a rerun resumes).
 --fresh deletes the queue folder's contents (jobs, leases, logs, hand-off latents, manifest) and never

@@ -63,7 +63,7 @@ def test_eight_processes_claim_each_job_exactly_once(tmp_path):
     assert len(ids) == 500 and len(set(ids)) == 500
     scan = q.scan("sty")
     assert len(scan["done"]) == 500 and not scan["pending"] and not scan["claimed"]
-    assert all(read_job(p)["attempts"] == 1 for p in scan["done"].values())
+    assert all(read_job(p)["attempts"] == 0 for p in scan["done"].values())
 
 
 def test_a_batch_holds_one_style_and_prefers_the_last(tmp_path):
@@ -79,9 +79,9 @@ def test_failed_job_retries_after_backoff_then_dead_letters(tmp_path):
     q = Queue(tmp_path / "q", fsync=False)
     fill(q, tmp_path, 1)
     c = q.claimer("sty", "w")
-    for attempt in (1, 2):
+    for failed_before in (0, 1):
         (job,) = c.claim(1)
-        assert job["attempts"] == attempt
+        assert job["attempts"] == failed_before
         assert q.fail("sty", "w", job, "exception", "boom", backoff_base=100) == "retry"
         assert q.promote_due("sty") == 0 and q.promote_due("sty", now=job["not_before"] + 1) == 1
     (job,) = c.claim(1)
@@ -98,7 +98,7 @@ def test_failure_inside_a_batch_is_not_counted_and_isolates_the_job(tmp_path):
     for job in batch:
         assert q.fail("sty", "w", job, "exit", "worker died", isolate=True) == "pending"
     again = c.claim(3)
-    assert len(again) == 1 and again[0]["attempts"] == 1 and again[0]["solo"]
+    assert len(again) == 1 and again[0]["attempts"] == 0 and again[0]["solo"]
     assert len(q.scan("sty")["pending"]) == 2  # the undone claim went back untouched
 
 
@@ -125,9 +125,11 @@ def test_reclaim_completes_finished_work_and_requeues_the_rest(tmp_path):
     assert not q.layout.claimed_dir("sty", "dead").exists()
 
 
-def test_released_job_keeps_its_attempt_count(tmp_path):
+def test_a_release_or_an_uncounted_reclaim_spends_no_attempt(tmp_path):
     q = Queue(tmp_path / "q", fsync=False)
-    fill(q, tmp_path, 1)
+    fill(q, tmp_path, 2)
     (job,) = q.claimer("sty", "w").claim(1)
     q.release("sty", "w", job)
-    assert read_job(next(iter(q.scan("sty")["pending"].values())))["attempts"] == 0
+    q.claimer("sty", "dead").claim(1)
+    q.reclaim("dead", counted=False, reason="launcher restarted")
+    assert [read_job(p)["attempts"] for p in q.scan("sty")["pending"].values()] == [0, 0]

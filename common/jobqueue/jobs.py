@@ -1,5 +1,8 @@
 """The job record: one JSON object per job (QUEUE.md §2), its schema check, and its Task view.
 
+`attempts` counts failed attempts; `errors` keeps the last 5. Claim and finish times are not fields:
+they are the ctime of the file in claimed/ and done/ (the hot path writes no record, see queue.py).
+
 A job file that fails to parse or to match the schema is `CorruptJob`; recovery quarantines it and the
 planner queues the task again (the id is a pure function of the task, so nothing is lost).
 """
@@ -33,7 +36,7 @@ def new_job(task: Task, stage: str, max_attempts: int) -> dict:
             "name": task.name, "seed": task.seed, "style_dir": str(task.style_dir), "out": str(task.output_png),
             "content_png": str(task.content_png), "content_latent": str(task.content_latent),
             "attempts": 0, "max_attempts": max_attempts, "errors": [], "owner": None,
-            "created_at": time.time(), "claimed_at": None, "not_before": None, "finished_at": None}
+            "created_at": time.time(), "not_before": None}
 
 
 def to_task(job: dict) -> Task:

@@ -29,11 +29,11 @@ def collect(queue: Queue) -> dict:
     for stage in STAGES:
         scan = queue.scan(stage)
         counts[stage] = {state: len(scan[state]) for state in STATES}
-        if stage == "sty":
+        if stage == "sty":  # a done record's ctime is when its rename into done/ happened
             for path in scan["done"].values():
                 try:
-                    finished.append(read_job(path).get("finished_at") or 0)
-                except (CorruptJob, FileNotFoundError):
+                    finished.append(path.stat().st_ctime)
+                except FileNotFoundError:
                     pass
     finished = sorted(finished)[-RATE_WINDOW:]
     rate = (len(finished) - 1) / (finished[-1] - finished[0]) if len(finished) > 1 and \

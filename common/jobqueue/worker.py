@@ -53,7 +53,7 @@ class Worker:
         self.claimers = {s: self.q.claimer(s, self.wid) for s in STAGES}
         self.policy = BurstPolicy(config.scheduling.burst if self.device != "cpu" else 1) \
             if role == "both" else None
-        self.stages, self.current, self.last_style = {}, None, {}
+        self.stages, self.current, self.last_style, self.warm = {}, None, {}, set()
         self.batch = {"gen": config.producer.batch, "sty": config.consumer.batch}
         self.backoff = {"backoff_base": qc.backoff_base_s, "backoff_max": qc.backoff_max_s}
         self.idle_cap = min(2.0, max(0.2, 5 * qc.heartbeat_s))
@@ -95,6 +95,8 @@ class Worker:
                 jobs = []
                 if kind is not None:
                     self.stage(kind)
+                    if self.stopping:
+                        break
                     jobs = self.claimers[kind].claim(self.batch[kind], self.last_style.get(kind))
                 if jobs:
                     idle = 0.2
@@ -124,9 +126,11 @@ class Worker:
         log(f"{kind} {len(jobs)} job(s) of style {jobs[0]['style']}: {[j['id'] for j in jobs]}")
         t0 = time.monotonic()
         error = None
+        # The first batch of a stage compiles Jittor's kernels: it runs under the loading TTL.
+        phase_of = (lambda phase: phase) if kind in self.warm else (lambda phase: "loading")
         try:
-            self.beat("working", jobs[0]["id"])
-            self.stage(kind).run(tasks, self.beat)
+            self.beat(phase_of("working"), jobs[0]["id"])
+            self.stage(kind).run(tasks, lambda phase: self.beat(phase_of(phase)))
         except Stop:
             self.stopping = True
         except Exception:
@@ -147,6 +151,8 @@ class Worker:
                                     isolate=len(jobs) > 1, **self.backoff)
                 log(f"{kind} {job['id']} -> {where}")
         self.last_style[kind] = jobs[0]["style"]
+        if error is None:
+            self.warm.add(kind)
         self.lease.beat("idle", force=True)
 
 

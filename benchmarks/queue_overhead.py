@@ -1,0 +1,142 @@
+"""Queue overhead per job at growing queue sizes: the O(1) claim proof (QUEUE.md §8).
+
+For each size N it enqueues N gen jobs (4 styles), then drains them with the no-op stage the way a
+worker does: claim one gen job, complete it (which publishes its sty job), claim that sty job, complete
+it. Reported per gen job: enqueue + claim + complete (ms_per_job), the sty job's claim + complete, and
+the p99 gen claim latency. A flat ms_per_job across N is the point (growth_ratio_100k_over_1k <= 1.2).
+
+The control is the predecessor-style naive queue: one unsharded pending folder, a full sorted listdir
+per claim, rename to done. Its claims cost O(N), so it is timed on the first --naive-sample claims at
+each size (the cost while the queue is full) and compared as a ratio.
+
+    python benchmarks/queue_overhead.py --jobs 1000,10000,100000 --fsync none --json out.json
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.jobqueue.jobs import new_job  # noqa: E402
+from common.jobqueue.queue import Queue  # noqa: E402
+from common.stage import Task  # noqa: E402
+
+STYLES = 4
+
+
+def make_task(i: int, root: Path) -> Task:
+    import hashlib
+    jid = hashlib.sha256(str(i).encode()).hexdigest()[:20]
+    style = f"{i % STYLES:02d}"
+    return Task(id=jid, style=style, prompt=f"prompt {i}", name=f"prompt {i}", seed=0, style_dir=root,
+                content_png=root / "out" / style / "content" / f"{i}.png",
+                content_latent=root / "q" / "content" / f"{jid}.npy", output_png=root / "out" / style / f"{i}.png")
+
+
+def ours(root: Path, n: int, fsync: bool) -> dict:
+    q = Queue(root / "q", fsync=fsync)
+    q.layout.make()
+    jobs = [new_job(make_task(i, root), "gen", 3) for i in range(n)]
+    for hh in range(256):  # the folders a run's first plan creates once (1024 shards + 256 done shards)
+        q._mkdir(q.layout.done_path("gen", f"{hh:02x}").parent)
+        q._mkdir(q.layout.done_path("sty", f"{hh:02x}").parent)
+        for style in range(STYLES):
+            q._mkdir(q.layout.pending_dir("gen", f"{style:02d}", f"{hh:02x}"))
+    t0 = time.perf_counter()
+    for job in jobs:
+        q.enqueue(job)
+    enqueue_s = time.perf_counter() - t0
+    gen, sty = q.claimer("gen", "bench-g0-1"), q.claimer("sty", "bench-g0-1")
+    claims, gen_s, sty_s = [], 0.0, 0.0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        (job,) = gen.claim(1)
+        t1 = time.perf_counter()
+        q.complete("gen", gen.wid, job)
+        t2 = time.perf_counter()
+        (sjob,) = sty.claim(1)
+        q.complete("sty", sty.wid, sjob)
+        t3 = time.perf_counter()
+        claims.append(t1 - t0)
+        gen_s += t2 - t0
+        sty_s += t3 - t2
+    assert not gen.claim(1) and q.count_done("gen") == n == q.count_done("sty")
+    claims.sort()
+    return {"ms_per_job": (enqueue_s + gen_s) / n * 1e3, "enqueue_us": enqueue_s / n * 1e6,
+            "claim_complete_us": gen_s / n * 1e6, "sty_claim_complete_us": sty_s / n * 1e6,
+            "p99_claim_ms": claims[int(0.99 * (n - 1))] * 1e3}
+
+
+def naive(root: Path, n: int, fsync: bool, sample: int) -> dict:
+    """One pending folder, a full listdir per claim (the predecessor's approach)."""
+    pending, done = root / "naive" / "pending", root / "naive" / "done"
+    pending.mkdir(parents=True)
+    done.mkdir()
+    t0 = time.perf_counter()
+    for i in range(n):
+        with open(pending / f"{i:08d}.json", "w") as f:
+            f.write(json.dumps({"id": i}))
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+    enqueue_s = time.perf_counter() - t0
+    k = min(n, sample)
+    t0 = time.perf_counter()
+    for _ in range(k):
+        name = sorted(os.listdir(pending))[0]
+        os.rename(pending / name, done / name)
+    return {"ms_per_job": (enqueue_s / n + (time.perf_counter() - t0) / k) * 1e3}
+
+
+def label(n: int) -> str:
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--jobs", default="1000,10000,100000", help="comma-separated queue sizes")
+    p.add_argument("--fsync", choices=("all", "none"), default="all")
+    p.add_argument("--naive-sample", type=int, default=300, help="claims timed for the naive control")
+    p.add_argument("--dir", default=None, help="where the queues live (default: the system temp folder)")
+    p.add_argument("--json", default=None, help="write the figures here")
+    args = p.parse_args(argv)
+    sizes = [int(s) for s in args.jobs.split(",")]
+    fsync = args.fsync == "all"
+    result = {"fsync": args.fsync, "styles": STYLES, "naive_sample_claims": args.naive_sample,
+              "filesystem_dir": args.dir or tempfile.gettempdir()}
+    print(f"fsync={args.fsync}; per gen job: enqueue + claim + complete (complete publishes the sty job)")
+    print(f"{'jobs':>8} {'ms/job':>8} {'enq us':>8} {'claim+done us':>14} {'sty us':>8} {'p99 claim ms':>13}"
+          f" {'naive ms/job':>13} {'naive/ours':>11}")
+    for n in sizes:
+        root = Path(tempfile.mkdtemp(prefix="jstyleid-qbench-", dir=args.dir))
+        try:
+            r = ours(root, n, fsync)
+            nv = naive(root, n, fsync, args.naive_sample)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        key = label(n)
+        result.update({f"ms_per_job_{key}": r["ms_per_job"], f"enqueue_us_{key}": r["enqueue_us"],
+                       f"claim_complete_us_{key}": r["claim_complete_us"],
+                       f"sty_claim_complete_us_{key}": r["sty_claim_complete_us"],
+                       f"p99_claim_ms_{key}": r["p99_claim_ms"], f"naive_ms_per_job_{key}": nv["ms_per_job"],
+                       f"naive_over_ours_{key}": nv["ms_per_job"] / r["ms_per_job"]})
+        print(f"{n:>8} {r['ms_per_job']:>8.3f} {r['enqueue_us']:>8.1f} {r['claim_complete_us']:>14.1f} "
+              f"{r['sty_claim_complete_us']:>8.1f} {r['p99_claim_ms']:>13.3f} {nv['ms_per_job']:>13.3f} "
+              f"{nv['ms_per_job'] / r['ms_per_job']:>10.1f}x", flush=True)
+    last = label(sizes[-1])
+    for n in sizes[:-1]:  # vs every smaller size (the smallest pays the first touch of 1024 empty shards)
+        key = f"growth_ratio_{last}_over_{label(n)}"
+        result[key] = result[f"ms_per_job_{last}"] / result[f"ms_per_job_{label(n)}"]
+        print(f"growth ratio {last}/{label(n)}: {result[key]:.2f} (target <= 1.2)")
+    print("target <= 2 ms/job")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
