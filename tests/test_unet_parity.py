@@ -103,3 +103,13 @@ def test_unsupported_config_raises_naming_the_key():
         UNet2DConditionModel({**UNET, "use_linear_projection": False})
     with pytest.raises(ValueError, match="class_embed_type"):
         UNet2DConditionModel({**UNET, "class_embed_type": "timestep"})
+
+
+def test_float16_unet_stays_close_to_diffusers_fp32():
+    model = UNet2DConditionModel(UNET)
+    load_numpy_state(model, {k: tiny_param(k, v.shape) for k, v in model.state_dict().items()})
+    model.float16()
+    with jt.no_grad():
+        y = model(jt.array(GOLDEN["sample"]).float16(), GOLDEN["timesteps"], jt.array(GOLDEN["context"]).float16())
+    assert y.dtype == "float16"
+    assert rel_err(y.float32().numpy(), GOLDEN["output"]) <= 5e-2  # fp16 rounding through ~100 layers

@@ -46,7 +46,9 @@ def _check_config(config: dict):
 
 
 def timestep_embedding(timesteps, batch, dim, flip_sin_to_cos, freq_shift):
-    """Sinusoidal embedding (B, dim) in float32; `timesteps` an int or a (B,) Var."""
+    """Sinusoidal embedding (B, dim) in float32; `timesteps` an int or a (B,) Var or array."""
+    if isinstance(timesteps, np.ndarray):
+        timesteps = jt.array(timesteps)
     half = dim // 2
     freqs = np.exp(-math.log(10000.0) * np.arange(half, dtype=np.float64) / (half - freq_shift))
     freqs = jt.array(freqs.astype(np.float32))
