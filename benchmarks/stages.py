@@ -7,10 +7,11 @@ predecessor's ("seed 000") consumer design, run here in the same session: a fres
 that loads the model, re-inverts the style, and runs every UNet call on a guidance-doubled batch (same
 steps). `consumer_speedup_vs_seed_style` = its seconds per image / ours with the style cached, batch 4.
 
-On a GPU: SD 2.1's architecture (the real model when `--model` names one), 512x512 float16, 25 producer and
-50 consumer steps. On a CPU (2 cores take minutes per SD-sized call): `--arch` (default `sd21`, SD 2.1's
-full UNet/VAE/text encoder shapes with random weights) at 256x256 float32, 5 steps each way. Random weights
-cost the same time as trained ones; Jittor compiles each new shape once, so every part warms up first.
+On a GPU: SD 2.1's architecture with random weights (or the real model when `--model` names one), 512x512
+float16, 25 producer and 50 consumer steps. On a CPU (2 cores: the full SD 2.1 UNet takes ~8 s per call at
+256x256): `--arch half` (SD 2.1's layout with every width halved, heads 64 wide, a 12-layer 512-wide text
+encoder) at 256x256 float32, 5 steps each way. Random weights cost the same time as trained ones; Jittor
+compiles each new shape once, so every part warms up first.
 """
 import argparse
 import json
@@ -125,7 +126,7 @@ def styleid(sd, a, steps):
     with jt.no_grad():
         cond = sd.encode_prompt([""])
     return StyleID(sd.unet, sd.scheduler, cond, steps=steps, gamma=c.gamma, temperature=c.temperature,
-                   layers=c.layers, adain=c.adain, dtype=a.dtype)
+                   layers=c.layers, adain=c.adain)
 
 
 def latents(sd, images):
@@ -165,7 +166,9 @@ def part_consumer(a) -> dict:
 def part_seed_image(a) -> dict:
     """One content image the predecessor's way: load, invert the style, guidance-doubled batches."""
     jt = jittor()
+    t0 = time.perf_counter()
     sd = load_model(a)
+    load = time.perf_counter() - t0
     engine = styleid(sd, a, a.sty_steps)
     style = latents(sd, [drawn_image(a.size, 0)])
     content = latents(sd, [drawn_image(a.size, 1 + a.index % 4)])
@@ -174,7 +177,7 @@ def part_seed_image(a) -> dict:
         out = engine.stylize(jt.concat([content, content], dim=0), feats)[:1]
         sd.decode_latents(out)
     jt.sync_all()
-    return {"peak_rss_mb": peak_rss_mb()}
+    return {"peak_rss_mb": peak_rss_mb(), "load_s": load}
 
 
 PARTS = {"producer": part_producer, "consumer": part_consumer, "seed-image": part_seed_image}
@@ -209,7 +212,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", type=Path, help="write the figures here")
     p.add_argument("--model", help="a diffusers folder (default: a random SD-2.1-shaped one)")
-    p.add_argument("--arch", choices=("sd21", "half"), default="sd21", help="random model's shapes")
+    p.add_argument("--arch", choices=("sd21", "half"), help="random model's shapes (default: sd21 on a GPU, "
+                   "half on a CPU)")
     p.add_argument("--size", type=int)
     p.add_argument("--gen-steps", type=int)
     p.add_argument("--sty-steps", type=int)
@@ -230,6 +234,7 @@ def main():
     a.size = a.size or (512 if gpu else 256)
     a.gen_steps = a.gen_steps or (25 if gpu else 5)
     a.sty_steps = a.sty_steps or (50 if gpu else 5)
+    a.arch = a.arch or ("sd21" if gpu else "half")
     if a.model is None:
         a.model = a.workdir / f"random-{a.arch}"
         t0 = time.perf_counter()
@@ -241,12 +246,14 @@ def main():
     for part in ("producer", "consumer"):
         result, _ = run_part(a, part)
         figures.update(result)
+        print(f"{part}: {result}", file=sys.stderr, flush=True)
     run_part(a, "seed-image", sty_steps=1)  # compiles the doubled-batch shapes
-    walls, rss = [], []
+    walls, loads, rss = [], [], []
     for i in range(a.seed_images):
         result, wall = run_part(a, "seed-image", index=i)
-        walls.append(wall), rss.append(result["peak_rss_mb"])
+        walls.append(wall), loads.append(result["load_s"]), rss.append(result["peak_rss_mb"])
     figures["seed_style_s_per_image"] = sum(walls) / len(walls)
+    figures["seed_style_load_s"] = sum(loads) / len(loads)  # model load inside each process (of the above)
     figures["seed_style_peak_rss_mb"] = max(rss)
     figures["consumer_speedup_vs_seed_style"] = figures["seed_style_s_per_image"] / figures[
         "consumer_s_per_image_b4_cached"]

@@ -3,6 +3,7 @@
 Each image's starting noise comes from NumPy seeded by that image's own seed, so an image does not
 depend on the device, on the batch it shares, or on its place in that batch.
 """
+import hashlib
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -10,6 +11,13 @@ import numpy as np
 from common.jittor_env import load_jittor
 
 jt = load_jittor()
+
+
+def image_seed(seed: int, style: str, prompt: str) -> int:
+    """The seed of one image: a hash of (base seed, style, prompt), so every prompt gets its own noise and
+    adding or reordering prompts changes no other image."""
+    digest = hashlib.sha256(f"{seed}\0{style}\0{prompt}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def initial_noise(seed: int, shape: Sequence[int]) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import List, Optional
 from common.atomic import write_npy, write_png
 from common.config import RunConfig
 from common.stage import Beat, Task
-from producer.generate import generate
+from producer.generate import generate, image_seed
 
 
 def lora_path(config: RunConfig, style: str) -> Optional[Path]:
@@ -72,7 +72,8 @@ class ProducerStage:
         for start in range(0, len(tasks), p.batch):
             chunk = tasks[start:start + p.batch]
             prompts = [p.prompt_template.format(prompt=t.prompt, style=t.style) for t in chunk]
-            latents, images = generate(self.sd, prompts, [t.seed for t in chunk], size=p.size, steps=p.steps,
+            seeds = [image_seed(t.seed, t.style, t.prompt) for t in chunk]
+            latents, images = generate(self.sd, prompts, seeds, size=p.size, steps=p.steps,
                                        guidance=p.guidance, negative_prompt=p.negative_prompt, beat=beat)
             for task, latent, image in zip(chunk, latents, images):
                 write_npy(task.content_latent, latent, fsync=self._fsync)
