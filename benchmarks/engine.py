@@ -4,7 +4,8 @@ Times one UNet forward (64x64 latents), one VAE decode and one text encode, plus
 self-attentions, with random weights, on the same machine and thread count. Each (side, part) runs in
 its own process (torch and jittor never share one), so peak RSS is per side and part. CPU: float32,
 batches 1 and 2; with a GPU: float16, batches 1, 2, 4, 8. Warm-up runs (Jittor compiles on the first
-call) are excluded; the figure is the median of --runs.
+call) are excluded; the figure is the median of --runs (the best of --rounds worker pairs, which
+alternate, when the machine is shared).
 
     .venv/bin/python benchmarks/engine.py --threads 2 --json /tmp/engine.json
 """
@@ -46,15 +47,26 @@ ATTENTION = [(4096, 320, 5), (1024, 640, 10)]
 PARTS = ("attention", "unet", "vae_decode", "text_encode")
 
 
-def median_time(fn, warmup, runs):
+def median_time(fn, warmup, runs, cpu_times=None):
+    """Median wall seconds of `runs` calls after `warmup`; the median CPU seconds go to cpu_times."""
     for _ in range(warmup):
         fn()
-    times = []
+    walls, cpus = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    if cpu_times is not None:
+        cpu_times.append(statistics.median(cpus))
+    return statistics.median(walls)
+
+
+def record(out, key, side, fn, warmup, runs, variant=""):
+    """out[key_side_s] = median wall seconds, out[key_side_cpu_s] = median CPU seconds (all threads)."""
+    cpu = []
+    out[f"{key}_{side}{variant}_s"] = median_time(fn, warmup, runs, cpu)
+    out[f"{key}_{side}{variant}_cpu_s"] = cpu[0]
 
 
 def peak_rss_mib():
@@ -85,28 +97,28 @@ def jittor_worker(part, batches, dtype, warmup, runs, latent):
                 q, k, v = (cast(jt.randn((1, n, c))) for _ in range(3))
                 scale = (c // h) ** -0.5
                 key = f"attn_{n}x{c}_h{h}_{dtype}_b1"
-                out[f"{key}_jittor_s"] = median_time(lambda: attention(q, k, v, h, scale, True).sync(), warmup, runs)
-                out[f"{key}_jittor_plain_s"] = median_time(
-                    lambda: _attention_generic(q, k, v, h, scale, True).sync(), warmup, runs)
+                record(out, key, "jittor", lambda: attention(q, k, v, h, scale, True).sync(), warmup, runs)
+                record(out, key, "jittor", lambda: _attention_generic(q, k, v, h, scale, True).sync(), warmup, runs,
+                       "_plain")
         elif part == "unet":
             from common.sd.unet import UNet2DConditionModel
             unet = fill(UNet2DConditionModel(UNET))
             for b in batches:
                 x, ctx = cast(jt.randn((b, 4, latent, latent))), cast(jt.randn((b, 77, 1024)))
                 t = jt.array(np.full((b,), 961, np.int32))
-                out[f"unet_{dtype}_b{b}_jittor_s"] = median_time(lambda: unet(x, t, ctx).sync(), warmup, runs)
+                record(out, f"unet_{dtype}_b{b}", "jittor", lambda: unet(x, t, ctx).sync(), warmup, runs)
         elif part == "vae_decode":
             from common.sd.vae import AutoencoderKL
             vae = fill(AutoencoderKL(VAE))
             for b in batches:
                 z = cast(jt.randn((b, 4, latent, latent)))
-                out[f"vae_decode_{dtype}_b{b}_jittor_s"] = median_time(lambda: vae.decode(z).sync(), warmup, runs)
+                record(out, f"vae_decode_{dtype}_b{b}", "jittor", lambda: vae.decode(z).sync(), warmup, runs)
         elif part == "text_encode":
             from common.sd.clip import CLIPTextModel
             clip = fill(CLIPTextModel(TEXT_ENCODER))
             for b in batches:
                 ids = jt.array(np.random.default_rng(0).integers(0, 49408, (b, 77)).astype(np.int32))
-                out[f"text_encode_{dtype}_b{b}_jittor_s"] = median_time(lambda: clip(ids).sync(), warmup, runs)
+                record(out, f"text_encode_{dtype}_b{b}", "jittor", lambda: clip(ids).sync(), warmup, runs)
         jt.sync_all(True)
     out[f"{part}_jittor_peak_rss_mib"] = peak_rss_mib()
     return out
@@ -130,8 +142,8 @@ def torch_worker(part, batches, dtype, warmup, runs, latent, threads):
                     p.normal_(0.0, p[0].numel() ** -0.5)
         return model.eval().to(device, tdtype)
 
-    def timed(fn):
-        return median_time(lambda: (fn(), sync()), warmup, runs)
+    def timed(key, fn):
+        record(out, key, "torch", lambda: (fn(), sync()), warmup, runs)
 
     out = {}
     with torch.inference_mode():
@@ -139,7 +151,7 @@ def torch_worker(part, batches, dtype, warmup, runs, latent, threads):
             import torch.nn.functional as F
             for n, c, h in ATTENTION:
                 q, k, v = (torch.randn(1, h, n, c // h, device=device, dtype=tdtype) for _ in range(3))
-                out[f"attn_{n}x{c}_h{h}_{dtype}_b1_torch_s"] = timed(lambda: F.scaled_dot_product_attention(q, k, v))
+                timed(f"attn_{n}x{c}_h{h}_{dtype}_b1", lambda: F.scaled_dot_product_attention(q, k, v))
         elif part == "unet":
             from diffusers import UNet2DConditionModel
             unet = fill(UNet2DConditionModel(**UNET))
@@ -147,19 +159,19 @@ def torch_worker(part, batches, dtype, warmup, runs, latent, threads):
                 x = torch.randn(b, 4, latent, latent, device=device, dtype=tdtype)
                 ctx = torch.randn(b, 77, 1024, device=device, dtype=tdtype)
                 t = torch.full((b,), 961, device=device)
-                out[f"unet_{dtype}_b{b}_torch_s"] = timed(lambda: unet(x, t, ctx))
+                timed(f"unet_{dtype}_b{b}", lambda: unet(x, t, ctx))
         elif part == "vae_decode":
             from diffusers import AutoencoderKL
             vae = fill(AutoencoderKL(**VAE))
             for b in batches:
                 z = torch.randn(b, 4, latent, latent, device=device, dtype=tdtype)
-                out[f"vae_decode_{dtype}_b{b}_torch_s"] = timed(lambda: vae.decode(z))
+                timed(f"vae_decode_{dtype}_b{b}", lambda: vae.decode(z))
         elif part == "text_encode":
             from transformers import CLIPTextConfig, CLIPTextModel
             clip = fill(CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER)))
             for b in batches:
                 ids = torch.randint(0, 49408, (b, 77), device=device)
-                out[f"text_encode_{dtype}_b{b}_torch_s"] = timed(lambda: clip(ids))
+                timed(f"text_encode_{dtype}_b{b}", lambda: clip(ids))
     out[f"{part}_torch_peak_rss_mib"] = peak_rss_mib()
     if device == "cuda":
         out[f"{part}_torch_peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
@@ -182,22 +194,25 @@ def run_worker(python, side, part, args):
 
 def add_ratios(results):
     for key in list(results):
-        if key.endswith("_jittor_s") and key.replace("_jittor_s", "_torch_s") in results:
-            results[key.replace("_jittor_s", "_ratio_vs_torch")] = results[key] / results[
-                key.replace("_jittor_s", "_torch_s")]
+        for suffix, ratio in (("_jittor_s", "_ratio_vs_torch"), ("_jittor_cpu_s", "_cpu_ratio_vs_torch")):
+            torch_key = key.replace(suffix, suffix.replace("jittor", "torch"))
+            if key.endswith(suffix) and torch_key in results:
+                results[key.replace(suffix, ratio)] = results[key] / results[torch_key]
     return results
 
 
 def print_table(results):
+    def cell(key, fmt):
+        return "-" if key not in results else format(results[key], fmt)
+
     rows = sorted({k[:-len("_jittor_s")] for k in results if k.endswith("_jittor_s")})
-    print(f"{'case':32} {'jittor s':>10} {'torch s':>10} {'ratio':>7}")
+    print(f"{'case (seconds)':34} {'jittor':>8} {'torch':>8} {'ratio':>6} {'jt cpu':>8} {'th cpu':>8} {'ratio':>6}")
     for row in rows:
-        torch_s = results.get(f"{row}_torch_s")
-        ratio = results.get(f"{row}_ratio_vs_torch")
-        print(f"{row:32} {results[f'{row}_jittor_s']:10.3f} "
-              f"{'-' if torch_s is None else f'{torch_s:.3f}':>10} {'-' if ratio is None else f'{ratio:.2f}':>7}")
+        print(f"{row:34} {cell(row + '_jittor_s', '8.3f')} {cell(row + '_torch_s', '8.3f'):>8} "
+              f"{cell(row + '_ratio_vs_torch', '6.2f'):>6} {cell(row + '_jittor_cpu_s', '8.3f')} "
+              f"{cell(row + '_torch_cpu_s', '8.3f'):>8} {cell(row + '_cpu_ratio_vs_torch', '6.2f'):>6}")
         if f"{row}_jittor_plain_s" in results:
-            print(f"{row + ' (plain jittor)':32} {results[f'{row}_jittor_plain_s']:10.3f}")
+            print(f"{row + ' (plain Jittor ops)':34} {results[f'{row}_jittor_plain_s']:8.3f}")
     for key in sorted(k for k in results if k.endswith("_mib")):
         print(f"{key:45} {results[key]:10.0f}")
 
@@ -211,6 +226,7 @@ def main():
     parser.add_argument("--latent", type=int, default=64, help="latent side (64 = 512x512 images)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="run both sides this many times, keep the best")
     parser.add_argument("--torch-python", default=str(ROOT / ".venv-ref" / "bin" / "python"))
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--worker", choices=("jittor", "torch"), help=argparse.SUPPRESS)
@@ -236,9 +252,12 @@ def main():
     for part in args.parts.split(","):
         if part not in PARTS:
             parser.error(f"unknown part {part!r}; choose from {PARTS}")
-        results.update(run_worker(sys.executable, "jittor", part, args))
-        if have_torch:
-            results.update(run_worker(args.torch_python, "torch", part, args))
+        for _ in range(args.rounds):  # alternate sides; keep each figure's best round (others share the CPU)
+            for python, side in ((sys.executable, "jittor"), (args.torch_python, "torch")):
+                if side == "torch" and not have_torch:
+                    continue
+                for key, value in run_worker(python, side, part, args).items():
+                    results[key] = min(value, results.get(key, value))
     print_table(add_ratios(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
