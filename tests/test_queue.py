@@ -133,3 +133,25 @@ def test_a_release_or_an_uncounted_reclaim_spends_no_attempt(tmp_path):
     q.claimer("sty", "dead").claim(1)
     q.reclaim("dead", counted=False, reason="launcher restarted")
     assert [read_job(p)["attempts"] for p in q.scan("sty")["pending"].values()] == [0, 0]
+
+
+@pytest.mark.parametrize("n", [50, 3000])
+def test_a_claim_reads_a_bounded_number_of_entries_however_many_jobs_wait(tmp_path, monkeypatch, n):
+    import common.jobqueue.queue as queue_module
+    q = Queue(tmp_path / "q", fsync=False)
+    fill(q, tmp_path, n, stage="gen", styles=("00", "01"))
+    claimer = q.claimer("gen", "w")
+    claimer.refresh()  # the O(shards) listing, once per run or when the list runs dry
+    read = []
+    real_files = queue_module._files
+
+    def counting(folder):
+        for entry in real_files(folder):
+            read.append(entry.name)
+            yield entry
+
+    monkeypatch.setattr(queue_module, "_files", counting)
+    for _ in range(20):
+        read.clear()
+        assert len(claimer.claim(1)) == 1
+        assert len(read) <= 2 * queue_module.PEEK  # an emptied shard costs one more short listing
