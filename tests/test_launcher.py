@@ -157,3 +157,18 @@ def test_roles_split_by_cost_or_by_producers():
     assert launch.assign_roles(["cpu"], config, None) == [("cpu", "both")]
     assert [r for _, r in launch.assign_roles(["0", "1", "2"], config, None)] == ["gen", "sty", "sty"]
     assert [r for _, r in launch.assign_roles(["0", "1", "2"], config, 2)] == ["gen", "gen", "sty"]
+
+
+def test_two_workers_with_split_roles_share_the_work(tmp_path, monkeypatch):
+    from common.jobqueue.supervisor import Supervisor
+    monkeypatch.setenv("JSTYLEID_FAKE_MS", "5-10")
+    path = write_config(tmp_path, producer={"batch": 1}, consumer={"batch": 1})
+    config, tasks = tasks_of(path)
+    q = Queue(config.queue_dir, fsync=False)
+    q.layout.make()
+    plan(q, tasks, 3)
+    sup = Supervisor(config, path, [("cpu", "gen"), ("cpu", "sty")], log=lambda msg: None)
+    assert sup.run() == 0
+    assert all(slot.jobs_done > 0 for slot in sup.slots)
+    assert sum(slot.jobs_done for slot in sup.slots) == 2 * len(tasks)
+    check_invariants(path)
