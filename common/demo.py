@@ -130,12 +130,13 @@ def contact_sheet(style_image: Path, rows: list, size: int) -> Image.Image:
     return sheet
 
 
-def style_image_path(config: RunConfig, style_dir: Path) -> Path:
-    """The consumer's style image: the configured file, else the first in sorted order."""
-    if config.consumer.style_image:
-        return style_dir / "images" / config.consumer.style_image
-    images = sorted(p for p in (style_dir / "images").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    return images[0] if images else style_dir / "images" / "missing.png"
+def _style_image(config: RunConfig, style_dir: Path) -> Path:
+    """The image the consumer styles with (consumer.style_image, else the first); a missing one shows grey."""
+    from consumer.inputs import style_image_path
+    try:
+        return style_image_path(style_dir, config.consumer.style_image)
+    except FileNotFoundError:
+        return style_dir / "images" / "missing.png"
 
 
 def make_contact_sheets(config: RunConfig) -> List[Path]:
@@ -149,6 +150,6 @@ def make_contact_sheets(config: RunConfig) -> List[Path]:
         names = prompt_names(prompts, str(source))
         out = output / style_dir.name
         rows = [(prompts[k], out / "content" / f"{names[k]}.png", out / f"{names[k]}.png") for k in prompts]
-        sheet = contact_sheet(style_image_path(config, style_dir), rows, size)
+        sheet = contact_sheet(_style_image(config, style_dir), rows, size)
         written.append(write_png(out / "contact_sheet.png", sheet))
     return written

@@ -46,7 +46,7 @@ def generate(sd, prompts: List[str], seeds: List[int], size: int = 512, steps: i
     with jt.no_grad():
         texts = ([negative_prompt] * n if use_guidance else []) + list(prompts)
         context = sd.encode_prompt(texts)
-        for t in sd.scheduler.timesteps(steps):
+        for i, t in enumerate(sd.scheduler.timesteps(steps)):
             t = int(t)
             model_in = jt.concat([x, x], dim=0) if use_guidance else x
             out = sd.unet(model_in.cast(context.dtype), t, context).float32()
@@ -56,7 +56,7 @@ def generate(sd, prompts: List[str], seeds: List[int], size: int = 512, steps: i
             x = sd.scheduler.step(out, t, x, steps)
             x.sync()
             if beat is not None:
-                beat("gen")
+                beat(f"gen {i + 1}/{steps}")
         images = sd.decode_latents(x)
     latents = x.numpy().astype(np.float32)
     images = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
