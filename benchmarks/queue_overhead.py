@@ -4,6 +4,9 @@ For each size N it enqueues N gen jobs (4 styles), then drains them with the no-
 worker does: claim one gen job, complete it (which publishes its sty job), claim that sty job, complete
 it. Reported per gen job: enqueue + claim + complete (ms_per_job), the sty job's claim + complete, and
 the p99 gen claim latency. A flat ms_per_job across N is the point (growth_ratio_100k_over_1k <= 1.2).
+With --fsync all a task costs 6 fsyncs (enqueue: file + folder; gen complete: the sty job's file +
+folder, the done folder; sty complete: the done folder), so those figures follow the disk's fsync
+latency, measured before each size and reported as fsync_us_<N>.
 
 The control is the predecessor-style naive queue: one unsharded pending folder, a full sorted listdir
 per claim, rename to done. Its claims cost O(N), so it is timed on the first --naive-sample claims at
@@ -93,6 +96,18 @@ def naive(root: Path, n: int, fsync: bool, sample: int) -> dict:
     return {"ms_per_job": (enqueue_s / n + (time.perf_counter() - t0) / k) * 1e3}
 
 
+def fsync_us(root: Path, k: int = 50) -> float:
+    """This filesystem's fsync latency right now (the fsync=all figures scale with it)."""
+    path = root / "fsync-probe"
+    with open(path, "wb") as f:
+        t0 = time.perf_counter()
+        for _ in range(k):
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+        return (time.perf_counter() - t0) / k * 1e6
+
+
 def label(n: int) -> str:
     return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
@@ -111,10 +126,11 @@ def main(argv=None):
               "filesystem_dir": args.dir or tempfile.gettempdir()}
     print(f"fsync={args.fsync}; per gen job: enqueue + claim + complete (complete publishes the sty job)")
     print(f"{'jobs':>8} {'ms/job':>8} {'enq us':>8} {'claim+done us':>14} {'sty us':>8} {'p99 claim ms':>13}"
-          f" {'naive ms/job':>13} {'naive/ours':>11}")
+          f" {'naive ms/job':>13} {'naive/ours':>11} {'fsync us':>9}")
     for n in sizes:
         root = Path(tempfile.mkdtemp(prefix="jstyleid-qbench-", dir=args.dir))
         try:
+            probe = fsync_us(root)
             r = ours(root, n, fsync)
             nv = naive(root, n, fsync, args.naive_sample)
         finally:
@@ -124,10 +140,10 @@ def main(argv=None):
                        f"claim_complete_us_{key}": r["claim_complete_us"],
                        f"sty_claim_complete_us_{key}": r["sty_claim_complete_us"],
                        f"p99_claim_ms_{key}": r["p99_claim_ms"], f"naive_ms_per_job_{key}": nv["ms_per_job"],
-                       f"naive_over_ours_{key}": nv["ms_per_job"] / r["ms_per_job"]})
+                       f"naive_over_ours_{key}": nv["ms_per_job"] / r["ms_per_job"], f"fsync_us_{key}": probe})
         print(f"{n:>8} {r['ms_per_job']:>8.3f} {r['enqueue_us']:>8.1f} {r['claim_complete_us']:>14.1f} "
               f"{r['sty_claim_complete_us']:>8.1f} {r['p99_claim_ms']:>13.3f} {nv['ms_per_job']:>13.3f} "
-              f"{nv['ms_per_job'] / r['ms_per_job']:>10.1f}x", flush=True)
+              f"{nv['ms_per_job'] / r['ms_per_job']:>10.1f}x {probe:>9.0f}", flush=True)
     last = label(sizes[-1])
     for n in sizes[:-1]:  # vs every smaller size (the smallest pays the first touch of 1024 empty shards)
         key = f"growth_ratio_{last}_over_{label(n)}"
