@@ -1,9 +1,7 @@
 """The launcher end to end with the fake stages (subprocesses, CPU): completion and resume, poison jobs,
 a second launcher, launcher SIGKILL, Ctrl-C, hung workers, corrupt state at startup, config errors."""
 import json
-import os
 import signal
-import time
 
 import numpy as np
 import pytest

@@ -1,12 +1,11 @@
 """Planning: prompts become safe unique names, bad datasets fail in one line, and planning queues exactly
 what is missing (finished tasks skipped, existing content goes straight to stage 2, twice adds nothing)."""
-import json
 
 import numpy as np
 import pytest
 
 from common.atomic import write_npy, write_png
-from common.jobqueue.planner import DatasetError, plan, scan_dataset
+from common.jobqueue.planner import DatasetError, plan
 from common.jobqueue.queue import Queue
 from common.naming import NamingError, prompt_names, safe_name
 from queue_fixtures import tasks_of, write_config
