@@ -159,7 +159,9 @@ def test_roles_split_by_cost_or_by_producers():
 
 def test_two_workers_with_split_roles_share_the_work(tmp_path, monkeypatch):
     from common.jobqueue.supervisor import Supervisor
-    monkeypatch.setenv("JSTYLEID_FAKE_MS", "5-10")
+    # Jobs last long enough (12 x 0.3 s) that the second worker is up before the first could finish them all,
+    # even on a loaded 2-core machine where a Python start takes a second.
+    monkeypatch.setenv("JSTYLEID_FAKE_MS", "300-350")
     path = write_config(tmp_path, producer={"batch": 1}, consumer={"batch": 1})
     config, tasks = tasks_of(path)
     q = Queue(config.queue_dir, fsync=False)
