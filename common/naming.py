@@ -6,8 +6,8 @@ The rule (the output of prompt P of style S is OUTPUT/S/<name>.png):
 3. strip spaces, dots and `_` from both ends (a leading dot would hide the file; ours temp files start
    with one);
 4. cap the name at 150 UTF-8 bytes (cut at a character boundary), then strip again;
-5. an empty name, or a reserved one (`content`, which holds the content images, and the Windows device
-   names CON, PRN, AUX, NUL, COM1-9, LPT1-9) is an error naming prompt.json;
+5. an empty name, or a reserved one (`content`, which holds the content images, `contact_sheet`, the
+   demo's overview, and the Windows device names CON, PRN, AUX, NUL, COM1-9, LPT1-9) is an error naming prompt.json;
 6. when two prompts of one style give the same name (compared case-insensitively, for macOS and
    Windows), the first in prompt.json order keeps it and each later one gets `~<4 hex of sha1(prompt)>`
    appended, so adding a prompt never renames an existing output.
@@ -17,7 +17,7 @@ import re
 
 MAX_BYTES = 150
 _KEEP_PUNCT = set(" -_.,'()")
-RESERVED = {"content", "con", "prn", "aux", "nul"} | {f"{p}{i}" for p in ("com", "lpt") for i in range(1, 10)}
+RESERVED = {"content", "contact_sheet", "con", "prn", "aux", "nul"} | {f"{p}{i}" for p in ("com", "lpt") for i in range(1, 10)}
 
 
 class NamingError(ValueError):

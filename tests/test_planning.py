@@ -31,7 +31,7 @@ def test_colliding_prompts_get_a_stable_hash_suffix_on_the_later_one():
     assert prompt_names({"0": "cat?", "1": "cat!"}, "p.json")["1"] == names["1"]
 
 
-@pytest.mark.parametrize("prompt", ["???", "content", "CON", "  ..  "])
+@pytest.mark.parametrize("prompt", ["???", "content", "contact_sheet", "CON", "  ..  "])
 def test_empty_or_reserved_name_is_an_error_naming_prompt_json(prompt):
     with pytest.raises(NamingError, match=r"^styles/00/prompt.json: .*reword"):
         prompt_names({"0": prompt}, "styles/00/prompt.json")
