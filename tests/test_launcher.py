@@ -30,6 +30,19 @@ def test_run_completes_and_a_rerun_does_nothing(tmp_path):
     assert again.returncode == 0 and "6 finished, 0 to generate" in again.stderr
 
 
+def test_a_deleted_output_is_rebuilt_by_one_rerun(tmp_path):
+    path = write_config(tmp_path)
+    assert run_launcher(path).returncode == 0
+    config, tasks = tasks_of(path)
+    lost = tasks[0]
+    lost.output_png.unlink()
+    lost.content_png.unlink()
+    again = run_launcher(path)
+    assert again.returncode == 0, again.stderr
+    assert "5 finished, 1 to generate" in again.stderr
+    check_invariants(path)
+
+
 def test_status_prints_counts_and_throughput(tmp_path, capsys):
     path = write_config(tmp_path)
     assert run_launcher(path).returncode == 0

@@ -219,8 +219,8 @@ def plan(queue: Queue, tasks: list, max_attempts: int, retry_failed: bool = Fals
         if t.content_png.exists() and not png_is_complete(t.content_png):
             t.content_png.unlink()
             report.notes.append(f"truncated content image {t.content_png} removed; regenerating")
-        if states["sty"] in ("pending", "retry"):  # its hand-off latent is gone: stage 1 must rerun
-            scans["sty"][states["sty"]][t.id].unlink()
+        if states["sty"] in ("pending", "retry", "done"):  # its hand-off latent is gone (a done record
+            scans["sty"][states["sty"]][t.id].unlink()    # without its output is stale): stage 1 reruns
         if states["gen"] in live:
             report.in_queue += 1
             continue
