@@ -182,7 +182,7 @@ def run(args) -> int:
     lock = acquire_lock(queue)
     try:
         if args.fresh:
-            clear_queue(queue)
+            clear_queue(queue, grace=config.queue.kill_grace_s)
             say(f"--fresh: cleared {queue.layout.root} (outputs kept)")
         check_manifest(queue, config.pixel_hash())
         queue.layout.make()

@@ -86,3 +86,12 @@ class FakeSty:
             latent = np.load(task.content_latent)
             write_png(task.output_png, fake_output(latent, task.style))
             crash.point("after_output")
+
+
+class NoDevice:
+    """A stage whose device is unusable: the worker must exit 3 (tests of the supervisor's parking)."""
+    kind = "gen"
+
+    def __init__(self, config, device: str):
+        from common.stage import DeviceError
+        raise DeviceError(f"no usable device for {device}")

@@ -25,6 +25,10 @@ class Task:
 Beat = Callable[[str], None]
 
 
+class DeviceError(RuntimeError):
+    """A stage cannot use its device (e.g. no CUDA): the worker exits 3 and its GPU slot is parked."""
+
+
 class Stage(Protocol):
     kind: str  # "gen" or "sty"
 

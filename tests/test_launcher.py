@@ -43,6 +43,15 @@ def test_a_deleted_output_is_rebuilt_by_one_rerun(tmp_path):
     check_invariants(path)
 
 
+def test_a_worker_without_a_usable_device_exits_3_and_its_slot_is_parked(tmp_path):
+    path = write_config(tmp_path, stages={"gen": "common.fake_stage:NoDevice"})
+    result = run_launcher(path)
+    assert result.returncode == 3, result.stderr
+    assert "parked: device unusable (exit 3)" in result.stderr
+    logs = "".join(p.read_text() for p in (tmp_path / "q" / "logs").glob("*.log"))
+    assert "error: no usable device for cpu" in logs
+
+
 def test_status_prints_counts_and_throughput(tmp_path, capsys):
     path = write_config(tmp_path)
     assert run_launcher(path).returncode == 0

@@ -98,9 +98,11 @@ def write_manifest(queue: Queue, cfg_hash: str, n_tasks: int):
     write_bytes(queue.layout.manifest, json.dumps(data, indent=1).encode(), fsync=queue.fsync)
 
 
-def clear_queue(queue: Queue):
+def clear_queue(queue: Queue, grace: float):
     """--fresh: delete everything in queue_dir (jobs, leases, logs, hand-off latents, manifest) except
-    the launcher lock and README. Never touches the outputs."""
+    the launcher lock and README. Never touches the outputs. Workers a dead launcher left running are
+    stopped first: their leases are what finds them, and they would go on writing old-settings outputs."""
+    stop_leftover_workers(queue, grace)
     for entry in queue.layout.root.iterdir():
         if entry.name in KEEP_ON_FRESH:
             continue
@@ -202,7 +204,7 @@ def plan(queue: Queue, tasks: list, max_attempts: int, retry_failed: bool = Fals
             continue
         for s in failed:
             job = read_job(scans[s]["failed"][t.id])
-            job.update(attempts=0, not_before=None, owner=None)
+            job.update(attempts=0, not_before=None, owner=None, solo=False)
             queue.rewrite(scans[s]["failed"][t.id], job)
             queue.move(scans[s]["failed"][t.id], queue.pending_path(job))
             states[s] = "pending"

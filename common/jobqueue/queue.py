@@ -169,7 +169,7 @@ class Queue:
         path = self.layout.claimed_dir(stage, wid) / f"{job['id']}.json"
         if stage == "gen" and not self._sty_exists(job):
             self.enqueue(dict(job, stage="sty", attempts=0, errors=[], owner=None, not_before=None,
-                              created_at=time.time()))
+                              solo=False, created_at=time.time()))
             crash.point("after_publish")
         crash.point("before_done")
         self.move(path, self.layout.done_path(stage, job["id"]))
@@ -265,7 +265,10 @@ class Queue:
         """Move a corrupt job file aside (failed/corrupt/); the planner queues its task again."""
         dst = self.layout.corrupt_dir(stage) / f"{path.name}.{uuid.uuid4().hex[:6]}"
         self._mkdir(dst.parent)
-        os.rename(path, dst)
+        try:
+            os.rename(path, dst)
+        except FileNotFoundError:  # another process quarantined it first
+            return "corrupt"
         dst.with_suffix(dst.suffix + ".why").write_text(why + "\n")
         return "corrupt"
 

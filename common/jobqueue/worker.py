@@ -24,6 +24,7 @@ from common.jobqueue.layout import STAGES
 from common.jobqueue.lease import Lease, make_wid
 from common.jobqueue.queue import Queue, outputs_ok
 from common.scheduling import BurstPolicy, choose_stage
+from common.stage import DeviceError
 
 PR_SET_PDEATHSIG = 1
 
@@ -192,6 +193,9 @@ def main(argv=None) -> int:
     log(f"worker {worker.wid} role={args.role} device={worker.device} pid={os.getpid()}")
     try:
         code = worker.run()
+    except DeviceError as e:  # exit 3: the supervisor parks this GPU slot, the others go on
+        log(f"error: {e}")
+        code = 3
     except Exception:
         log(f"worker crashed:\n{traceback.format_exc()}")
         code = 1

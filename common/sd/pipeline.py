@@ -4,12 +4,14 @@ A thin bundle, not a sampler: the producer and the consumer write their own loop
 `scheduler`. `shared()` keeps one copy per process, so a worker running both stages loads the model once;
 `set_lora` swaps LoRA deltas in place (the base files are read once, at load).
 """
+import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from common.jittor_env import load_jittor
+from common.stage import DeviceError
 from common.sd.clip import CLIPTextModel, CLIPTokenizer
 from common.sd.ddim import DDIMScheduler
 from common.sd.lora import LoraMerger, LoraSet
@@ -43,6 +45,10 @@ class StableDiffusion:
         jt = load_jittor()
         if device == "cpu":
             jt.flags.use_cuda = 0
+        elif not jt.flags.use_cuda:
+            raise DeviceError(f"a GPU was asked for but Jittor has no CUDA here (CUDA_VISIBLE_DEVICES="
+                              f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}); check the driver and nvcc, "
+                              f"or run with --gpus cpu")
         folder = resolve_model_folder(path_or_repo_id)
         models = {}
         for name, cls_, half in (("unet", UNet2DConditionModel, True), ("vae", AutoencoderKL, False),
