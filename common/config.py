@@ -7,6 +7,7 @@ dicts. `pixel_hash()` covers every setting that changes pixels, so a rerun can r
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,13 @@ def _check_values(c: RunConfig, source: str):
         bad("producer.size", f"must be a multiple of 8, not {c.producer.size}")
     if not 0.0 <= c.consumer.gamma <= 1.0:
         bad("consumer.gamma", f"must lie in [0, 1], not {c.consumer.gamma}")
+    if c.consumer.temperature <= 0:
+        bad("consumer.temperature", f"must be positive, not {c.consumer.temperature}")
+    if c.consumer.cached_styles < 0:
+        bad("consumer.cached_styles", f"must be 0 or more, not {c.consumer.cached_styles}")
+    for layer in c.consumer.layers:
+        if not re.fullmatch(r"(down_blocks|up_blocks)\.\d+\.attentions\.\d+|mid_block\.attentions\.0", str(layer)):
+            bad("consumer.layers", f"has {layer!r}; name UNet attention blocks like 'up_blocks.2.attentions.0'")
     if "{prompt}" not in c.producer.prompt_template:
         bad("producer.prompt_template", "must contain {prompt}")
 

@@ -132,7 +132,7 @@ def contact_sheet(style_image: Path, rows: list, size: int) -> Image.Image:
 
 def _style_image(config: RunConfig, style_dir: Path) -> Path:
     """The image the consumer styles with (consumer.style_image, else the first); a missing one shows grey."""
-    from consumer.inputs import style_image_path
+    from common.style_files import style_image_path
     try:
         return style_image_path(style_dir, config.consumer.style_image)
     except FileNotFoundError:

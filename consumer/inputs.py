@@ -1,29 +1,10 @@
-"""The consumer's inputs: the style image (configured or first sorted), content latents or PNGs.
+"""The consumer's inputs: images (the style's, or outside content PNGs) and content latents.
 
 Images are centre-cropped to the target's aspect ratio and Lanczos-resized, like the producer's.
 """
-from pathlib import Path
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def style_image_path(style_dir, name: Optional[str] = None) -> Path:
-    """STYLE/images/NAME, or the first image there in sorted order; a one-line error when missing."""
-    folder = Path(style_dir) / "images"
-    if name is not None:
-        path = folder / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: style image not found; set consumer.style_image to a file in "
-                                    f"{folder} or leave it unset to use the first one")
-        return path
-    images = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-    if not images:
-        raise FileNotFoundError(f"{folder}: no style image ({', '.join(IMAGE_SUFFIXES)}); add one to the "
-                                "folder or fix the dataset path")
-    return images[0]
 
 
 def load_image(path, size: Tuple[int, int]) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common.config import ConfigError, load_config
 from common.stage import Task
-from consumer.inputs import IMAGE_SUFFIXES
+from common.style_files import IMAGE_SUFFIXES
 
 NO_LATENT = Path("/nonexistent/jstyleid-no-latent.npy")  # outside images have no producer latent
 

@@ -13,7 +13,8 @@ from common.atomic import write_png
 from common.config import RunConfig
 from common.jittor_env import load_jittor
 from common.stage import Beat, Task
-from consumer.inputs import load_image, load_latent, style_image_path
+from common.style_files import lora_path, missing_lora_message, style_image_path
+from consumer.inputs import load_image, load_latent
 from consumer.style_cache import StyleCache, StyleKey, file_hash
 from consumer.styleid import StyleFeatures, StyleID
 
@@ -42,7 +43,6 @@ class ConsumerStage:
         if not self.config.consumer.use_lora:
             self.sd.set_lora(None, 0.0)
             return ""
-        from producer.stage import lora_path, missing_lora_message
         path = lora_path(self.config, style)
         if path is None:
             raise FileNotFoundError(missing_lora_message(self.config, style))

@@ -5,34 +5,13 @@ final latent (.npy, already scaled) is the hand-off to StyleID, which inverts it
 no 8-bit round trip. The PNG is written last, so a visible content image means both files are whole.
 """
 import warnings
-from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 from common.atomic import write_npy, write_png
 from common.config import RunConfig
 from common.stage import Beat, Task
+from common.style_files import lora_path, missing_lora_message
 from producer.generate import generate, image_seed
-
-
-def lora_path(config: RunConfig, style: str) -> Optional[Path]:
-    """The style's LoRA file (first existing of producer.lora_names), or None when there is none."""
-    p = config.producer
-    folder = Path(p.lora_dir) / p.lora_subdir.format(style=style)
-    for name in p.lora_names:
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def missing_lora_message(config: RunConfig, style: str, fatal: bool = True) -> str:
-    """One line naming the folder searched and the fix (not fatal: what happens instead)."""
-    p = config.producer
-    folder = Path(p.lora_dir) / p.lora_subdir.format(style=style)
-    missing = f"{folder}: no LoRA for style {style} (looked for {' or '.join(p.lora_names)})"
-    if not fatal:
-        return f"{missing}; generating with the base model (producer.missing_lora: warn)"
-    return (f"{missing}; train it with JDiffusion's dreambooth train.py into that folder, fix producer.lora_dir "
-            f"in {config.source or 'the config'}, or set producer.missing_lora: warn to use the base model")
 
 
 class ProducerStage:

@@ -19,9 +19,9 @@ def test_defaults_follow_the_references():
 
 
 def test_values_are_typed_and_nested(tmp_path):
-    c = load_config(write(tmp_path, "producer:\n  steps: 10\n  guidance: 5\nconsumer:\n  layers: [a, b]\n"))
+    c = load_config(write(tmp_path, "producer:\n  steps: 10\n  guidance: 5\nconsumer:\n  layers: [up_blocks.2.attentions.0, up_blocks.3.attentions.1]\n"))
     assert c.producer.steps == 10 and c.producer.guidance == 5.0 and isinstance(c.producer.guidance, float)
-    assert c.consumer.layers == ("a", "b")
+    assert c.consumer.layers == ("up_blocks.2.attentions.0", "up_blocks.3.attentions.1")
     assert c.source == str(tmp_path / "c.yaml")
 
 
@@ -31,6 +31,8 @@ def test_values_are_typed_and_nested(tmp_path):
     ("producer:\n  steps: many\n", "producer.steps"),
     ("consumer:\n  gamma: 1.5\n", "consumer.gamma"),
     ("queue:\n  fsync: sometimes\n", "queue.fsync"),
+    ("consumer:\n  temperature: 0\n", "consumer.temperature"),
+    ("consumer:\n  layers: [up_blocks.3.attn]\n", "consumer.layers"),
 ])
 def test_a_bad_key_or_value_is_one_line_naming_file_and_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as e:

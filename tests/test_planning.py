@@ -42,8 +42,6 @@ def test_duplicate_prompt_text_is_an_error():
         prompt_names({"0": "Dog", "1": "Dog"}, "p.json")
 
 
-
-
 @pytest.mark.parametrize("breakage, match", [
     (lambda d: (d / "00" / "images" / "ref.png").unlink(), r"00/images: no images"),
     (lambda d: (d / "01" / "prompt.json").write_text("{not json"), r"01/prompt.json: not valid JSON"),
@@ -57,6 +55,18 @@ def test_bad_dataset_is_a_one_line_error_naming_the_file(tmp_path, breakage, mat
     with pytest.raises(DatasetError, match=match) as err:
         tasks_of(path)
     assert "\n" not in str(err.value)
+
+
+def test_a_missing_style_image_or_lora_is_an_error_at_launch_naming_the_path(tmp_path):
+    with pytest.raises(DatasetError, match=r"00/images/nope.png: style image not found"):
+        tasks_of(write_config(tmp_path, consumer={"style_image": "nope.png"}))
+    with pytest.raises(DatasetError, match=r"style_00: no LoRA for style 00 .*missing_lora: warn"):
+        tasks_of(write_config(tmp_path, producer={"missing_lora": "error", "lora_dir": str(tmp_path / "loras")}))
+    for style in ("00", "01"):
+        (tmp_path / "loras" / f"style_{style}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "loras" / f"style_{style}" / "pytorch_lora_weights.bin").write_bytes(b"x")
+    assert len(tasks_of(write_config(tmp_path, producer={"missing_lora": "error",
+                                                          "lora_dir": str(tmp_path / "loras")}))[1]) == 6
 
 
 def test_task_paths_and_ids_follow_the_layout(tmp_path):

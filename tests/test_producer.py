@@ -144,7 +144,7 @@ def test_a_missing_lora_with_warn_uses_the_base_model_and_warns_once_per_style(t
 
 
 def test_the_jdiffusion_bin_name_is_found_first(tiny, tmp_path):
-    from producer.stage import lora_path
+    from common.style_files import lora_path
     folder = tmp_path / "style" / "style_07"
     folder.mkdir(parents=True)
     (folder / "pytorch_lora_weights.safetensors").write_bytes(b"x")

@@ -22,9 +22,9 @@ from common.jobqueue.layout import STAGES
 from common.jobqueue.queue import Queue, outputs_ok
 from common.naming import prompt_names
 from common.stage import Task
+from common.style_files import IMAGE_SUFFIXES, lora_path, missing_lora_message, style_image_path
 
 MANIFEST_VERSION = 1
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 KEEP_ON_FRESH = {"launcher.lock", "launcher.json", "README.md"}
 
 
@@ -65,6 +65,7 @@ def scan_dataset(config: RunConfig, queue: Queue) -> list:
         images = style_dir / "images"
         if not images.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in images.iterdir()):
             raise DatasetError(f"{images}: no images; put the style's reference images (PNG/JPEG) there")
+        check_style_files(config, style_dir)
         prompts = read_prompts(style_dir / "prompt.json")
         names = prompt_names(prompts, str(style_dir / "prompt.json"))
         style = style_dir.name
@@ -76,6 +77,16 @@ def scan_dataset(config: RunConfig, queue: Queue) -> list:
                               content_latent=queue.layout.latent_path(jid).resolve(),
                               output_png=out / style / f"{name}.png"))
     return tasks
+
+
+def check_style_files(config: RunConfig, style_dir: Path):
+    """The style image StyleID will use, and the LoRA when a missing one is an error: checked at launch."""
+    try:
+        style_image_path(style_dir, config.consumer.style_image)
+    except FileNotFoundError as e:
+        raise DatasetError(str(e)) from None
+    if config.producer.missing_lora == "error" and lora_path(config, style_dir.name) is None:
+        raise DatasetError(missing_lora_message(config, style_dir.name))
 
 
 # -- manifest ---------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ class Supervisor:
         self.signals += 1
         self.signal_code = 128 + signum
         if self.signals == 1:
-            self.log(f"stopping: workers release their jobs (press Ctrl-C again to kill them now)")
+            self.log("stopping: workers release their jobs (press Ctrl-C again to kill them now)")
             self.stop_deadline = time.monotonic() + self.config.queue.stop_grace_s
             self._signal_all(signal.SIGTERM)
         else:

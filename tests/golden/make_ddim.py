@@ -45,7 +45,7 @@ for pred in ("v_prediction", "epsilon"):
     for k, t in enumerate(inv.timesteps[:3].tolist()):
         y = inv.step(torch.from_numpy(outs[k]), t, y).prev_sample
     golden[f"{pred}_invert_loop"] = y.numpy()
-    golden[f"invert_timesteps_50"] = inv.timesteps.numpy()
+    golden["invert_timesteps_50"] = inv.timesteps.numpy()
 
 np.savez_compressed(Path(__file__).with_name("ddim.npz"), **golden)
 print(f"wrote {len(golden)} arrays")
