@@ -63,8 +63,12 @@ def parse_args(argv):
 
 
 def visible_gpus() -> list:
+    """The GPUs this launcher may use: CUDA_VISIBLE_DEVICES' entries when it is set, else every GPU."""
     if not gpu_present():
         return []
+    restricted = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if restricted:
+        return [g.strip() for g in restricted.split(",") if g.strip()]
     out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
     return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU"))]
 

@@ -10,7 +10,8 @@ The rule (the output of prompt P of style S is OUTPUT/S/<name>.png):
    demo's overview, and the Windows device names CON, PRN, AUX, NUL, COM1-9, LPT1-9) is an error naming prompt.json;
 6. when two prompts of one style give the same name (compared case-insensitively, for macOS and
    Windows), the first in prompt.json order keeps it and each later one gets `~<4 hex of sha1(prompt)>`
-   appended, so adding a prompt never renames an existing output.
+   appended, so appending a prompt never renames an existing output (inserting a colliding prompt before
+   an existing one would: add new prompts at the end of prompt.json).
 """
 import hashlib
 import re

@@ -52,7 +52,9 @@ class Worker:
         self.device = "cpu" if str(gpu) == "cpu" else "cuda"
         self.lease = Lease(self.q.layout.lease_path(self.wid), gpu, role, qc.heartbeat_s, qc.fsync == "all")
         self.claimers = {s: self.q.claimer(s, self.wid) for s in STAGES}
-        self.policy = BurstPolicy(config.scheduling.burst if self.device != "cpu" else 1) \
+        # scheduling.burst counts content images; the policy counts decisions, each a batch of them
+        images = config.scheduling.burst if self.device != "cpu" else 1
+        self.policy = BurstPolicy(-(-images // config.producer.batch)) \
             if role == "both" else None
         self.stages, self.current, self.last_style, self.warm = {}, None, {}, set()
         self.batch = {"gen": config.producer.batch, "sty": config.consumer.batch}
