@@ -45,7 +45,10 @@ class ConsumerStage:
             return ""
         path = lora_path(self.config, style)
         if path is None:
-            raise FileNotFoundError(missing_lora_message(self.config, style))
+            if self.config.producer.missing_lora == "error":
+                raise FileNotFoundError(missing_lora_message(self.config, style))
+            self.sd.set_lora(None, 0.0)  # producer.missing_lora: warn: the base model, as the producer does
+            return ""
         self.sd.set_lora(path, self.config.producer.lora_scale)
         return f"{file_hash(path)}@{self.config.producer.lora_scale}"
 

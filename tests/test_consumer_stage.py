@@ -162,3 +162,14 @@ def test_the_base_model_is_used_unless_use_lora_and_a_lora_left_by_another_stage
                                                      **{"consumer.use_lora": True})), "cpu")
     assert run(with_lora, dataset, "lora", n=1) != base  # the shared model now holds style 00's LoRA
     assert run(make_stage(tiny_model_dir), dataset, "base-again", n=1) == base
+
+
+def test_use_lora_without_a_lora_follows_producer_missing_lora(tiny_model_dir, dataset):
+    from consumer.stage import ConsumerStage
+    settings = dict(make_config_settings(tiny_model_dir), **{"consumer.use_lora": True,
+                                                             "producer.lora_dir": str(dataset / "no-loras")})
+    strict = ConsumerStage(load_config(None, dict(settings, **{"producer.missing_lora": "error"})), "cpu")
+    with pytest.raises(FileNotFoundError, match="no LoRA for style 00"):
+        strict._use_weights("00")
+    lenient = ConsumerStage(load_config(None, dict(settings, **{"producer.missing_lora": "warn"})), "cpu")
+    assert lenient._use_weights("00") == "" and lenient.sd._lora.active is None
