@@ -9,12 +9,14 @@ jt = load_jittor()
 HEADS, C = 2, 16
 
 
-def reference(q, k, v, heads, scale):
+def reference(q, k, v, heads, scale, causal=False):
     b, n, c = q.shape
     d = c // heads
     k, v = np.broadcast_to(k, (b,) + k.shape[1:]), np.broadcast_to(v, (b,) + v.shape[1:])
     split = lambda x: x.astype(np.float64).reshape(b, x.shape[1], heads, d).transpose(0, 2, 1, 3)  # noqa: E731
     logits = scale * split(q) @ split(k).transpose(0, 1, 3, 2)
+    if causal:
+        logits = np.where(np.triu(np.ones((n, k.shape[1]), bool), k=1), -np.inf, logits)
     p = np.exp(logits - logits.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     return (p @ split(v)).transpose(0, 2, 1, 3).reshape(b, n, c)
@@ -41,6 +43,16 @@ def test_generic_path_matches_reference_with_broadcast_kv():
     q, k, v = inputs(2, 200, 1, 77)
     out = _attention_generic(jt.array(q), jt.array(k), jt.array(v), HEADS, 0.3, upcast=True).numpy()
     np.testing.assert_allclose(out, reference(q, k, v, HEADS, 0.3), atol=2e-5)
+
+
+def test_causal_attention_sees_only_earlier_keys_in_both_paths():
+    q, k, v = inputs(2, 200, 2, 200)  # more queries than one block: the mask follows the global row
+    expected = reference(q, k, v, HEADS, 0.3, causal=True)
+    fused = attention(jt.array(q), jt.array(k), jt.array(v), HEADS, 0.3, causal=True).numpy()
+    generic = _attention_generic(jt.array(q), jt.array(k), jt.array(v), HEADS, 0.3, upcast=True, causal=True)
+    np.testing.assert_allclose(fused, expected, atol=2e-5)
+    np.testing.assert_allclose(generic.numpy(), expected, atol=2e-5)
+    np.testing.assert_allclose(fused[:, 0], v[:, 0], atol=1e-6)  # the first query sees only the first key
 
 
 def test_fused_kernel_is_used_on_cpu_with_onednn():

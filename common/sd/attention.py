@@ -9,6 +9,8 @@ the logits, an in-place softmax, and a second sgemm into the output. Heads are r
 leading dimension (no transposes), the logits buffer is one block per thread (bounded memory), and K/V
 with batch 1 are broadcast by a zero stride.
 """
+import numpy as np
+
 from common.jittor_env import load_jittor
 
 jt = load_jittor()
@@ -28,6 +30,7 @@ _SOURCE = r'''
     const int64_t B = in0_shape0, N = in0_shape1, C = in0_shape2, M = in1_shape1;
     const int64_t heads = data["heads"], block = data["block"], d = C / heads;
     const float scale = data["scale"];
+    const bool causal = data["causal"];
     const int64_t kv_stride = in1_shape0 == 1 ? 0 : M * C;
     const int64_t n_blocks = (N + block - 1) / block, tasks = B * heads * n_blocks;
     #pragma omp parallel
@@ -43,14 +46,16 @@ _SOURCE = r'''
             dnnl_sgemm('N', 'T', rows, M, d, scale, q, C, k, C, 0.f, s, M);
             for (int64_t r = 0; r < rows; r++) {
                 float* x = s + r * M;
+                const int64_t seen = causal ? std::min(M, r0 + r + 1) : M;  // causal: keys <= the query
                 float mx = x[0];
-                for (int64_t j = 1; j < M; j++) mx = std::max(mx, x[j]);
+                for (int64_t j = 1; j < seen; j++) mx = std::max(mx, x[j]);
                 float sum = 0.f;
                 #pragma omp simd reduction(+:sum)
-                for (int64_t j = 0; j < M; j++) { const float e = expf(x[j] - mx); x[j] = e; sum += e; }
+                for (int64_t j = 0; j < seen; j++) { const float e = expf(x[j] - mx); x[j] = e; sum += e; }
                 const float inv = 1.f / sum;
                 #pragma omp simd
-                for (int64_t j = 0; j < M; j++) x[j] *= inv;
+                for (int64_t j = 0; j < seen; j++) x[j] *= inv;
+                for (int64_t j = seen; j < M; j++) x[j] = 0.f;
             }
             dnnl_sgemm('N', 'N', rows, d, M, 1.f, s, M, v, C, 0.f, out0_p + b * N * C + r0 * C + h * d, C);
         }
@@ -64,13 +69,13 @@ def fused_cpu_available() -> bool:
     return not jt.flags.use_cuda and jt.compile_extern.mkl_ops is not None
 
 
-def _attention_fused_cpu(q, k, v, heads, scale):
+def _attention_fused_cpu(q, k, v, heads, scale, causal):
     q, k, v = (x.float32() for x in (q, k, v))
     return jt.code(q.shape, "float32", [q, k, v], cpu_header=_HEADER, cpu_src=_SOURCE,
-                   data={"heads": heads, "block": QUERY_BLOCK, "scale": float(scale)})
+                   data={"heads": heads, "block": QUERY_BLOCK, "scale": float(scale), "causal": int(causal)})
 
 
-def _attention_generic(q, k, v, heads, scale, upcast):
+def _attention_generic(q, k, v, heads, scale, upcast, causal=False):
     """Batched-matmul attention (cuBLAS on CUDA); logits and softmax in fp32 when upcast or fp32 input."""
     b, n, c = q.shape
     m, d = k.shape[1], c // heads
@@ -84,6 +89,8 @@ def _attention_generic(q, k, v, heads, scale, upcast):
     if upcast:
         qh, kh = qh.float32(), kh.float32()
     logits = nn.bmm_transpose(qh, kh).float32() * scale
+    if causal:  # query i sees keys <= i
+        logits = logits + jt.array(np.triu(np.full((n, m), -1e30, dtype=np.float32), k=1))
     logits = logits - logits.max(dim=-1, keepdims=True)
     probs = logits.exp()
     probs = (probs / probs.sum(dim=-1, keepdims=True)).cast(v.dtype)
@@ -91,18 +98,19 @@ def _attention_generic(q, k, v, heads, scale, upcast):
     return out.reshape((b, heads, n, d)).transpose((0, 2, 1, 3)).reshape((b, n, c))
 
 
-def attention(q, k, v, heads, scale, upcast=False):
+def attention(q, k, v, heads, scale, upcast=False, causal=False):
     """softmax(scale · q kᵀ) v per head. q: (B, N, C); k, v: (B or 1, M, C), batch 1 broadcast → (B, N, C).
 
-    `scale` is an argument so StyleID can fold its temperature in (T/√d).
+    `scale` is an argument so StyleID can fold its temperature in (T/√d); `causal` lets query i see only
+    keys <= i (the CLIP text encoder).
     """
     if q.ndim != 3 or k.ndim != 3 or q.shape[2] != k.shape[2] or k.shape != v.shape or q.shape[2] % heads:
         raise ValueError(f"attention: bad shapes q {q.shape} k {k.shape} v {v.shape} for {heads} heads")
     if k.shape[0] not in (1, q.shape[0]):
         raise ValueError(f"attention: k/v batch {k.shape[0]} is neither 1 nor q's batch {q.shape[0]}")
     if fused_cpu_available():
-        return _attention_fused_cpu(q, k, v, heads, scale).cast(q.dtype)
-    return _attention_generic(q, k, v, heads, scale, upcast)
+        return _attention_fused_cpu(q, k, v, heads, scale, causal).cast(q.dtype)
+    return _attention_generic(q, k, v, heads, scale, upcast, causal)
 
 
 class AttnProcessor:

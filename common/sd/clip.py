@@ -12,6 +12,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 from tokenizers.models import BPE
 
 from common.jittor_env import load_jittor
+from common.sd.attention import attention
 from common.sd.layers import LayerNorm
 
 jt = load_jittor()
@@ -97,13 +98,11 @@ class CLIPAttention(nn.Module):
         self.q_proj, self.k_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.v_proj, self.out_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
 
-    def execute(self, x, mask):
-        b, n, c = x.shape
-        split = lambda t: t.reshape(b, n, self.heads, c // self.heads).transpose(0, 2, 1, 3)
-        q, k, v = split(self.q_proj(x) * self.scale), split(self.k_proj(x)), split(self.v_proj(x))
-        scores = jt.matmul(q.float32(), k.float32().transpose(0, 1, 3, 2)) + mask
-        probs = nn.softmax(scores, dim=-1).cast(v.dtype)
-        return self.out_proj(jt.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, n, c))
+    def execute(self, x):
+        # Causal: token i sees tokens <= i. No padding mask (SD attends to pad positions too).
+        out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, self.scale, upcast=True,
+                        causal=True)
+        return self.out_proj(out)
 
 
 class CLIPMLP(nn.Module):
@@ -122,8 +121,8 @@ class CLIPEncoderLayer(nn.Module):
         self.layer_norm2 = LayerNorm(dim, eps)
         self.mlp = CLIPMLP(dim, cfg["intermediate_size"], act)
 
-    def execute(self, x, mask):
-        x = x + self.self_attn(self.layer_norm1(x), mask)
+    def execute(self, x):
+        x = x + self.self_attn(self.layer_norm1(x))
         return x + self.mlp(self.layer_norm2(x))
 
 
@@ -131,9 +130,9 @@ class CLIPEncoder(nn.Module):
     def __init__(self, cfg: dict, act):
         self.layers = nn.ModuleList([CLIPEncoderLayer(cfg, act) for _ in range(cfg["num_hidden_layers"])])
 
-    def execute(self, x, mask):
+    def execute(self, x):
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x)
         return x
 
 
@@ -153,10 +152,7 @@ class CLIPTextTransformer(nn.Module):
         self.final_layer_norm = LayerNorm(cfg["hidden_size"], cfg["layer_norm_eps"])
 
     def execute(self, ids):
-        n = ids.shape[1]
-        # Causal: token i sees tokens <= i. No padding mask (SD attends to pad positions too).
-        causal = np.triu(np.full((n, n), -1e30, dtype=np.float32), k=1)
-        x = self.encoder(self.embeddings(ids), jt.array(causal))
+        x = self.encoder(self.embeddings(ids))
         return self.final_layer_norm(x)
 
 
