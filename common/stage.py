@@ -25,6 +25,14 @@ class Task:
 Beat = Callable[[str], None]
 
 
+def style_of(tasks: List[Task]) -> str:
+    """The one style of a batch: a stage runs tasks of one style (one LoRA, one style inversion)."""
+    styles = {t.style for t in tasks}
+    if len(styles) != 1:
+        raise ValueError(f"a stage runs tasks of one style at a time, got styles {sorted(styles)}")
+    return styles.pop()
+
+
 class DeviceError(RuntimeError):
     """A stage cannot use its device (e.g. no CUDA): the worker exits 3 and its GPU slot is parked."""
 

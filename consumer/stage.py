@@ -12,7 +12,7 @@ import numpy as np
 from common.atomic import write_png
 from common.config import RunConfig
 from common.jittor_env import load_jittor
-from common.stage import Beat, Task
+from common.stage import Beat, Task, style_of
 from common.style_files import lora_path, missing_lora_message, style_image_path
 from consumer.inputs import load_image, load_latent
 from consumer.style_cache import StyleCache, StyleKey, file_hash
@@ -92,10 +92,7 @@ class ConsumerStage:
     def run(self, tasks: List[Task], beat: Beat) -> None:
         if not tasks:
             return
-        styles = {t.style for t in tasks}
-        if len(styles) != 1:
-            raise ValueError(f"ConsumerStage.run takes tasks of one style, got styles {sorted(styles)}")
-        weights = self._use_weights(tasks[0].style)
+        weights = self._use_weights(style_of(tasks))
         styleid = self.styleid()
         by_shape = OrderedDict()  # contents of one latent size share a style inversion and UNet batches
         for task in tasks:

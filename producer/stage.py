@@ -9,7 +9,7 @@ from typing import List
 
 from common.atomic import write_npy, write_png
 from common.config import RunConfig
-from common.stage import Beat, Task
+from common.stage import Beat, Task, style_of
 from common.style_files import lora_path, missing_lora_message
 from producer.generate import generate, image_seed
 
@@ -43,11 +43,8 @@ class ProducerStage:
     def run(self, tasks: List[Task], beat: Beat) -> None:
         if not tasks:
             return
-        styles = {t.style for t in tasks}
-        if len(styles) != 1:
-            raise ValueError(f"ProducerStage.run takes tasks of one style, got styles {sorted(styles)}")
         p = self.config.producer
-        self.use_style(tasks[0].style)
+        self.use_style(style_of(tasks))
         for start in range(0, len(tasks), p.batch):
             chunk = tasks[start:start + p.batch]
             prompts = [p.prompt_template.format(prompt=t.prompt, style=t.style) for t in chunk]
