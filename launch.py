@@ -42,11 +42,8 @@ class UsageError(ValueError):
 
 
 def say(msg: str):
-    try:
-        from tqdm import tqdm
-        tqdm.write(f"jstyleid: {msg}", file=sys.stderr)
-    except ImportError:
-        print(f"jstyleid: {msg}", file=sys.stderr, flush=True)
+    from tqdm import tqdm
+    tqdm.write(f"jstyleid: {msg}", file=sys.stderr)  # above the progress bars, not through them
 
 
 def parse_args(argv):

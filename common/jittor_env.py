@@ -82,7 +82,7 @@ def _link_onednn_for_jittor() -> bool:
 
 def _first_compile_pending() -> bool:
     cache = Path.home() / ".cache" / "jittor"
-    return not any(cache.glob("jt*/*/*/jittor_core*.so")) and not any(cache.glob("jt*/**/jittor_core*.so"))
+    return not any(cache.glob("jt*/**/jittor_core*.so"))
 
 
 class _default_signals:
