@@ -34,7 +34,6 @@ class ConsumerStage:
         self.config = config
         self.dtype = "float32" if device == "cpu" else config.model.dtype
         self.sd = StableDiffusion.shared(config.model.path, self.dtype, device)
-        self.factor = 2 ** (len(self.sd.vae.config["block_out_channels"]) - 1)
         self.cache = StyleCache(config.consumer.cached_styles)
         self._fsync = config.queue.fsync == "all"
 
@@ -82,7 +81,7 @@ class ConsumerStage:
 
         def invert():
             h, w = latent_hw
-            image = load_image(path, (h * self.factor, w * self.factor))
+            image = load_image(path, (h * self.sd.latent_factor, w * self.sd.latent_factor))
             with jt.no_grad():
                 z = self.sd.encode_images(image[None])
             return styleid.invert_style(jt.array(_numpy(z)).float32(), beat)

@@ -37,7 +37,7 @@ def generate(sd, prompts: List[str], seeds: List[int], size: int = 512, steps: i
     if len(prompts) != len(seeds):
         raise ValueError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
     n = len(prompts)
-    factor = 2 ** (len(sd.vae.config["block_out_channels"]) - 1)
+    factor = sd.latent_factor
     if size % factor:
         raise ValueError(f"generate: size {size} is not a multiple of the VAE's factor {factor}")
     shape = (sd.unet.config["in_channels"], size // factor, size // factor)
@@ -59,5 +59,4 @@ def generate(sd, prompts: List[str], seeds: List[int], size: int = 512, steps: i
                 beat(f"gen {i + 1}/{steps}")
         images = sd.decode_latents(x)
     latents = x.numpy().astype(np.float32)
-    images = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
     return latents, images

@@ -81,6 +81,11 @@ class StableDiffusion:
                 _SHARED[key] = cls.load(path_or_repo_id, dtype, device)
             return _SHARED[key]
 
+    @property
+    def latent_factor(self) -> int:
+        """Pixels per latent cell along a side (8 for SD): the VAE halves the size at each level but the last."""
+        return 2 ** (len(self.vae.config["block_out_channels"]) - 1)
+
     def encode_prompt(self, prompts: list):
         """Prompts → text-encoder hidden states (B, 77, D) in the model dtype."""
         jt = load_jittor()
