@@ -100,7 +100,7 @@ def assign_roles(gpus: list, config, producers) -> list:
 
 def check_model(config):
     """The model folder must exist (a local path, or a repo id in the HF cache) unless stand-ins run."""
-    if all(getattr(config.stages, k).startswith("common.fake_stage:") for k in STAGES):
+    if all(getattr(config.stages, k).startswith("common.devkit.fake_stage:") for k in STAGES):
         return
     from common.sd.model_folder import resolve_model_folder
     try:
@@ -172,7 +172,7 @@ def summary(queue: Queue, sup: Supervisor, progress: Progress, wall: float) -> l
 def run(args) -> int:
     config_path = args.config
     if args.demo:
-        from common.demo import prepare_demo
+        from common.devkit.demo import prepare_demo
         config_path = prepare_demo(Path(args.workdir))
         args.gpus = "cpu"
     config = load_config(config_path)
@@ -213,7 +213,7 @@ def run(args) -> int:
         if code == EXIT_OK and failures(queue):
             code = EXIT_FAILED
         if args.demo and code == EXIT_OK:
-            from common.demo import make_contact_sheets
+            from common.devkit.demo import make_contact_sheets
             for path in make_contact_sheets(config):
                 print(path)
         return code

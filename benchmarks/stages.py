@@ -71,7 +71,7 @@ def write_random_model(folder: Path, arch: str):
     from common.sd.clip import CLIPTextModel
     from common.sd.unet import UNet2DConditionModel
     from common.sd.vae import AutoencoderKL
-    from common.tiny_model import write_tiny_model
+    from common.devkit.tiny_model import write_tiny_model
     jt = load_jittor()
     jt.set_global_seed(0)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -97,7 +97,7 @@ def peak_rss_mb() -> float:
 
 def drawn_image(size: int, seed: int):
     """A deterministic colourful picture (the demo's styles) at size x size."""
-    from common.demo import dots, stripes
+    from common.devkit.demo import dots, stripes
     return (stripes if seed % 2 == 0 else dots)(seed, size)
 
 

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-FSYNC = os.environ.get("JSTYLEID_FSYNC", "all") != "none"
-
 
 def _fsync_dir(folder: Path):
     fd = os.open(folder, os.O_RDONLY)
@@ -21,9 +19,8 @@ def _fsync_dir(folder: Path):
         os.close(fd)
 
 
-def write_bytes(path, data: bytes, fsync: bool = None) -> Path:
-    """Atomically replace `path` with `data`."""
-    fsync = FSYNC if fsync is None else fsync
+def write_bytes(path, data: bytes, *, fsync: bool) -> Path:
+    """Atomically replace `path` with `data`; `fsync` (config queue.fsync) makes it durable too."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -43,21 +40,21 @@ def write_bytes(path, data: bytes, fsync: bool = None) -> Path:
     return path
 
 
-def write_png(path, image, fsync: bool = None) -> Path:
+def write_png(path, image, *, fsync: bool) -> Path:
     """Atomically write a PIL image or a uint8 (H,W,3) array as PNG."""
     from PIL import Image
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    return write_bytes(path, buf.getvalue(), fsync)
+    return write_bytes(path, buf.getvalue(), fsync=fsync)
 
 
-def write_npy(path, array: np.ndarray, fsync: bool = None) -> Path:
+def write_npy(path, array: np.ndarray, *, fsync: bool) -> Path:
     """Atomically write a NumPy array (.npy)."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array))
-    return write_bytes(path, buf.getvalue(), fsync)
+    return write_bytes(path, buf.getvalue(), fsync=fsync)
 
 
 def png_is_complete(path) -> bool:

@@ -42,9 +42,6 @@ class FeatureStore:
     def keys(self):
         return sorted(self._data)
 
-    def values(self):
-        return list(self._data.values())
-
     def layers(self):
         return sorted({layer for layer, _, _ in self._data})
 

@@ -14,9 +14,9 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    """The tiny SD-2.1-shaped diffusers folder (common.tiny_model), with LoRAs for styles 00 (.safetensors)
+    """The tiny SD-2.1-shaped diffusers folder (common.devkit.tiny_model), with LoRAs for styles 00 (.safetensors)
     and 01 (.bin) under loras/style_NN/; written once per test session."""
-    from common.tiny_model import write_tiny_model
+    from common.devkit.tiny_model import write_tiny_model
     folder = tmp_path_factory.mktemp("tiny") / "tiny-sd21"
     write_tiny_model(folder, ["00"])
     write_tiny_model(folder, ["01"], lora_format="bin")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from common.atomic import png_is_complete
 from common.config import load_config
-from common.fake_stage import fake_latent, fake_output
+from common.devkit.fake_stage import fake_latent, fake_output
 from common.jobqueue.jobs import read_job
 from common.jobqueue.layout import STAGES
 from common.jobqueue.planner import scan_dataset
@@ -24,7 +24,7 @@ STYLES = {"00": ["Dolphin", "Lighthouse", "A cat / dog?"], "01": ["Tree", "Bicyc
 # Fast supervision for a 2-core machine: beats every 0.1 s, a silent worker is hung after 1 s.
 FAST = {"queue": {"fsync": "none", "heartbeat_s": 0.1, "ttl_loading_s": 1.0, "ttl_working_s": 1.0,
                   "backoff_base_s": 0.0, "restart_base_s": 0.05, "kill_grace_s": 0.5, "stop_grace_s": 3.0},
-        "stages": {"gen": "common.fake_stage:FakeGen", "sty": "common.fake_stage:FakeSty"},
+        "stages": {"gen": "common.devkit.fake_stage:FakeGen", "sty": "common.devkit.fake_stage:FakeSty"},
         "producer": {"batch": 2, "missing_lora": "warn"}, "consumer": {"batch": 2}}  # the fakes need no LoRA
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from common.jittor_env import load_jittor
 from common.sd.clip import CLIPTextModel
-from common.tiny_weights import TEXT_ENCODER, tiny_param
+from common.devkit.tiny_weights import TEXT_ENCODER, tiny_param
 
 jt = load_jittor()
 GOLDEN = np.load(Path(__file__).parent / "golden" / "clip.npz")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from common.sd.ddim import DDIMScheduler
-from common.tiny_weights import SCHEDULER
+from common.devkit.tiny_weights import SCHEDULER
 
 GOLDEN = np.load(Path(__file__).parent / "golden" / "ddim.npz")
 PREDICTIONS = ("v_prediction", "epsilon")

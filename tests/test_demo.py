@@ -12,7 +12,7 @@ from PIL import Image
 
 from common.atomic import png_is_complete, write_png
 from common.config import load_config
-from common.demo import PROMPTS, dots, make_contact_sheets, prepare_demo, stripes
+from common.devkit.demo import PROMPTS, dots, make_contact_sheets, prepare_demo, stripes
 from common.naming import prompt_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,8 +50,8 @@ def fake_outputs(config, missing=()):
         source = Path(config.dataset) / style / "prompt.json"
         for name in prompt_names(json.loads(source.read_text()), str(source)).values():
             if name not in missing:
-                write_png(out / style / "content" / f"{name}.png", np.full((128, 128, 3), 40, np.uint8))
-                write_png(out / style / f"{name}.png", np.full((128, 128, 3), 200, np.uint8))
+                write_png(out / style / "content" / f"{name}.png", np.full((128, 128, 3), 40, np.uint8), fsync=False)
+                write_png(out / style / f"{name}.png", np.full((128, 128, 3), 200, np.uint8), fsync=False)
 
 
 def test_contact_sheets_show_style_content_and_result_per_prompt(tmp_path):

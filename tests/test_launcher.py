@@ -44,7 +44,7 @@ def test_a_deleted_output_is_rebuilt_by_one_rerun(tmp_path):
 
 
 def test_a_worker_without_a_usable_device_exits_3_and_its_slot_is_parked(tmp_path):
-    path = write_config(tmp_path, stages={"gen": "common.fake_stage:NoDevice"})
+    path = write_config(tmp_path, stages={"gen": "common.devkit.fake_stage:NoDevice"})
     result = run_launcher(path)
     assert result.returncode == 3, result.stderr
     assert "parked: device unusable (exit 3)" in result.stderr
@@ -126,7 +126,7 @@ def test_corrupt_jobs_truncated_outputs_and_stray_temp_files_are_repaired_at_sta
     pending[0].write_text("{garbage")
     pending[1].write_bytes(b"")
     pending[2].write_text(json.dumps({"v": 1, "id": pending[2].stem}))
-    write_png(tasks[3].output_png, np.zeros((8, 8, 3), np.uint8))
+    write_png(tasks[3].output_png, np.zeros((8, 8, 3), np.uint8), fsync=False)
     tasks[3].output_png.write_bytes(tasks[3].output_png.read_bytes()[:30])
     tasks[4].output_png.write_bytes(b"")
     stray = tasks[5].output_png.parent / f".{tasks[5].output_png.name}.abc123.tmp"

@@ -11,7 +11,7 @@ from common.sd.clip import CLIPTextModel
 from common.sd.lora import LoraError, LoraMerger, LoraSet
 from common.sd.unet import UNet2DConditionModel
 from common.sd.weights import load_state_dict, read_weights
-from common.tiny_weights import TEXT_ENCODER, UNET, tiny_param
+from common.devkit.tiny_weights import TEXT_ENCODER, UNET, tiny_param
 
 jt = load_jittor()
 GOLDEN = np.load(Path(__file__).parent / "golden" / "lora.npz")

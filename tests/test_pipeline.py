@@ -25,7 +25,7 @@ def test_prompt_to_image_shapes(sd):
     assert cond.shape == (2, 77, sd.text_encoder.config["hidden_size"])
     x = jt.array(np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32))
     for t in sd.scheduler.timesteps(2):
-        x = sd.scheduler.step(sd.unet_forward(x, t, cond), t, x, 2)
+        x = sd.scheduler.step(sd.unet(x, t, cond), t, x, 2)
     assert x.shape == (2, 4, 8, 8) and np.isfinite(x.numpy()).all()
     images = sd.decode_latents(x)
     factor = 2 ** (len(sd.vae.config["block_out_channels"]) - 1)
@@ -47,15 +47,15 @@ def test_set_lora_swaps_without_reading_the_base_again(sd, tiny_model_dir, monke
     base = {k: v.numpy().copy() for k, v in sd.unet.state_dict().items()}
     x = jt.array(np.ones((1, 4, 8, 8), np.float32))
     cond = sd.encode_prompt(["a cat"])
-    out_base = sd.unet_forward(x, 961, cond).numpy()
+    out_base = sd.unet(x, 961, cond).numpy()
     sd.set_lora(lora(tiny_model_dir, "00"))
-    out_00 = sd.unet_forward(x, 961, cond).numpy()
+    out_00 = sd.unet(x, 961, cond).numpy()
     sd.set_lora(lora(tiny_model_dir, "00"))  # idempotent
     sd.set_lora(lora(tiny_model_dir, "01"), 0.8)
-    out_01 = sd.unet_forward(x, 961, cond).numpy()
+    out_01 = sd.unet(x, 961, cond).numpy()
     assert not np.allclose(out_00, out_base) and not np.allclose(out_01, out_00)
     sd.set_lora(lora(tiny_model_dir, "00"))
-    np.testing.assert_array_equal(sd.unet_forward(x, 961, cond).numpy(), out_00)
+    np.testing.assert_array_equal(sd.unet(x, 961, cond).numpy(), out_00)
     sd.set_lora(None)
     assert all(np.array_equal(v.numpy(), base[k]) for k, v in sd.unet.state_dict().items())
     assert reads == []

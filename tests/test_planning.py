@@ -91,9 +91,9 @@ def test_planning_twice_enqueues_nothing_new(tmp_path):
 def test_finished_tasks_are_skipped_and_existing_content_goes_to_stage_two(tmp_path):
     config, tasks = tasks_of(write_config(tmp_path))
     done, styled_only = tasks[0], tasks[1]
-    write_png(done.output_png, np.zeros((4, 4, 3), np.uint8))
-    write_png(styled_only.content_png, np.zeros((4, 4, 3), np.uint8))
-    write_npy(styled_only.content_latent, np.zeros((4, 8, 8), np.float32))
+    write_png(done.output_png, np.zeros((4, 4, 3), np.uint8), fsync=False)
+    write_png(styled_only.content_png, np.zeros((4, 4, 3), np.uint8), fsync=False)
+    write_npy(styled_only.content_latent, np.zeros((4, 8, 8), np.float32), fsync=False)
     q = Queue(config.queue_dir, fsync=False)
     report = plan(q, tasks, 3)
     assert (report.finished, report.sty_queued, report.gen_queued) == (1, 1, 4)
@@ -104,7 +104,7 @@ def test_finished_tasks_are_skipped_and_existing_content_goes_to_stage_two(tmp_p
 def test_truncated_output_is_removed_and_replanned(tmp_path):
     config, tasks = tasks_of(write_config(tmp_path))
     t = tasks[0]
-    write_png(t.output_png, np.zeros((4, 4, 3), np.uint8))
+    write_png(t.output_png, np.zeros((4, 4, 3), np.uint8), fsync=False)
     t.output_png.write_bytes(t.output_png.read_bytes()[:20])
     report = plan(Queue(config.queue_dir, fsync=False), tasks, 3)
     assert report.gen_queued == 6 and not t.output_png.exists()

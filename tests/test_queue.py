@@ -117,7 +117,7 @@ def test_reclaim_completes_finished_work_and_requeues_the_rest(tmp_path):
     q = Queue(tmp_path / "q", fsync=False)
     fill(q, tmp_path, 2)
     done, lost = q.claimer("sty", "dead").claim(1) + q.claimer("sty", "dead").claim(1)
-    write_png(done["out"], np.zeros((2, 2, 3), np.uint8))
+    write_png(done["out"], np.zeros((2, 2, 3), np.uint8), fsync=False)
     outcomes = {jid: o for _, jid, o in q.reclaim("dead", counted=True, reason="killed by SIGKILL")}
     assert outcomes == {done["id"]: "done", lost["id"]: "pending"}
     requeued = read_job(q.scan("sty")["pending"][lost["id"]])

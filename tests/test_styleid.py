@@ -5,9 +5,9 @@ import pytest
 from common.jittor_env import load_jittor
 from common.sd.attention import AttnProcessor
 from common.sd.ddim import DDIMScheduler
-from common.sd.layers import load_numpy_state
+from common.sd.weights import load_state_dict
 from common.sd.unet import UNet2DConditionModel
-from common.tiny_weights import SCHEDULER, UNET, tiny_state_dict
+from common.devkit.tiny_weights import SCHEDULER, UNET, tiny_state_dict
 from consumer.ddim_loop import ddim
 from consumer.features import FeatureStore, StepClock
 from consumer.processors import RecordProcessor, hook_name
@@ -20,11 +20,11 @@ STEPS = 3
 
 
 class _Model:
-    """The tiny UNet (weights by common.tiny_weights) and SD 2.1's v-prediction DDIM: no VAE or CLIP needed."""
+    """The tiny UNet (weights by common.devkit.tiny_weights) and SD 2.1's v-prediction DDIM: no VAE or CLIP needed."""
 
     def __init__(self):
         self.unet = UNet2DConditionModel(UNET)
-        load_numpy_state(self.unet, tiny_state_dict({k: v.shape for k, v in self.unet.state_dict().items()}))
+        load_state_dict(self.unet, tiny_state_dict({k: v.shape for k, v in self.unet.state_dict().items()}), "tiny weights")
         self.scheduler = DDIMScheduler.from_config(SCHEDULER)
 
 

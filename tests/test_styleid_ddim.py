@@ -4,7 +4,7 @@ import pytest
 
 from common.jittor_env import load_jittor
 from common.sd.ddim import DDIMScheduler
-from common.tiny_weights import SCHEDULER
+from common.devkit.tiny_weights import SCHEDULER
 from consumer.features import StepClock
 from consumer.ddim_loop import ddim
 

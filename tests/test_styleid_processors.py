@@ -4,7 +4,7 @@ import pytest
 
 from common.jittor_env import load_jittor
 from common.sd.attention import Attention, AttnProcessor
-from common.tiny_weights import tiny_param
+from common.devkit.tiny_weights import tiny_param
 from consumer.features import FeatureStore, MissingFeature, StepClock
 from consumer.processors import InjectProcessor, RecordProcessor
 

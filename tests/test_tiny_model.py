@@ -1,4 +1,4 @@
-"""common.tiny_model writes a complete, deterministic diffusers-layout SD 2.1-shaped checkpoint and LoRAs.
+"""common.devkit.tiny_model writes a complete, deterministic diffusers-layout SD 2.1-shaped checkpoint and LoRAs.
 
 Reference key/shape lists come from diffusers/transformers/peft (tests/golden/tiny_model.npz,
 make_tiny_model.py, which also checks that diffusers loads the written folder and its LoRA).
@@ -12,8 +12,8 @@ from safetensors.numpy import load_file
 
 from common.sd.clip import CLIPTokenizer
 from common.sd.weights import read_weights
-from common.tiny_model import FILES, write_tiny_model
-from common.tiny_weights import tiny_param
+from common.devkit.tiny_model import FILES, write_tiny_model
+from common.devkit.tiny_weights import tiny_param
 
 GOLDEN = np.load(Path(__file__).parent / "golden" / "tiny_model.npz")
 WEIGHTS = {"unet": "unet/diffusion_pytorch_model.safetensors", "vae": "vae/diffusion_pytorch_model.safetensors",

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.assets.clip_bpe import clip_vocab_and_merges, write_tokenizer_folder
+from common.devkit.assets.clip_bpe import clip_vocab_and_merges, write_tokenizer_folder
 from common.sd.clip import CLIPTokenizer
 
 GOLDEN = np.load(Path(__file__).parent / "golden" / "clip.npz")

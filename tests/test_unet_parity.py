@@ -7,9 +7,9 @@ import pytest
 
 from common.jittor_env import load_jittor
 from common.sd.attention import AttnProcessor
-from common.sd.layers import load_numpy_state
+from common.sd.weights import load_state_dict
 from common.sd.unet import UNet2DConditionModel, timestep_embedding
-from common.tiny_weights import UNET, tiny_param
+from common.devkit.tiny_weights import UNET, tiny_param
 
 jt = load_jittor()
 GOLDEN = np.load(Path(__file__).parent / "golden" / "unet.npz")
@@ -23,7 +23,7 @@ def rel_err(y, ref):
 @pytest.fixture(scope="module")
 def unet():
     model = UNet2DConditionModel(UNET)
-    load_numpy_state(model, {k: tiny_param(k, v.shape) for k, v in model.state_dict().items()})
+    load_state_dict(model, {k: tiny_param(k, v.shape) for k, v in model.state_dict().items()}, "tiny weights")
     return model
 
 
@@ -107,7 +107,7 @@ def test_unsupported_config_raises_naming_the_key():
 
 def test_float16_unet_stays_close_to_diffusers_fp32():
     model = UNet2DConditionModel(UNET)
-    load_numpy_state(model, {k: tiny_param(k, v.shape) for k, v in model.state_dict().items()})
+    load_state_dict(model, {k: tiny_param(k, v.shape) for k, v in model.state_dict().items()}, "tiny weights")
     model.float16()
     with jt.no_grad():
         y = model(jt.array(GOLDEN["sample"]).float16(), GOLDEN["timesteps"], jt.array(GOLDEN["context"]).float16())

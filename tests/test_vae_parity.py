@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from common.jittor_env import load_jittor
-from common.sd.layers import load_numpy_state
+from common.sd.weights import load_state_dict
 from common.sd.vae import AutoencoderKL, rename_legacy_keys
-from common.tiny_weights import VAE, tiny_param
+from common.devkit.tiny_weights import VAE, tiny_param
 
 jt = load_jittor()
 GOLDEN = np.load(Path(__file__).parent / "golden" / "vae.npz")
@@ -16,7 +16,7 @@ GOLDEN = np.load(Path(__file__).parent / "golden" / "vae.npz")
 @pytest.fixture(scope="module")
 def vae():
     model = AutoencoderKL(VAE)
-    load_numpy_state(model, {k: tiny_param(k, v.shape) for k, v in model.state_dict().items()})
+    load_state_dict(model, {k: tiny_param(k, v.shape) for k, v in model.state_dict().items()}, "tiny weights")
     return model
 
 

@@ -98,7 +98,6 @@ class Supervisor:
         if self.config_path:
             cmd += ["--config", str(self.config_path)]
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if slot.gpu == "cpu" else slot.gpu,
-                   JSTYLEID_FSYNC=self.config.queue.fsync,
                    PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
         slot.proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL)

@@ -16,7 +16,6 @@ import sys
 import time
 import traceback
 
-from common import atomic
 from common.config import ConfigError, RunConfig, load_config
 from common.jobqueue import crash
 from common.jobqueue.jobs import to_task
@@ -183,7 +182,6 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    atomic.FSYNC = config.queue.fsync == "all"
     worker = Worker(config, args.gpu, args.role, args.workers, args.parent)
     if args.log:
         worker.q.layout.logs.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,6 @@
 Norms compute in float32 with a two-pass variance: Jittor's own norms take E[x²] − E[x]², which loses
 precision on large activations and runs in the input dtype (fp16 overflows).
 """
-import numpy as np
 
 from common.jittor_env import load_jittor
 
@@ -101,21 +100,3 @@ class Upsample2D(nn.Module):
 
     def execute(self, x, size=None):
         return self.conv(upsample_nearest(x, size))
-
-
-def load_numpy_state(module, state: dict):
-    """Copy {key: array} into `module`'s parameters, casting to each parameter's dtype.
-
-    Strict: any missing or unexpected key, or a shape mismatch, raises one ValueError listing them.
-    """
-    params = module.state_dict()
-    missing = sorted(set(params) - set(state))
-    unexpected = sorted(set(state) - set(params))
-    bad = sorted(k for k in set(params) & set(state) if tuple(params[k].shape) != tuple(np.shape(state[k])))
-    if missing or unexpected or bad:
-        detail = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
-                  "shape " + ", ".join(f"{k} {tuple(np.shape(state[k]))} != {tuple(params[k].shape)}"
-                                       for k in bad[:5]) if bad else ""]
-        raise ValueError(f"{type(module).__name__}: state does not fit: " + "; ".join(d for d in detail if d))
-    for key, var in params.items():
-        var.assign(jt.array(np.asarray(state[key])).cast(var.dtype))

@@ -92,11 +92,6 @@ class StableDiffusion:
         with jt.no_grad():
             return self.text_encoder(jt.array(self.tokenizer(prompts)))
 
-    def unet_forward(self, x, t, cond):
-        jt = load_jittor()
-        with jt.no_grad():
-            return self.unet(x, t, cond)
-
     def decode_latents(self, latents) -> np.ndarray:
         """Scaled latents (B, 4, h, w) → uint8 images (B, 8h, 8w, 3), as diffusers' pipeline outputs them."""
         jt = load_jittor()

@@ -1,7 +1,7 @@
 """Regenerate tests/golden/clip.npz with transformers (reference venv): .venv-ref/bin/python tests/golden/make_clip.py
 
 Stores transformers' CLIPTokenizer ids (slow and fast must agree) for SD 2.x (pad "!") and SD 1.x (pad
-<|endoftext|>) folders built from common/assets, and the tiny CLIPTextModel (common.tiny_weights.TEXT_ENCODER
+<|endoftext|>) folders built from common/devkit/assets, and the tiny CLIPTextModel (common.devkit.tiny_weights.TEXT_ENCODER
 filled by tiny_param) hidden states for a few prompts, with the reference key/shape list.
 """
 import sys
@@ -16,8 +16,8 @@ sys.path.insert(0, str(ROOT))
 
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPTokenizerFast  # noqa: E402
 
-from common.assets.clip_bpe import write_tokenizer_folder  # noqa: E402
-from common.tiny_weights import TEXT_ENCODER, tiny_param  # noqa: E402
+from common.devkit.assets.clip_bpe import write_tokenizer_folder  # noqa: E402
+from common.devkit.tiny_weights import TEXT_ENCODER, tiny_param  # noqa: E402
 
 LONG = ("a highly detailed oil painting of a lighthouse on a rocky cliff at sunset, crashing waves, "
         "seagulls, dramatic clouds, golden hour light, by an old master, trending on artstation, 8k, "

@@ -11,7 +11,7 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from common.tiny_weights import SCHEDULER  # noqa: E402
+from common.devkit.tiny_weights import SCHEDULER  # noqa: E402
 
 rng = np.random.default_rng(7)
 x = rng.standard_normal((2, 4, 6, 8)).astype(np.float32)

@@ -20,7 +20,7 @@ from peft.utils import get_peft_model_state_dict
 from transformers import CLIPTextConfig, CLIPTextModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from common.tiny_weights import LORA_RANK, TEXT_ENCODER, UNET, tiny_param  # noqa: E402
+from common.devkit.tiny_weights import LORA_RANK, TEXT_ENCODER, UNET, tiny_param  # noqa: E402
 
 LORA_SEED = 77
 torch.manual_seed(0)

@@ -2,7 +2,7 @@
 
 Stores the reference libraries' key/shape lists for the tiny configs (diffusers UNet2DConditionModel and
 AutoencoderKL, transformers CLIPTextModel) and the diffusers-format LoRA keys that JDiffusion's peft setup
-saves. It also proves the folder `python -m common.tiny_model` writes (run in the Jittor venv, another
+saves. It also proves the folder `python -m common.devkit.tiny_model` writes (run in the Jittor venv, another
 process) is a real diffusers checkpoint: StableDiffusionPipeline.from_pretrained loads it with every tensor
 equal to tiny_param, the tokenizer loads with pad "!", and load_lora_weights accepts its LoRA.
 """
@@ -23,7 +23,7 @@ from peft import LoraConfig  # noqa: E402
 from peft.utils import get_peft_model_state_dict  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
-from common.tiny_weights import LORA_RANK, TEXT_ENCODER, UNET, VAE, tiny_param  # noqa: E402
+from common.devkit.tiny_weights import LORA_RANK, TEXT_ENCODER, UNET, VAE, tiny_param  # noqa: E402
 
 
 def listing(prefix, state):
@@ -33,7 +33,7 @@ def listing(prefix, state):
 
 def check_written_folder(folder: Path):
     """The Jittor-side writer's folder loads in diffusers with exactly the tiny_param weights."""
-    subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "common.tiny_model", str(folder),
+    subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "common.devkit.tiny_model", str(folder),
                     "--lora-styles", "00"], cwd=ROOT, check=True)
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     for name in ("unet", "vae", "text_encoder"):

@@ -1,6 +1,6 @@
 """Regenerate tests/golden/unet.npz with diffusers (run: .venv-ref/bin/python tests/golden/make_unet.py).
 
-The tiny SD-2.1-shaped UNet (common.tiny_weights.UNET) filled by tiny_param, run on non-square latents
+The tiny SD-2.1-shaped UNet (common.devkit.tiny_weights.UNET) filled by tiny_param, run on non-square latents
 with one timestep per batch item, plus a latent not divisible by 8; a resnet and a transformer block are
 recorded with their inputs so a failure can be located.
 """
@@ -13,7 +13,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from common.tiny_weights import UNET, tiny_param  # noqa: E402
+from common.devkit.tiny_weights import UNET, tiny_param  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 
 RECORDED = ("time_embedding", "down_blocks.1.resnets.0", "up_blocks.3.attentions.2.transformer_blocks.0")

@@ -1,6 +1,6 @@
 """Regenerate tests/golden/vae.npz with diffusers (reference venv): .venv-ref/bin/python tests/golden/make_vae.py
 
-The tiny AutoencoderKL (common.tiny_weights.VAE filled by tiny_param): posterior mean/logvar of a seeded
+The tiny AutoencoderKL (common.devkit.tiny_weights.VAE filled by tiny_param): posterior mean/logvar of a seeded
 (1,3,64,96) image, decode of a seeded (1,4,8,12) latent, and the reference key/shape list.
 """
 import sys
@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 from diffusers import AutoencoderKL  # noqa: E402
 
-from common.tiny_weights import VAE, tiny_param  # noqa: E402
+from common.devkit.tiny_weights import VAE, tiny_param  # noqa: E402
 
 
 def main():

@@ -1,9 +1,9 @@
 """Write a tiny random model with SD 2.1's structure, in the diffusers folder layout, plus tiny style LoRAs.
 
-    python -m common.tiny_model OUT_DIR [--lora-styles 00,01] [--lora-format safetensors|bin]
+    python -m common.devkit.tiny_model OUT_DIR [--lora-styles 00,01] [--lora-format safetensors|bin]
 
 Tests, the demo and benchmarks run the whole engine on it without real weights. Weights come from
-`common.tiny_weights.tiny_param` over the names and shapes of our Jittor modules' `state_dict()` (equal to
+`common.devkit.tiny_weights.tiny_param` over the names and shapes of our Jittor modules' `state_dict()` (equal to
 diffusers'/transformers', which the parity tests check), so the output is deterministic and a reference
 library filled by the same rule holds the same numbers. Like a Maildir delivery, everything is written
 into a temporary folder beside the target and renamed into place: a crash leaves nothing half-written.
@@ -16,8 +16,8 @@ import sys
 import zlib
 from pathlib import Path
 
-from common.assets.clip_bpe import write_tokenizer_folder
-from common.tiny_weights import LORA_RANK, SCHEDULER, SEED, TEXT_ENCODER, UNET, VAE, tiny_param
+from common.devkit.assets.clip_bpe import write_tokenizer_folder
+from common.devkit.tiny_weights import LORA_RANK, SCHEDULER, SEED, TEXT_ENCODER, UNET, VAE, tiny_param
 
 DIFFUSERS_VERSION = "0.27.2"
 MODEL_INDEX = {
@@ -152,7 +152,7 @@ def write_tiny_model(out_dir, lora_styles=(), lora_format: str = "safetensors") 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.tiny_model", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m common.devkit.tiny_model", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", help="folder to write (a diffusers StableDiffusionPipeline layout)")
     parser.add_argument("--lora-styles", default="", help="comma-separated style numbers, e.g. 00,01")
     parser.add_argument("--lora-format", choices=sorted(LORA_FILE), default="safetensors",

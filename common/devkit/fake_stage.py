@@ -59,7 +59,7 @@ class FakeGen:
     kind = "gen"
 
     def __init__(self, config, device: str):
-        self.device = device
+        self.device, self.fsync = device, config.queue.fsync == "all"
 
     def run(self, tasks, beat):
         for task in tasks:
@@ -67,9 +67,9 @@ class FakeGen:
             _faults(task, beat)
             _pause(task.id)
             latent = fake_latent(task.id)
-            write_npy(task.content_latent, latent)
+            write_npy(task.content_latent, latent, fsync=self.fsync)
             crash.point("mid_output")
-            write_png(task.content_png, fake_content(latent))
+            write_png(task.content_png, fake_content(latent), fsync=self.fsync)
             crash.point("after_output")
 
 
@@ -77,14 +77,14 @@ class FakeSty:
     kind = "sty"
 
     def __init__(self, config, device: str):
-        self.device = device
+        self.device, self.fsync = device, config.queue.fsync == "all"
 
     def run(self, tasks, beat):
         for task in tasks:
             beat("working")
             _pause(task.id)
             latent = np.load(task.content_latent)
-            write_png(task.output_png, fake_output(latent, task.style))
+            write_png(task.output_png, fake_output(latent, task.style), fsync=self.fsync)
             crash.point("after_output")
 
 

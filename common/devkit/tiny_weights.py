@@ -1,6 +1,6 @@
 """The tiny random SD-2.1-shaped model: configs and a deterministic weight rule, in plain NumPy.
 
-Both sides of the parity tests use this file: `common.tiny_model` (Jittor side) writes the checkpoint, and
+Both sides of the parity tests use this file: `common.devkit.tiny_model` (Jittor side) writes the checkpoint, and
 the reference scripts (PyTorch side, another process) fill diffusers/transformers modules with the very
 same numbers. Nothing here imports jittor or torch.
 

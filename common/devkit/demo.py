@@ -59,21 +59,21 @@ def _write_dataset(data: Path):
         for i in range(IMAGES_PER_STYLE):
             path = folder / "images" / f"{i:02d}.png"
             if not png_is_complete(path):
-                write_png(path, DRAW[style](seed=int(style) * 100 + i))
+                write_png(path, DRAW[style](seed=int(style) * 100 + i), fsync=True)
         prompt_json = folder / "prompt.json"
         if not prompt_json.is_file():
             text = json.dumps({str(k): p for k, p in enumerate(prompts)}, indent=1)
-            write_bytes(prompt_json, text.encode())
+            write_bytes(prompt_json, text.encode(), fsync=True)
 
 
 def _write_model(model: Path, loras: Path):
     """The tiny checkpoint, and its LoRAs where JDiffusion's trainer puts them (style/style_NN/*.bin)."""
-    from common.tiny_model import write_tiny_model
+    from common.devkit.tiny_model import write_tiny_model
     write_tiny_model(model, lora_styles=tuple(PROMPTS), lora_format="bin")
     for style in PROMPTS:
         target = loras / f"style_{style}" / "pytorch_lora_weights.bin"
         if not target.is_file():
-            write_bytes(target, (model / "loras" / f"style_{style}" / target.name).read_bytes())
+            write_bytes(target, (model / "loras" / f"style_{style}" / target.name).read_bytes(), fsync=True)
 
 
 def demo_settings(workdir: Path) -> dict:
@@ -97,7 +97,7 @@ def prepare_demo(workdir) -> Path:
     config = workdir / "demo.yaml"
     text = yaml.safe_dump(demo_settings(workdir), sort_keys=False)
     if not config.is_file() or config.read_text() != text:
-        write_bytes(config, text.encode())
+        write_bytes(config, text.encode(), fsync=True)
     return config
 
 
@@ -151,5 +151,5 @@ def make_contact_sheets(config: RunConfig) -> List[Path]:
         out = output / style_dir.name
         rows = [(prompts[k], out / "content" / f"{names[k]}.png", out / f"{names[k]}.png") for k in prompts]
         sheet = contact_sheet(_style_image(config, style_dir), rows, size)
-        written.append(write_png(out / "contact_sheet.png", sheet))
+        written.append(write_png(out / "contact_sheet.png", sheet, fsync=config.queue.fsync == "all"))
     return written
