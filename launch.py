@@ -24,12 +24,14 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from common.config import ConfigError, load_config, require_path
+from common.dataset import DatasetError, read_dataset
+from common.graph import build_graph
 from common.jittor_env import gpu_present
-from common.jobqueue.layout import STAGES
-from common.jobqueue.planner import (DatasetError, ManifestError, check_manifest, clear_queue, plan, recover,
-                                     scan_dataset, write_manifest)
+from common.jobqueue.manifest import ManifestError, check_manifest, write_manifest
+from common.jobqueue.planner import plan
 from common.jobqueue.queue import Queue
-from common.jobqueue.status import collect, failures, format_failures, format_status
+from common.jobqueue.recovery import clear_queue, recover
+from common.jobqueue.status import collect, format_failures, format_status
 from common.jobqueue.supervisor import Supervisor
 from common.naming import NamingError
 from common.scheduling import split_gpus
@@ -86,27 +88,17 @@ def parse_gpus(spec) -> list:
     return gpus
 
 
-def assign_roles(gpus: list, config, producers) -> list:
-    """[(gpu, home role)]: one slot does both stages; more split by the stages' costs."""
+def assign_roles(gpus: list, graph, producers) -> list:
+    """[(gpu, home role)]: one slot does every stage; more split the balanced pair by their costs."""
     if len(gpus) == 1:
         return [(gpus[0], "both")]
+    up, down = graph.flow()
     try:
-        n_gen = split_gpus(len(gpus), config.stages.gen_cost, config.stages.sty_cost,
-                           producers if producers is not None else config.scheduling.producers)
+        n_up = split_gpus(len(gpus), graph.spec(up).cost, graph.spec(down).cost,
+                          producers if producers is not None else graph.config.scheduling.producers)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return [(g, "gen" if i < n_gen else "sty") for i, g in enumerate(gpus)]
-
-
-def check_model(config):
-    """The model folder must exist (a local path, or a repo id in the HF cache) unless stand-ins run."""
-    if all(getattr(config.stages, k).startswith("common.devkit.fake_stage:") for k in STAGES):
-        return
-    from common.sd.model_folder import resolve_model_folder
-    try:
-        resolve_model_folder(config.model.path)
-    except FileNotFoundError as e:
-        raise ConfigError(f"{config.source or '<defaults>'}: model.path: {e}") from None
+    return [(g, up if i < n_up else down) for i, g in enumerate(gpus)]
 
 
 def acquire_lock(queue: Queue) -> FileLock:
@@ -131,12 +123,12 @@ def acquire_lock(queue: Queue) -> FileLock:
 class Progress:
     """One tqdm bar per stage (rate and ETA), fed from the done/ counts about once a second."""
 
-    def __init__(self, queue: Queue, totals: dict):
+    def __init__(self, queue: Queue, graph, totals: dict):
         from tqdm import tqdm
         self.q = queue
-        self.base = {s: queue.count_done(s) for s in STAGES}
-        self.bars = {s: tqdm(total=totals[s], desc=s, unit="img", position=i, leave=True, disable=None,
-                             dynamic_ncols=True) for i, s in enumerate(STAGES)}
+        self.base = {s: queue.count_done(s) for s in graph.stages}
+        self.bars = {s: tqdm(total=totals[s], desc=s, unit=graph.spec(s).progress_unit, position=i, leave=True,
+                             disable=None, dynamic_ncols=True) for i, s in enumerate(graph.stages)}
         self.last = 0.0
 
     def __call__(self, force=False):
@@ -156,13 +148,14 @@ class Progress:
 
 
 def summary(queue: Queue, sup: Supervisor, progress: Progress, wall: float) -> list:
-    images = progress.done("sty")
+    final, *earlier = reversed(queue.stages)
+    images = progress.done(final)
     lines = [f"done in {wall:.1f} s: {images} image(s), {images / wall * 3600 if wall else 0:.1f} images/hour; "
-             f"{progress.done('gen')} content image(s)"]
+             + ", ".join(f"{progress.done(s)} {s} job(s)" for s in reversed(earlier))]
     for s in sup.slots:
         lines.append(f"  gpu {s.gpu} ({s.role}): busy {s.busy_s / wall if wall else 0:.0%}, {s.jobs_done} job(s)"
                      + (f", parked: {s.parked}" if s.parked else ""))
-    fails = failures(queue)
+    fails = queue.failures()
     if fails:
         lines.append(f"{len(fails)} job(s) failed (dead-lettered in {queue.layout.root}/*/failed/):")
         lines += format_failures(fails)
@@ -171,46 +164,46 @@ def summary(queue: Queue, sup: Supervisor, progress: Progress, wall: float) -> l
 
 def run(args) -> int:
     config_path = args.config
-    if args.demo:
+    if args.demo:  # the development kit's demo: a tiny model and dataset written first
         from common.devkit.demo import prepare_demo
         config_path = prepare_demo(Path(args.workdir))
         args.gpus = "cpu"
     config = load_config(config_path)
     require_path(config.dataset, "dataset", config.source)
-    check_model(config)
-    slots = assign_roles(parse_gpus(args.gpus), config, args.producers)
-    queue = Queue(config.queue_dir, fsync=config.queue.fsync == "all")
+    graph = build_graph(config)
+    styles = read_dataset(graph.dataset)
+    graph.check(styles)
+    slots = assign_roles(parse_gpus(args.gpus), graph, args.producers)
+    queue = Queue(config.queue_dir, graph.rules(), fsync=config.queue.fsync == "all")
     lock = acquire_lock(queue)
     try:
         if args.fresh:
-            clear_queue(queue, grace=config.queue.kill_grace_s)
+            for note in clear_queue(queue, grace=config.queue.kill_grace_s):
+                say(note)
             say(f"--fresh: cleared {queue.layout.root} (outputs kept)")
-        check_manifest(queue, config.pixel_hash())
+        check_manifest(queue, graph.plan)
         queue.layout.make()
-        tasks = scan_dataset(config, queue)
-        for note in recover(queue, config, grace=config.queue.kill_grace_s):
+        nodes = graph.nodes(styles)
+        write_manifest(queue, graph.plan, sum(len(s.prompts) for s in styles))  # before any job is queued
+        for note in recover(queue, graph.output_dirs(), grace=config.queue.kill_grace_s):
             say(note)
-        report = plan(queue, tasks, config.queue.max_attempts, retry_failed=args.retry_failed)
-        write_manifest(queue, config.pixel_hash(), len(tasks))
+        report = plan(queue, nodes, retry_failed=args.retry_failed)
         for note in report.notes:
             say(note)
         if args.fresh and report.finished:
             say(f"{report.finished} finished output(s) in {config.output} are kept and skipped; to redo them "
                 f"with the new settings, use a new output folder (or delete them)")
-        say(f"{report.total} task(s): {report.finished} finished, {report.gen_queued} to generate, "
-            f"{report.sty_queued} to style only, {report.in_queue} already queued, {len(report.failed)} failed; "
-            f"workers: {', '.join(f'{g}:{r}' for g, r in slots)}")
-        counts = {s: {k: len(v) for k, v in queue.scan(s).items()} for s in STAGES}
-        open_gen = sum(counts["gen"][k] for k in ("pending", "retry", "claimed"))
-        open_sty = report.total - report.finished - len(report.failed)
-        progress = Progress(queue, {"gen": open_gen, "sty": open_sty})
-        sup = Supervisor(config, config_path, slots, log=say, on_tick=progress)
+        queued = ", ".join(f"{report.queued[s]} to {graph.spec(s).verb}" for s in graph.stages)
+        say(f"{report.total} task(s): {report.finished} finished, {queued}, {report.in_queue} already queued, "
+            f"{report.failed_results} failed; workers: {', '.join(f'{g}:{r}' for g, r in slots)}")
+        progress = Progress(queue, graph, open_jobs(queue, graph, nodes, report))
+        sup = Supervisor(config, config_path, slots, queue, log=say, on_tick=progress)
         t0 = time.monotonic()
         code = sup.run() if queue.in_flight() else EXIT_OK
         progress.close()
         for line in summary(queue, sup, progress, time.monotonic() - t0):
             say(line)
-        if code == EXIT_OK and failures(queue):
+        if code == EXIT_OK and queue.failures():
             code = EXIT_FAILED
         if args.demo and code == EXIT_OK:
             from common.devkit.demo import make_contact_sheets
@@ -225,17 +218,31 @@ def run(args) -> int:
         lock.release()
 
 
+def open_jobs(queue: Queue, graph, nodes, report) -> dict:
+    """{stage: jobs this run will finish}: what is queued now, plus what completions will publish."""
+    live = {s: sum(len(v) for k, v in queue.scan(s).items() if k in ("pending", "blocked", "retry", "claimed"))
+            for s in graph.stages}
+    final = graph.stages[-1]
+    live[final] = max(live[final], report.total - report.finished - report.failed_results)
+    return live
+
+
+def status(args) -> int:
+    config = load_config(args.config)
+    graph = build_graph(config)
+    queue = Queue(config.queue_dir, graph.rules())
+    if not queue.layout.manifest.exists():
+        print(f"{queue.layout.root}: no queue planned yet (run python launch.py first)")
+        return EXIT_OK
+    print(format_status(collect(queue)))
+    return EXIT_OK
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "status":
-            config = load_config(args.config)
-            queue = Queue(config.queue_dir)
-            if not queue.layout.manifest.exists():
-                print(f"{queue.layout.root}: no queue planned yet (run python launch.py first)")
-                return EXIT_OK
-            print(format_status(collect(queue)))
-            return EXIT_OK
+            return status(args)
         return run(args)
     except (ConfigError, DatasetError, NamingError, ManifestError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.scheduling import GEN, STY, BurstPolicy, backlog_marks, choose_stage, split_gpus  # noqa: E402
+from common.scheduling import DOWN, UP, BurstPolicy, backlog_marks, choose_stage, split_gpus  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def simulate(work: Work, n_workers: int, policy: str = "elastic", burst: int = 8
     if policy == "burst" and n_workers != 1:
         raise ValueError("the burst policy runs one worker")
     n_prod = 0 if policy == "burst" else split_gpus(n_workers, work.ratio, 1.0, producers)
-    homes = [GEN if w < n_prod else STY for w in range(n_workers)]
+    homes = [UP if w < n_prod else DOWN for w in range(n_workers)]
     bursts = [BurstPolicy(burst) for _ in range(n_workers)] if policy == "burst" else None
     gen_pending = [deque(range(s * work.prompts, (s + 1) * work.prompts)) for s in range(work.styles)]
     gen_count = work.styles * work.prompts
@@ -88,7 +88,7 @@ def simulate(work: Work, n_workers: int, policy: str = "elastic", burst: int = 8
         if policy == "burst":
             return bursts[w].next_stage(backlog, gen_left, sty_left)
         if policy == "fixed":
-            return homes[w] if (gen_left if homes[w] == GEN else sty_left) else None
+            return homes[w] if (gen_left if homes[w] == UP else sty_left) else None
         cur = current[w] if hysteresis else homes[w]
         return choose_stage(homes[w], cur, backlog, gen_left, sty_left, n_workers)
 
@@ -106,7 +106,7 @@ def simulate(work: Work, n_workers: int, policy: str = "elastic", burst: int = 8
             stage = decide(w)
             if stage is None:
                 continue
-            if stage == GEN:
+            if stage == UP:
                 if gen_count == 0:
                     raise RuntimeError(f"policy {policy} chose gen with no gen job left")
                 task = claim_gen(w)
@@ -133,7 +133,7 @@ def simulate(work: Work, n_workers: int, policy: str = "elastic", burst: int = 8
         while events and events[0][0] == now:
             _, _, w, stage, task = heapq.heappop(events)
             free.add(w)
-            if stage == GEN:
+            if stage == UP:
                 sty_pending.append(task)
                 max_backlog = max(max_backlog, len(sty_pending))
             else:

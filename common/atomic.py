@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: files are created 0600 by mkstemp, then given the mode any tool would give
+
 
 def _fsync_dir(folder: Path):
     fd = os.open(folder, os.O_RDONLY)
@@ -19,12 +22,16 @@ def _fsync_dir(folder: Path):
         os.close(fd)
 
 
-def write_bytes(path, data: bytes, *, fsync: bool) -> Path:
-    """Atomically replace `path` with `data`; `fsync` (config queue.fsync) makes it durable too."""
+def write_bytes(path, data: bytes, *, fsync: bool, tmp_dir=None) -> Path:
+    """Atomically replace `path` with `data`; `fsync` (config queue.fsync) makes it durable too.
+
+    The temp file is `.<name>.<pid>.<random>.tmp` in the target's folder, or in `tmp_dir` (on the same
+    filesystem), so a crash leaves a file that recovery can attribute to its dead writer."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -67,4 +74,13 @@ def png_is_complete(path) -> bool:
             f.seek(-12, os.SEEK_END)
             return f.read(12)[4:8] == b"IEND"
     except OSError:
+        return False
+
+
+def npy_is_complete(path) -> bool:
+    """Cheap validity check of a .npy file: its header parses and the file holds all the data it declares."""
+    try:
+        np.load(path, mmap_mode="r")
+        return True
+    except (OSError, ValueError):
         return False

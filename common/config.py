@@ -71,9 +71,13 @@ class QueueConfig:
 
 @dataclass(frozen=True)
 class StagesConfig:
-    """Which callable runs each stage: `module:Class`. Tests plug stand-ins in here."""
+    """The stage graph (`graph`: module:function building it from the config, docs/stage_graph.md) and
+    which class runs each stage (`module:Class`), with their relative costs."""
+    graph: str = "common.graph:default_graph"
+    train: str = "producer.train_stage:TrainStage"
     gen: str = "producer.stage:ProducerStage"
     sty: str = "consumer.stage:ConsumerStage"
+    train_cost: float = 150.0  # relative seconds per job (a style's training ~ 150 content images)
     gen_cost: float = 1.0  # relative seconds per image, used to split GPUs until measured
     sty_cost: float = 2.0
 
@@ -104,7 +108,7 @@ class RunConfig:
             "producer": {k: v for k, v in dataclasses.asdict(self.producer).items() if k != "batch"},
             "consumer": {k: v for k, v in dataclasses.asdict(self.consumer).items()
                          if k not in ("batch", "cached_styles")},
-            "stages": [self.stages.gen, self.stages.sty],
+            "stages": [self.stages.graph, self.stages.train, self.stages.gen, self.stages.sty],
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -1,13 +1,15 @@
 """Which stage a worker runs next: the GPU split, elastic roles with back-pressure, single-GPU bursts.
 
-Pure functions of the queue's counts (no I/O), so the worker loop and `benchmarks/scheduling.py`
-run exactly the same rules. See QUEUE.md §5.
+The stage graph names the pair of stages these rules balance (`Graph.flow()`: the upstream stage that
+makes work, gen, and the downstream one that consumes it, sty); here they are UP and DOWN. Pure functions
+of the queue's counts (no I/O), so the worker loop and `benchmarks/scheduling.py` run exactly the same
+rules. See docs/stage_graph.md §4.
 
 Why these rules make the makespan near-ideal: every rule is work-conserving (a worker waits only when
-no claimable job exists, or when gen is blocked by back-pressure and no sty job is claimable), so the
-only losses are the pipeline's fill and drain and the stage switches. The backlog of sty jobs is held
-between 0 and `high`, around `low = n_workers`, so when gen runs out there is about one sty job per
-worker to keep everyone busy while the last content images finish. Hysteresis keeps a worker in a
+no claimable job exists, or when UP is blocked by back-pressure and no DOWN job is claimable), so the
+only losses are the pipeline's fill and drain and the stage switches. The backlog of DOWN jobs is held
+between 0 and `high`, around `low = n_workers`, so when UP runs out there is about one DOWN job per
+worker to keep everyone busy while the last upstream jobs finish. Hysteresis keeps a worker in a
 borrowed role until the backlog has moved across half the band, so switches (an adapter swap or a
 model load each) happen once per swing, not on every job.
 """
@@ -15,11 +17,11 @@ from __future__ import annotations
 
 import math
 
-GEN, STY = "gen", "sty"
+UP, DOWN = "up", "down"
 
 
 def split_gpus(n_gpus: int, gen_cost: float, sty_cost: float, producers: int | None = None) -> int:
-    """Number of producers (home role gen) among n_gpus >= 2: the gen share of the work, rounded.
+    """Number of producers (home role UP) among n_gpus >= 2: the UP share of the work, rounded.
 
     `producers` (from --producers) overrides the measured split. Elastic roles correct a rounding
     error at run time, so the home split only sets who switches.
@@ -39,41 +41,41 @@ def split_gpus(n_gpus: int, gen_cost: float, sty_cost: float, producers: int | N
 
 
 def backlog_marks(n_workers: int) -> tuple[int, int]:
-    """(low, high) marks for the number of pending sty jobs: low keeps each worker fed, high bounds disk use."""
+    """(low, high) marks for the number of pending DOWN jobs: low keeps each worker fed, high bounds disk use."""
     return n_workers, 2 * n_workers + 2
 
 
-def choose_stage(home: str, current: str | None, backlog: int, gen_left: bool, sty_left: bool,
+def choose_stage(home: str, current: str | None, backlog: int, up_left: bool, down_left: bool,
                  n_workers: int) -> str | None:
     """The stage this worker should claim from next, or None to wait and poll again.
 
-    `backlog` is the number of pending sty jobs; `gen_left`/`sty_left` say whether a job of that stage
+    `backlog` is the number of pending DOWN jobs; `up_left`/`down_left` say whether a job of that stage
     is claimable now; `current` is the stage the worker ran last (None at start).
     Rules, first match wins:
-      1. backlog >= high: sty (back-pressure: nobody takes gen, so the wait is None if no sty is claimable);
+      1. backlog >= high: DOWN (back-pressure: nobody takes UP, so the wait is None if no DOWN is claimable);
       2. one stage has nothing claimable: the other;
-      3. backlog == 0: gen (consumers would starve otherwise);
+      3. backlog == 0: UP (consumers would starve otherwise);
       4. 0 < backlog < high: the home role, except that a worker in a borrowed role keeps it until the
-         backlog crosses `low` (a producer lent to sty returns at backlog <= low, a consumer lent to gen
+         backlog crosses `low` (a producer lent to DOWN returns at backlog <= low, a consumer lent to UP
          returns at backlog >= low). Both releases sit at `low`, the middle of the band, so the backlog
          swings around one job per worker and each swing costs each borrowed worker two switches.
     """
     low, high = backlog_marks(n_workers)
     if backlog >= high:
-        return STY if sty_left else None
-    if not (gen_left and sty_left):
-        return GEN if gen_left else STY if sty_left else None
+        return DOWN if down_left else None
+    if not (up_left and down_left):
+        return UP if up_left else DOWN if down_left else None
     if backlog <= 0:
-        return GEN
-    if current == STY and home == GEN and backlog > low:
-        return STY
-    if current == GEN and home == STY and backlog < low:
-        return GEN
+        return UP
+    if current == DOWN and home == UP and backlog > low:
+        return DOWN
+    if current == UP and home == DOWN and backlog < low:
+        return UP
     return home
 
 
 class BurstPolicy:
-    """One worker doing both stages (single GPU, CPU): generate `burst` content images, then style
+    """One worker doing both stages (single GPU, CPU): run `burst` UP jobs (content images), then DOWN
     until the backlog is 0, and repeat. Bursts amortise the stage switch while keeping the content
     backlog (disk use, and latency to the first finished image) at about `burst`."""
 
@@ -81,17 +83,17 @@ class BurstPolicy:
         if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
             raise ValueError(f"scheduling.burst must be a positive integer, not {burst!r}")
         self.burst = burst
-        self._made = 0  # gen jobs handed out in the current burst
-        self._phase = GEN
+        self._made = 0  # UP jobs handed out in the current burst
+        self._phase = UP
 
-    def next_stage(self, backlog: int, gen_left: bool, sty_left: bool) -> str | None:
-        if self._phase == GEN and (self._made >= self.burst or not gen_left):
-            self._phase = STY
-        if self._phase == STY and (backlog <= 0 or not sty_left):
-            if not gen_left:
-                return STY if sty_left else None
-            self._phase, self._made = GEN, 0
-        if self._phase == GEN:
+    def next_stage(self, backlog: int, up_left: bool, down_left: bool) -> str | None:
+        if self._phase == UP and (self._made >= self.burst or not up_left):
+            self._phase = DOWN
+        if self._phase == DOWN and (backlog <= 0 or not down_left):
+            if not up_left:
+                return DOWN if down_left else None
+            self._phase, self._made = UP, 0
+        if self._phase == UP:
             self._made += 1
-            return GEN
-        return STY
+            return UP
+        return DOWN

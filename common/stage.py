@@ -6,20 +6,24 @@ marks a job done only after the stage returned and the outputs are in place.
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Protocol
+from typing import Callable, List, Optional, Protocol
 
 
 @dataclass(frozen=True)
 class Task:
-    id: str  # deterministic: hash of (style, prompt, seed, config pixel hash)
+    """One unit of work: a style (train) or a (style, prompt) pair (gen, sty). Every path is derived
+    from the config by the stage graph (common/graph.py), never read from a job file."""
+    id: str  # deterministic: hash of what the job produces and the config's pixel hash
     style: str  # the style folder's name, e.g. "00"
-    prompt: str  # as written in prompt.json
-    name: str  # the prompt as a safe, unique file name (without .png)
+    prompt: Optional[str]  # as written in prompt.json (None for a per-style task)
+    name: Optional[str]  # the prompt as a safe, unique file name, without .png (None for a per-style task)
     seed: int
     style_dir: Path  # DATASET/STYLE, holding images/ and prompt.json
-    content_png: Path  # stage 1 output: the DreamBooth-only content image
-    content_latent: Path  # stage 1 output: its final latent (.npy), the hand-off to stage 2
-    output_png: Path  # stage 2 output: the stylized result
+    content_png: Optional[Path]  # gen output: the DreamBooth-only content image
+    content_latent: Optional[Path]  # gen output: its final latent (.npy), the hand-off to sty
+    output_png: Optional[Path]  # sty output: the stylized result
+    lora_file: Path  # the style's LoRA: where the producer looks, where training writes
+    scratch_dir: Path  # the job's working files (training checkpoints), kept across attempts
 
 
 Beat = Callable[[str], None]

@@ -12,10 +12,10 @@ from PIL import Image
 
 from common.atomic import png_is_complete
 from common.config import load_config
+from common.dataset import read_dataset
 from common.devkit.fake_stage import fake_latent, fake_output
-from common.jobqueue.jobs import read_job
-from common.jobqueue.layout import STAGES
-from common.jobqueue.planner import scan_dataset
+from common.graph import build_graph
+from common.jobqueue.job import read_job
 from common.jobqueue.queue import Queue
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ STYLES = {"00": ["Dolphin", "Lighthouse", "A cat / dog?"], "01": ["Tree", "Bicyc
 # Fast supervision for a 2-core machine: beats every 0.1 s, a silent worker is hung after 1 s.
 FAST = {"queue": {"fsync": "none", "heartbeat_s": 0.1, "ttl_loading_s": 1.0, "ttl_working_s": 1.0,
                   "backoff_base_s": 0.0, "restart_base_s": 0.05, "kill_grace_s": 0.5, "stop_grace_s": 3.0},
-        "stages": {"gen": "common.devkit.fake_stage:FakeGen", "sty": "common.devkit.fake_stage:FakeSty"},
+        "stages": {"graph": "common.devkit.fake_stage:graph"},
         "producer": {"batch": 2, "missing_lora": "warn"}, "consumer": {"batch": 2}}  # the fakes need no LoRA
 
 
@@ -48,9 +48,19 @@ def write_config(tmp: Path, styles: dict = None, **sections) -> Path:
     return path
 
 
-def tasks_of(config_path):
+def graph_of(config_path):
+    """(config, graph, nodes, queue) of a config: the stage graph over its dataset, and its queue."""
     config = load_config(config_path)
-    return config, scan_dataset(config, Queue(config.queue_dir, fsync=False))
+    graph = build_graph(config)
+    styles = read_dataset(graph.dataset)
+    graph.check(styles)
+    return config, graph, graph.nodes(styles), Queue(config.queue_dir, graph.rules(), fsync=False)
+
+
+def tasks_of(config_path):
+    """(config, tasks of the final stage: one per (style, prompt), with every path)."""
+    config, graph, nodes, _ = graph_of(config_path)
+    return config, [graph.task(n.job) for n in nodes if n.job.stage == graph.stages[-1]]
 
 
 def launch(config_path, *args, env=None, timeout=60, wait=True):
@@ -78,9 +88,9 @@ def check_invariants(config_path, expect_failed=()):
     """Each id in at most one state per stage and none claimed; each task has a valid output (with the
     expected bytes) and a done record, or a failed record; no temp file left; attempts <= max."""
     config, tasks = tasks_of(config_path)
-    q = Queue(config.queue_dir, fsync=False)
-    scans = {s: q.scan(s) for s in STAGES}
-    ids = {t.id for t in tasks}
+    _, _, nodes, q = graph_of(config_path)
+    scans = {s: q.scan(s) for s in q.stages}
+    ids = {n.job.id for n in nodes}
     for stage, scan in scans.items():
         assert not scan["claimed"], f"{stage} jobs still claimed: {list(scan['claimed'])}"
         seen = {}
@@ -90,13 +100,13 @@ def check_invariants(config_path, expect_failed=()):
                 assert jid in ids, f"{stage} {jid} belongs to no task"
                 seen[jid] = state
                 job = read_job(path)
-                assert job["attempts"] <= job["max_attempts"], f"{path}: attempts {job['attempts']}"
+                assert job.attempts <= job.max_attempts, f"{path}: attempts {job.attempts}"
     for t in tasks:
-        failed = [s for s in STAGES if t.id in scans[s]["failed"]]
+        failed = [s for s in q.stages if t.id in scans[s]["failed"]]
         if t.prompt in expect_failed:
             assert failed and not t.output_png.exists(), f"{t.prompt} should have been dead-lettered"
             continue
-        assert not failed, f"{t.prompt} dead-lettered: {read_job(scans[failed[0]]['failed'][t.id])['errors']}"
+        assert not failed, f"{t.prompt} dead-lettered: {read_job(scans[failed[0]]['failed'][t.id]).errors}"
         assert png_is_complete(t.output_png), f"missing or partial output {t.output_png}"
         assert t.id in scans["sty"]["done"], f"no done record for {t.prompt}"
         got = np.asarray(Image.open(t.output_png))

@@ -14,7 +14,7 @@ from common.jobqueue.lease import make_wid
 from common.jobqueue.planner import plan
 from common.jobqueue.queue import Queue
 from common.jobqueue.worker import Worker
-from queue_fixtures import check_invariants, tasks_of, write_config
+from queue_fixtures import check_invariants, graph_of, write_config
 
 POINTS = ["after_claim", "mid_output", "after_output", "after_stage", "after_publish", "before_done"]
 CTX = mp.get_context("fork")
@@ -35,9 +35,9 @@ def start(config_path, role="both", n_workers=1, crash_spec="", fake_ms="0"):
 
 def planned(tmp_path):
     path = write_config(tmp_path)
-    config, tasks = tasks_of(path)
-    plan(Queue(config.queue_dir, fsync=False), tasks, config.queue.max_attempts)
-    return path, Queue(config.queue_dir, fsync=False)
+    config, graph, nodes, q = graph_of(path)
+    plan(q, nodes)
+    return path, q
 
 
 def reclaim_dead(q: Queue, proc):
@@ -77,5 +77,6 @@ def test_random_sigkill_of_a_worker_loses_nothing(tmp_path):
         survivor.join(30)
         assert survivor.exitcode == 0, f"trial {trial} (seed {seed}): survivor exit {survivor.exitcode}"
         check_invariants(path)
-        config, tasks = tasks_of(path)
-        assert plan(q, tasks, 3).finished == len(tasks)  # a rerun has nothing left to do
+        config, graph, nodes, q = graph_of(path)
+        report = plan(q, nodes)
+        assert report.finished == report.total == 6  # a rerun has nothing left to do

@@ -10,10 +10,9 @@ import launch
 from common.atomic import write_png
 from common.config import load_config
 from common.jobqueue import lease
-from common.jobqueue.jobs import read_job
+from common.jobqueue.job import read_job
 from common.jobqueue.planner import plan
-from common.jobqueue.queue import Queue
-from queue_fixtures import check_invariants, launch as run_launcher, tasks_of, wait_for, write_config
+from queue_fixtures import check_invariants, graph_of, launch as run_launcher, tasks_of, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,7 +43,7 @@ def test_a_deleted_output_is_rebuilt_by_one_rerun(tmp_path):
 
 
 def test_a_worker_without_a_usable_device_exits_3_and_its_slot_is_parked(tmp_path):
-    path = write_config(tmp_path, stages={"gen": "common.devkit.fake_stage:NoDevice"})
+    path = write_config(tmp_path, stages={"graph": "common.devkit.fake_stage:no_device_graph"})
     result = run_launcher(path)
     assert result.returncode == 3, result.stderr
     assert "parked: device unusable (exit 3)" in result.stderr
@@ -58,8 +57,9 @@ def test_status_prints_counts_and_throughput(tmp_path, capsys):
     assert launch.main(["status", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "sty" in out and "throughput" in out and "ETA" in out
+    header = out.splitlines()[0].split()
     sty_row = next(line for line in out.splitlines() if line.startswith("sty"))
-    assert sty_row.split()[4] == "6"  # done column
+    assert sty_row.split()[header.index("done")] == "6"
 
 
 def test_poison_job_is_dead_lettered_and_the_rest_finish(tmp_path):
@@ -68,15 +68,15 @@ def test_poison_job_is_dead_lettered_and_the_rest_finish(tmp_path):
     assert result.returncode == 1, result.stderr
     config, tasks = check_invariants(path, expect_failed=("Lighthouse",))
     poison = next(t for t in tasks if t.prompt == "Lighthouse")
-    record = read_job(Queue(config.queue_dir).layout.failed_path("gen", poison.id))
-    assert record["attempts"] == 3 and "SIGABRT" in record["errors"][-1]["text"]
+    record = read_job(graph_of(path)[3].layout.failed_path("gen", poison.id))
+    assert record.attempts == 3 and "SIGABRT" in record.errors[-1]["text"]
     assert "1 job(s) failed" in result.stderr and "'Lighthouse'" in result.stderr
 
 
 def _running_launcher(tmp_path, fake_ms="100-150"):
     path = write_config(tmp_path, producer={"batch": 1}, consumer={"batch": 1})
     proc = run_launcher(path, env={"JSTYLEID_FAKE_MS": fake_ms}, wait=False)
-    queue = Queue(tmp_path / "q")
+    queue = graph_of(path)[3]
     wait_for(lambda: queue.count_done("gen") >= 1)
     return path, proc, queue
 
@@ -101,7 +101,7 @@ def test_ctrl_c_releases_jobs_and_the_next_run_resumes(tmp_path):
     assert proc.wait(20) == 130
     scans = [queue.scan(s) for s in ("gen", "sty")]
     assert not any(s["claimed"] for s in scans)
-    assert all(read_job(p)["attempts"] == 0 for s in scans for p in s["pending"].values())
+    assert all(read_job(p).attempts == 0 for s in scans for p in s["pending"].values())
     assert queue.count_done("sty") < 6
     resumed = run_launcher(path)
     assert resumed.returncode == 0, resumed.stderr
@@ -120,12 +120,12 @@ def test_hung_worker_is_killed_and_its_job_retried(tmp_path):
 def test_corrupt_jobs_truncated_outputs_and_stray_temp_files_are_repaired_at_startup(tmp_path):
     path = write_config(tmp_path)
     config, tasks = tasks_of(path)
-    q = Queue(config.queue_dir, fsync=False)
-    plan(q, tasks, 3)
+    _, graph, nodes, q = graph_of(path)
+    plan(q, nodes)
     pending = sorted(q.scan("gen")["pending"].values())
     pending[0].write_text("{garbage")
     pending[1].write_bytes(b"")
-    pending[2].write_text(json.dumps({"v": 1, "id": pending[2].stem}))
+    pending[2].write_text(json.dumps({"v": 2, "id": pending[2].stem}))
     write_png(tasks[3].output_png, np.zeros((8, 8, 3), np.uint8), fsync=False)
     tasks[3].output_png.write_bytes(tasks[3].output_png.read_bytes()[:30])
     tasks[4].output_png.write_bytes(b"")
@@ -173,10 +173,11 @@ def test_bad_gpu_list_is_a_usage_error(tmp_path, capsys):
 
 
 def test_roles_split_by_cost_or_by_producers():
-    config = load_config()
-    assert launch.assign_roles(["cpu"], config, None) == [("cpu", "both")]
-    assert [r for _, r in launch.assign_roles(["0", "1", "2"], config, None)] == ["gen", "sty", "sty"]
-    assert [r for _, r in launch.assign_roles(["0", "1", "2"], config, 2)] == ["gen", "gen", "sty"]
+    from common.graph import default_graph
+    graph = default_graph(load_config())
+    assert launch.assign_roles(["cpu"], graph, None) == [("cpu", "both")]
+    assert [r for _, r in launch.assign_roles(["0", "1", "2"], graph, None)] == ["gen", "sty", "sty"]
+    assert [r for _, r in launch.assign_roles(["0", "1", "2"], graph, 2)] == ["gen", "gen", "sty"]
 
 
 def test_two_workers_with_split_roles_share_the_work(tmp_path, monkeypatch):
@@ -185,12 +186,11 @@ def test_two_workers_with_split_roles_share_the_work(tmp_path, monkeypatch):
     # even on a loaded 2-core machine where a Python start takes a second.
     monkeypatch.setenv("JSTYLEID_FAKE_MS", "300-350")
     path = write_config(tmp_path, producer={"batch": 1}, consumer={"batch": 1})
-    config, tasks = tasks_of(path)
-    q = Queue(config.queue_dir, fsync=False)
+    config, graph, nodes, q = graph_of(path)
     q.layout.make()
-    plan(q, tasks, 3)
-    sup = Supervisor(config, path, [("cpu", "gen"), ("cpu", "sty")], log=lambda msg: None)
+    plan(q, nodes)
+    sup = Supervisor(config, path, [("cpu", "gen"), ("cpu", "sty")], q, log=lambda msg: None)
     assert sup.run() == 0
     assert all(slot.jobs_done > 0 for slot in sup.slots)
-    assert sum(slot.jobs_done for slot in sup.slots) == 2 * len(tasks)
+    assert sum(slot.jobs_done for slot in sup.slots) == len(nodes)
     check_invariants(path)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from common.atomic import write_npy, write_png
-from common.jobqueue.planner import DatasetError, plan
-from common.jobqueue.queue import Queue
+from common.dataset import DatasetError
+from common.jobqueue.planner import plan
 from common.naming import NamingError, prompt_names, safe_name
-from queue_fixtures import tasks_of, write_config
+from queue_fixtures import graph_of, tasks_of, write_config
 
 
 def test_safe_name_keeps_readable_characters_and_replaces_the_rest():
@@ -58,15 +58,21 @@ def test_bad_dataset_is_a_one_line_error_naming_the_file(tmp_path, breakage, mat
 
 
 def test_a_missing_style_image_or_lora_is_an_error_at_launch_naming_the_path(tmp_path):
+    real = {"stages": {"graph": "common.graph:default_graph"}, "model": {"path": str(tmp_path)}}  # real checks
     with pytest.raises(DatasetError, match=r"00/images/nope.png: style image not found"):
-        tasks_of(write_config(tmp_path, consumer={"style_image": "nope.png"}))
+        tasks_of(write_config(tmp_path, consumer={"style_image": "nope.png"}, **real))
     with pytest.raises(DatasetError, match=r"style_00: no LoRA for style 00 .*missing_lora: warn"):
-        tasks_of(write_config(tmp_path, producer={"missing_lora": "error", "lora_dir": str(tmp_path / "loras")}))
+        tasks_of(write_config(tmp_path, producer={"missing_lora": "error", "lora_dir": str(tmp_path / "loras")},
+                              **real))
+
+
+def test_a_lora_present_for_every_style_passes_the_launch_check(tmp_path):
     for style in ("00", "01"):
         (tmp_path / "loras" / f"style_{style}").mkdir(parents=True, exist_ok=True)
         (tmp_path / "loras" / f"style_{style}" / "pytorch_lora_weights.bin").write_bytes(b"x")
-    assert len(tasks_of(write_config(tmp_path, producer={"missing_lora": "error",
-                                                          "lora_dir": str(tmp_path / "loras")}))[1]) == 6
+    path = write_config(tmp_path, producer={"missing_lora": "error", "lora_dir": str(tmp_path / "loras")},
+                        stages={"graph": "common.graph:default_graph"}, model={"path": str(tmp_path)})
+    assert len(tasks_of(path)[1]) == 6
 
 
 def test_task_paths_and_ids_follow_the_layout(tmp_path):
@@ -75,37 +81,36 @@ def test_task_paths_and_ids_follow_the_layout(tmp_path):
     t = next(t for t in tasks if t.prompt == "A cat / dog?")
     assert t.output_png == (tmp_path / "out" / "00" / "A cat _ dog.png")
     assert t.content_png == (tmp_path / "out" / "00" / "content" / "A cat _ dog.png")
-    assert t.content_latent == (tmp_path / "q" / "content" / f"{t.id}.npy")
+    assert t.content_latent == (tmp_path / "q" / "handoff" / "gen" / f"{t.id}.npy")
     assert [t.id for t in tasks_of(write_config(tmp_path))[1]] == [t.id for t in tasks]  # deterministic
 
 
 def test_planning_twice_enqueues_nothing_new(tmp_path):
-    config, tasks = tasks_of(write_config(tmp_path))
-    q = Queue(config.queue_dir, fsync=False)
-    first = plan(q, tasks, 3)
-    second = plan(q, tasks, 3)
-    assert (first.gen_queued, second.gen_queued, second.in_queue) == (6, 0, 6)
-    assert len(q.scan("gen")["pending"]) == 6
+    config, graph, nodes, q = graph_of(write_config(tmp_path))
+    first = plan(q, nodes)
+    second = plan(q, nodes)
+    assert (first.queued["gen"], second.queued["gen"], second.in_queue) == (6, 0, 6)
+    assert len(q.scan("gen")["pending"]) == 6 and not q.scan("sty")["pending"]  # sty is published by gen
 
 
 def test_finished_tasks_are_skipped_and_existing_content_goes_to_stage_two(tmp_path):
-    config, tasks = tasks_of(write_config(tmp_path))
+    config, graph, nodes, q = graph_of(write_config(tmp_path))
+    tasks = tasks_of(write_config(tmp_path))[1]
     done, styled_only = tasks[0], tasks[1]
     write_png(done.output_png, np.zeros((4, 4, 3), np.uint8), fsync=False)
     write_png(styled_only.content_png, np.zeros((4, 4, 3), np.uint8), fsync=False)
     write_npy(styled_only.content_latent, np.zeros((4, 8, 8), np.float32), fsync=False)
-    q = Queue(config.queue_dir, fsync=False)
-    report = plan(q, tasks, 3)
-    assert (report.finished, report.sty_queued, report.gen_queued) == (1, 1, 4)
+    report = plan(q, nodes)
+    assert (report.finished, report.queued["sty"], report.queued["gen"]) == (1, 1, 4)
     assert set(q.scan("sty")["pending"]) == {styled_only.id}
     assert done.id not in q.scan("gen")["pending"] and styled_only.id not in q.scan("gen")["pending"]
 
 
 def test_truncated_output_is_removed_and_replanned(tmp_path):
-    config, tasks = tasks_of(write_config(tmp_path))
-    t = tasks[0]
+    config, graph, nodes, q = graph_of(write_config(tmp_path))
+    t = tasks_of(write_config(tmp_path))[1][0]
     write_png(t.output_png, np.zeros((4, 4, 3), np.uint8), fsync=False)
     t.output_png.write_bytes(t.output_png.read_bytes()[:20])
-    report = plan(Queue(config.queue_dir, fsync=False), tasks, 3)
-    assert report.gen_queued == 6 and not t.output_png.exists()
+    report = plan(q, nodes)
+    assert report.queued["gen"] == 6 and not t.output_png.exists()
     assert any("truncated output" in n for n in report.notes)

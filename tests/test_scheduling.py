@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from common.scheduling import GEN, STY, BurstPolicy, backlog_marks, choose_stage, split_gpus
+from common.scheduling import DOWN, UP, BurstPolicy, backlog_marks, choose_stage, split_gpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,25 +65,25 @@ N = 4
 LOW, HIGH = backlog_marks(N)
 
 
-@pytest.mark.parametrize("home", [GEN, STY])
-@pytest.mark.parametrize("current", [None, GEN, STY])
+@pytest.mark.parametrize("home", [UP, DOWN])
+@pytest.mark.parametrize("current", [None, UP, DOWN])
 def test_back_pressure_no_gen_at_or_above_high(home, current):
     for backlog in (HIGH, HIGH + 3):
-        assert choose_stage(home, current, backlog, True, True, N) == STY
+        assert choose_stage(home, current, backlog, True, True, N) == DOWN
         assert choose_stage(home, current, backlog, True, False, N) is None  # wait, never gen
 
 
-@pytest.mark.parametrize("home", [GEN, STY])
-@pytest.mark.parametrize("current", [None, GEN, STY])
+@pytest.mark.parametrize("home", [UP, DOWN])
+@pytest.mark.parametrize("current", [None, UP, DOWN])
 def test_elastic_takeover_when_a_stage_runs_dry(home, current):
     for backlog in range(0, HIGH):
         if backlog:
-            assert choose_stage(home, current, backlog, False, True, N) == STY  # gen ran out
-    assert choose_stage(home, current, 0, True, False, N) == GEN  # sty starves: everyone generates
+            assert choose_stage(home, current, backlog, False, True, N) == DOWN  # gen ran out
+    assert choose_stage(home, current, 0, True, False, N) == UP  # sty starves: everyone generates
     assert choose_stage(home, current, 0, False, False, N) is None
 
 
-@pytest.mark.parametrize("home", [GEN, STY])
+@pytest.mark.parametrize("home", [UP, DOWN])
 def test_home_role_inside_the_band(home):
     for backlog in range(1, HIGH):
         assert choose_stage(home, home, backlog, True, True, N) == home
@@ -92,14 +92,14 @@ def test_home_role_inside_the_band(home):
 
 def test_producer_lent_to_sty_stays_until_backlog_reaches_low():
     for backlog in range(LOW + 1, HIGH):
-        assert choose_stage(GEN, STY, backlog, True, True, N) == STY
-    assert choose_stage(GEN, STY, LOW, True, True, N) == GEN
+        assert choose_stage(UP, DOWN, backlog, True, True, N) == DOWN
+    assert choose_stage(UP, DOWN, LOW, True, True, N) == UP
 
 
 def test_consumer_lent_to_gen_stays_until_backlog_reaches_low():
     for backlog in range(1, LOW):
-        assert choose_stage(STY, GEN, backlog, True, True, N) == GEN
-    assert choose_stage(STY, GEN, LOW, True, True, N) == STY
+        assert choose_stage(DOWN, UP, backlog, True, True, N) == UP
+    assert choose_stage(DOWN, UP, LOW, True, True, N) == DOWN
 
 
 # BurstPolicy
@@ -109,23 +109,23 @@ def drive_burst(burst, tasks):
     policy, gen_left, backlog, seq = BurstPolicy(burst), tasks, 0, []
     while (stage := policy.next_stage(backlog, gen_left > 0, backlog > 0)) is not None:
         seq.append(stage)
-        if stage == GEN:
+        if stage == UP:
             gen_left, backlog = gen_left - 1, backlog + 1
         else:
             backlog -= 1
         assert backlog >= 0 and len(seq) <= 2 * tasks
-    return seq, max(seq[:i].count(GEN) - seq[:i].count(STY) for i in range(len(seq) + 1))
+    return seq, max(seq[:i].count(UP) - seq[:i].count(DOWN) for i in range(len(seq) + 1))
 
 
 def test_burst_alternates_generating_and_styling():
     seq, _ = drive_burst(3, 8)
-    assert "".join("g" if s == GEN else "s" for s in seq) == "gggsssgggsssggss"
+    assert "".join("g" if s == UP else "s" for s in seq) == "gggsssgggsssggss"
 
 
 @pytest.mark.parametrize("burst", [1, 4, 8])
 def test_burst_keeps_the_backlog_bounded_and_finishes(burst):
     seq, max_backlog = drive_burst(burst, 50)
-    assert seq.count(GEN) == seq.count(STY) == 50
+    assert seq.count(UP) == seq.count(DOWN) == 50
     assert max_backlog == burst
 
 

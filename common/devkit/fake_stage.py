@@ -1,5 +1,8 @@
 """Stand-in stages for the job-system tests and benchmarks: no Jittor, milliseconds per task.
 
+`graph` (config `stages.graph: common.devkit.fake_stage:graph`) is jstyleid's stage graph with these
+stand-ins and without the launch checks that need a model.
+
 FakeGen writes a tiny content PNG and a latent derived from the task id; FakeSty reads the latent and
 writes the stylized PNG, so a lost or mixed-up hand-off shows in the output bytes.
 Environment knobs (read per call, so forked test workers can set them):
@@ -18,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import write_npy, write_png
+from common.graph import Graph, jstyleid_specs, without_checks
 from common.jobqueue import crash
 
 SIZE = 8
@@ -95,3 +99,16 @@ class NoDevice:
     def __init__(self, config, device: str):
         from common.stage import DeviceError
         raise DeviceError(f"no usable device for {device}")
+
+
+FAKES = {"gen": "common.devkit.fake_stage:FakeGen", "sty": "common.devkit.fake_stage:FakeSty"}
+
+
+def graph(config) -> Graph:
+    """jstyleid's stages run by the stand-ins above."""
+    return Graph(config, without_checks(jstyleid_specs(config), FAKES))
+
+
+def no_device_graph(config) -> Graph:
+    """As `graph`, but generation cannot get its device (the worker must exit 3)."""
+    return Graph(config, without_checks(jstyleid_specs(config), dict(FAKES, gen="common.devkit.fake_stage:NoDevice")))

@@ -1,34 +1,40 @@
-"""Where everything lives inside queue_dir/ (QUEUE.md §2). Paths only; no I/O but mkdir.
+"""Where everything lives inside queue_dir/ (docs/queue.md §2). Paths only; no I/O but mkdir.
 
-  tmp/                          in-progress writes (same filesystem as every target, so renames work)
-  workers/<wid>.json            leases;  logs/<wid>.log  one log per worker
-  gen/pending/<style>/<hh>/<id>.json   256 shards per style: a claim lists one small folder
-  sty/pending/<style>/<id>.json        bounded by back-pressure, so unsharded
-  <stage>/claimed/<wid>/<id>.json      the owner is part of the path
-  <stage>/retry/<id>.json   <stage>/done/<hh>/<id>.json   <stage>/failed/<id>.json (corrupt/ quarantine)
-  content/<id>.npy              the stage-1 latent handed to stage 2
+  manifest.json  launcher.lock  launcher.json     the plan's settings; the one-launcher lock and its holder
+  tmp/                                  in-progress queue writes (same filesystem as the job folders)
+  workers/<wid>.json   logs/<wid>.log   leases and worker logs
+  scratch/<stage>/<id>/                 a job's working files (checkpoints), kept across its attempts
+  handoff/<stage>/<id>.<ext>            a job's output for a later stage, removed once that one is done
+  <stage>/pending/<group>/[<hh>/]<id>.json   claimable; a sharded stage splits each group 256 ways
+  <stage>/blocked/<key>/<id>.json       waiting for the job `key` (the first of its `after` not done)
+  <stage>/claimed/<wid>/<id>.json       the owner is part of the path
+  <stage>/retry/<id>.json   <stage>/done/<hh>/<id>.json   <stage>/failed/<id>.json (+ corrupt/ quarantine)
 """
 from pathlib import Path
+from typing import Mapping
 
-STAGES = ("gen", "sty")
-STATES = ("pending", "claimed", "retry", "done", "failed")
+STATES = ("pending", "blocked", "claimed", "retry", "done", "failed")
+LIVE = ("pending", "blocked", "claimed", "retry")  # not finished: the run goes on while any exists
 
 
 class Layout:
-    def __init__(self, root):
+    def __init__(self, root, sharded: Mapping[str, bool]):
         self.root = Path(root)
+        self.sharded = dict(sharded)  # {stage: whether its pending groups are split into 256 shards}
+        self.stages = tuple(self.sharded)
         self.tmp = self.root / "tmp"
         self.workers = self.root / "workers"
         self.logs = self.root / "logs"
-        self.content = self.root / "content"
+        self.scratch = self.root / "scratch"
+        self.handoff = self.root / "handoff"
         self.manifest = self.root / "manifest.json"
         self.lock = self.root / "launcher.lock"
         self.holder = self.root / "launcher.json"
 
     def make(self):
-        for d in (self.tmp, self.workers, self.logs, self.content):
+        for d in (self.tmp, self.workers, self.logs, self.scratch, self.handoff):
             d.mkdir(parents=True, exist_ok=True)
-        for stage in STAGES:
+        for stage in self.stages:
             for state in STATES:
                 (self.root / stage / state).mkdir(parents=True, exist_ok=True)
         return self
@@ -36,9 +42,12 @@ class Layout:
     def state_dir(self, stage: str, state: str) -> Path:
         return self.root / stage / state
 
-    def pending_dir(self, stage: str, style: str, jid: str) -> Path:
-        base = self.root / stage / "pending" / style
-        return base / jid[:2] if stage == "gen" else base
+    def pending_dir(self, stage: str, group: str, jid: str) -> Path:
+        base = self.root / stage / "pending" / group
+        return base / jid[:2] if self.sharded[stage] else base
+
+    def blocked_dir(self, stage: str, key: str) -> Path:
+        return self.root / stage / "blocked" / key
 
     def claimed_dir(self, stage: str, wid: str) -> Path:
         return self.root / stage / "claimed" / wid
@@ -55,8 +64,11 @@ class Layout:
     def corrupt_dir(self, stage: str) -> Path:
         return self.root / stage / "failed" / "corrupt"
 
-    def latent_path(self, jid: str) -> Path:
-        return self.content / f"{jid}.npy"
+    def scratch_dir(self, stage: str, jid: str) -> Path:
+        return self.scratch / stage / jid
+
+    def handoff_path(self, stage: str, jid: str, suffix: str) -> Path:
+        return self.handoff / stage / f"{jid}{suffix}"
 
     def lease_path(self, wid: str) -> Path:
         return self.workers / f"{wid}.json"

@@ -1,11 +1,16 @@
-"""Queue operations (QUEUE.md §3). Each state change is one `link` or `rename`, the commit point; a job is
-updated in place (tmp/ + os.replace) before it moves, never copied and deleted.
+"""Queue operations (docs/queue.md §3). Each state change is one `link` or `rename`, the commit point; a job
+is updated in place (tmp/ + os.replace) before it moves, never copied and deleted.
 
-- enqueue: write tmp, **link** into pending (EEXIST: already queued).
+- enqueue: write tmp, **link** into pending (EEXIST: already queued), or into blocked/<key>/ while a job
+  it runs after is not done.
 - claim: **rename** pending -> claimed/<wid>; ENOENT means another worker won, try the next entry.
-- complete: outputs are in place (checked), gen publishes the sty job, **rename** claimed -> done.
+- complete: outputs are in place (the stage's rules say so); its follow-up jobs are published, then
+  **rename** claimed -> done; jobs blocked on it move on; the rules drop what it made useless.
 - fail / reclaim: update in place (attempts + 1, the error), **rename** to retry, failed or pending.
 - release (shutdown): **rename** claimed -> pending.
+
+The queue knows nothing of what a job makes: each stage's `StageRules` says when a job is done, which
+half-written files its dead owner may leave, what to publish when it completes and what to clean up.
 
 `attempts` counts failed attempts (a crash or hang of the owner counts, a release does not), so the hot
 path, claim and complete, is one rename each and writes no record: on ext4 a rename over an existing file
@@ -20,29 +25,43 @@ import uuid
 import zlib
 from glob import escape as glob_escape
 from pathlib import Path
+from typing import Iterable, Mapping, Protocol
 
-import numpy as np
-
-from common.atomic import png_is_complete
+from common.atomic import write_bytes
 from common.jobqueue import crash
-from common.jobqueue.jobs import CorruptJob, add_error, dumps, read_job
-from common.jobqueue.layout import STAGES, Layout
+from common.jobqueue.job import CorruptJob, Job, job_key, read_job
+from common.jobqueue.layout import LIVE, Layout
 
 REFRESH_S = 0.5  # an empty stage's folders are re-listed at most this often by has_work()
 PEEK = 8  # a claim picks at random among the first PEEK entries of a shard, to spread racing workers
 
 
-def outputs_ok(stage: str, job: dict) -> bool:
-    """The stage's outputs exist and are complete: the truth that a job is done."""
-    if stage == "sty":
-        return png_is_complete(job["out"])
-    if not png_is_complete(job["content_png"]):
-        return False
-    try:
-        np.load(job["content_latent"], mmap_mode="r")  # header parses and the file holds all the data
-        return True
-    except (OSError, ValueError):
-        return False
+class StageRules(Protocol):
+    """What the queue learns from the stage that owns a job (the stage graph implements it)."""
+    sharded: bool  # split each group's pending jobs over 256 folders (large stages)
+
+    def done(self, job: Job) -> bool:
+        """The job's outputs exist and are whole: the truth that it is done."""
+
+    def temp_files(self, job: Job) -> Iterable[Path]:
+        """Half-written files a dead owner of the job may have left."""
+
+    def follow_ups(self, job: Job) -> Iterable[Job]:
+        """Jobs to publish when this one completes (the same unit's next stage)."""
+
+    def after_done(self, job: Job) -> None:
+        """Remove what the completion made useless (spent hand-offs, working files)."""
+
+
+def drop_temp_files(paths: Iterable[Path]):
+    """Delete half-written temp files (common.atomic names them .<target>.*.tmp) beside each target."""
+    for target in paths:
+        target = Path(target)
+        for tmp in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -56,39 +75,35 @@ def _link_fd(fd: int, dst: Path):
         raise OSError(err, os.strerror(err), str(dst))
 
 
-def drop_temp_files(job: dict):
-    """Delete the half-written temp files (common.atomic names them .<target>.*.tmp) a dead owner left."""
-    for target in (job["out"], job["content_png"], job["content_latent"]):
-        target = Path(target)
-        for tmp in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
-
-
-def _files(folder: Path):
+def _files(folder):
     """Lazily the *.json entries of a folder (none if it does not exist)."""
     try:
         with os.scandir(folder) as it:
             for e in it:
                 if e.name.endswith(".json"):
                     yield e
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return
 
 
-def _subdirs(folder: Path):
+def _subdirs(folder) -> list:
     try:
         with os.scandir(folder) as it:
-            return sorted(e.name for e in it if e.is_dir())
-    except FileNotFoundError:
+            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
         return []
 
 
+def split_key(key: str):
+    stage, _, jid = key.partition(".")
+    return stage, jid
+
+
 class Queue:
-    def __init__(self, root, fsync: bool = True):
-        self.layout = Layout(root)
+    def __init__(self, root, rules: Mapping[str, StageRules], fsync: bool = True):
+        self.rules = dict(rules)
+        self.layout = Layout(root, {s: r.sharded for s, r in self.rules.items()})
+        self.stages = self.layout.stages
         self.fsync = fsync
         self._made = set()
 
@@ -106,42 +121,46 @@ class Queue:
             finally:
                 os.close(fd)
 
-    def _write_tmp(self, job: dict) -> Path:
+    def rewrite(self, path: Path, job: Job):
+        """Update a job in place: a reader sees the old record or the new one."""
         self._mkdir(self.layout.tmp)
-        tmp = self.layout.tmp / f"{job['id']}.{os.getpid()}.{uuid.uuid4().hex[:8]}.json"
-        with open(tmp, "wb") as f:
-            f.write(dumps(job))
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        return tmp
-
-    def rewrite(self, path: Path, job: dict):
-        """Update a job in place: the reader sees the old record or the new one."""
-        os.replace(self._write_tmp(job), path)
+        write_bytes(path, job.dumps(), fsync=self.fsync, tmp_dir=self.layout.tmp)
 
     def move(self, src: Path, dst: Path):
         self._mkdir(dst.parent)
         os.rename(src, dst)
         self._sync_dir(dst.parent)
 
-    def pending_path(self, job: dict) -> Path:
-        return self.layout.pending_dir(job["stage"], job["style"], job["id"]) / f"{job['id']}.json"
+    def pending_path(self, job: Job) -> Path:
+        return self.layout.pending_dir(job.stage, job.group, job.id) / f"{job.id}.json"
+
+    def is_done(self, key: str) -> bool:
+        stage, jid = split_key(key)
+        return stage in self.rules and self.layout.done_path(stage, jid).exists()
+
+    def _unmet(self, job: Job):
+        """The first job `job` runs after that is not done yet, or None."""
+        return next((k for k in job.after if not self.is_done(k)), None)
 
     # -- operations -----------------------------------------------------------------------------------
-    def enqueue(self, job: dict) -> bool:
-        """Publish a new job into pending; False if it was already there.
+    def enqueue(self, job: Job) -> bool:
+        """Publish a new job into pending (or blocked/<key>/ while a job it runs after is not done);
+        False if it was already there.
 
         The record is written to an unnamed O_TMPFILE in tmp/ (nothing is left behind by a crash) and
-        linked into pending/; a named temp file is the fallback where O_TMPFILE is not supported."""
-        dst = self.pending_path(job)
+        linked into place; a named temp file is the fallback where O_TMPFILE is not supported."""
+        unmet = self._unmet(job)
+        folder = self.layout.blocked_dir(job.stage, unmet) if unmet else self.pending_path(job).parent
+        dst = folder / f"{job.id}.json"
         self._mkdir(dst.parent)
+        self._mkdir(self.layout.tmp)
+        data = job.dumps()
         try:
             fd = os.open(self.layout.tmp, os.O_TMPFILE | os.O_WRONLY, 0o644)
         except (AttributeError, OSError):
             fd = None
         if fd is None:
-            tmp = self._write_tmp(job)
+            tmp = write_bytes(self.layout.tmp / f"{job.id}.json", data, fsync=self.fsync, tmp_dir=self.layout.tmp)
             try:
                 os.link(tmp, dst)
             except FileExistsError:
@@ -150,7 +169,7 @@ class Queue:
                 os.unlink(tmp)
         else:
             try:
-                os.write(fd, dumps(job))
+                os.write(fd, data)
                 if self.fsync:
                     os.fsync(fd)
                 _link_fd(fd, dst)
@@ -159,71 +178,97 @@ class Queue:
             finally:
                 os.close(fd)
         self._sync_dir(dst.parent)
+        if unmet and self.is_done(unmet):  # it finished while we linked: its release may have missed us
+            self._advance(job.stage, unmet)
         return True
+
+    def requeue(self, path: Path, job: Job):
+        """Give a dead-lettered job another try (--retry-failed): rewrite it in place, then move it to
+        pending, or to blocked/ while a job it runs after is not done."""
+        self.rewrite(path, job)
+        unmet = self._unmet(job)
+        self.move(path, self.layout.blocked_dir(job.stage, unmet) / path.name if unmet else self.pending_path(job))
+
+    def state_of(self, stage: str, jid: str, group: str = None):
+        """(state, path) of a job, or (None, None); `group` (when known) saves listing the groups.
+        Checked in the order jobs flow (blocked, pending, claimed, retry, done, failed), so a job
+        moving on meanwhile is still seen."""
+        lay = self.layout
+        for key in _subdirs(lay.state_dir(stage, "blocked")):
+            path = lay.blocked_dir(stage, key) / f"{jid}.json"
+            if path.exists():
+                return "blocked", path
+        for g in [group] if group is not None else _subdirs(lay.state_dir(stage, "pending")):
+            path = lay.pending_dir(stage, g, jid) / f"{jid}.json"
+            if path.exists():
+                return "pending", path
+        claimed = lay.state_dir(stage, "claimed")
+        for wid in _subdirs(claimed):
+            path = claimed / wid / f"{jid}.json"
+            if path.exists():
+                return "claimed", path
+        for state, path in (("retry", lay.retry_path(stage, jid)), ("done", lay.done_path(stage, jid)),
+                            ("failed", lay.failed_path(stage, jid))):
+            if path.exists():
+                return state, path
+        return None, None
+
+    def publish(self, job: Job) -> bool:
+        """Enqueue a follow-up job unless it exists already in any state or its outputs are in place
+        (a job reclaimed after its publish step publishes again)."""
+        if self.state_of(job.stage, job.id, job.group)[0] is not None or self.rules[job.stage].done(job):
+            return False
+        return self.enqueue(job)
 
     def claimer(self, stage: str, wid: str) -> "Claimer":
         return Claimer(self, stage, wid)
 
-    def complete(self, stage: str, wid: str, job: dict):
-        """Mark a job done (its outputs were checked); gen first publishes the sty job."""
-        path = self.layout.claimed_dir(stage, wid) / f"{job['id']}.json"
-        if stage == "gen" and not self._sty_exists(job):
-            self.enqueue(dict(job, stage="sty", attempts=0, errors=[], owner=None, not_before=None,
-                              solo=False, created_at=time.time()))
+    def complete(self, wid: str, job: Job):
+        """Mark a claimed job done (its outputs were checked): publish its follow-ups first."""
+        rules = self.rules[job.stage]
+        published = False
+        for follow in rules.follow_ups(job):
+            published = self.publish(follow) or published
+        if published:
             crash.point("after_publish")
         crash.point("before_done")
-        self.move(path, self.layout.done_path(stage, job["id"]))
-        if stage == "sty":
-            try:
-                os.unlink(job["content_latent"])  # the hand-off is spent; the content PNG stays
-            except FileNotFoundError:
-                pass
+        self.move(self.layout.claimed_dir(job.stage, wid) / f"{job.id}.json", self.layout.done_path(job.stage, job.id))
+        self.release_waiters(job.key)
+        rules.after_done(job)
 
-    def _sty_exists(self, job: dict) -> bool:
-        """Whether the sty job was published already (a gen job reclaimed after its publish step).
-
-        States are checked in the order jobs flow (pending, claimed, retry, done), so a job moving
-        on meanwhile is still seen; the final enqueue's EEXIST covers a retry moving back to pending."""
-        jid, lay = job["id"], self.layout
-        if self.pending_path(dict(job, stage="sty")).exists():
-            return True
-        claimed = lay.state_dir("sty", "claimed")
-        if any((claimed / w / f"{jid}.json").exists() for w in _subdirs(claimed)):
-            return True
-        return any(p.exists() for p in (lay.retry_path("sty", jid), lay.done_path("sty", jid),
-                                        lay.failed_path("sty", jid))) or png_is_complete(job["out"])
-
-    def fail(self, stage: str, wid: str, job: dict, kind: str, text: str, *, isolate: bool = False,
-             backoff_base: float = 30.0, backoff_max: float = 600.0):
+    def fail(self, wid: str, job: Job, kind: str, text: str, *, isolate: bool = False,
+             backoff_base: float = 30.0, backoff_max: float = 600.0) -> str:
         """Count a failed attempt and record its error; retry after a backoff, or dead-letter at max.
 
         `isolate`: the job failed inside a batch, so the fault may be another job's: the attempt is not
         counted and the job runs alone next time (a poison job then exhausts only its own attempts).
         """
-        path = self.layout.claimed_dir(stage, wid) / f"{job['id']}.json"
-        add_error(job, wid, kind, text)
+        path = self.layout.claimed_dir(job.stage, wid) / f"{job.id}.json"
+        job.add_error(wid, kind, text)
         if isolate:
-            job.update(solo=True, owner=None)
+            job.solo = True
             self.rewrite(path, job)
             self.move(path, self.pending_path(job))
             return "pending"
-        job["attempts"] += 1
-        if job["attempts"] >= job["max_attempts"]:
+        job.attempts += 1
+        if job.attempts >= job.max_attempts:
             self.rewrite(path, job)
-            self.move(path, self.layout.failed_path(stage, job["id"]))
+            self.move(path, self.layout.failed_path(job.stage, job.id))
+            last = (text.strip().splitlines() or [""])[-1]
+            self.fail_waiters(job.key, f"waited for {job.key}, which failed: {last}")
             return "failed"
-        delay = min(backoff_base * 2 ** (job["attempts"] - 1), backoff_max) * random.uniform(0.8, 1.2)
-        job.update(not_before=time.time() + delay, owner=None)
+        delay = min(backoff_base * 2 ** (job.attempts - 1), backoff_max) * random.uniform(0.8, 1.2)
+        job.not_before = time.time() + delay
         self.rewrite(path, job)
         if delay <= 0:
             self.move(path, self.pending_path(job))
             return "pending"
-        self.move(path, self.layout.retry_path(stage, job["id"]))
+        self.move(path, self.layout.retry_path(job.stage, job.id))
         return "retry"
 
-    def release(self, stage: str, wid: str, job: dict):
+    def release(self, wid: str, job: Job):
         """Give a claimed job back unrun (shutdown): the attempt does not count."""
-        self.move(self.layout.claimed_dir(stage, wid) / f"{job['id']}.json", self.pending_path(job))
+        self.move(self.layout.claimed_dir(job.stage, wid) / f"{job.id}.json", self.pending_path(job))
 
     def reclaim(self, wid: str, counted: bool, reason: str, **backoff) -> list:
         """Recover the jobs of a worker known to be dead. Launcher only.
@@ -232,10 +277,10 @@ class Queue:
         spent, else returned as unrun). Returns [(stage, id, outcome)]."""
         outcomes = []
         pid = wid.rsplit("-", 1)[-1]
-        if pid.isdigit():  # its half-written queue records (tmp/<id>.<pid>.<rand>.json)
-            for tmp in self.layout.tmp.glob(f"*.{pid}.*.json"):
+        if pid.isdigit():  # its half-written queue records (common.atomic puts the pid in temp names)
+            for tmp in self.layout.tmp.glob(f".*.{pid}.*.tmp"):
                 tmp.unlink()
-        for stage in STAGES:
+        for stage in self.stages:
             folder = self.layout.claimed_dir(stage, wid)
             entries = list(_files(folder))
             for e in entries:
@@ -244,17 +289,18 @@ class Queue:
                 except CorruptJob as err:
                     outcomes.append((stage, Path(e.path).stem, self.quarantine(stage, Path(e.path), str(err))))
                     continue
-                drop_temp_files(job)
-                if outputs_ok(stage, job):
-                    self.complete(stage, wid, job)
-                    outcomes.append((stage, job["id"], "done"))
+                rules = self.rules[stage]
+                drop_temp_files(rules.temp_files(job))
+                if rules.done(job):
+                    self.complete(wid, job)
+                    outcomes.append((stage, job.id, "done"))
                 elif counted:
-                    outcomes.append((stage, job["id"], self.fail(stage, wid, job, "exit", reason,
-                                                                 isolate=len(entries) > 1, **backoff)))
+                    outcomes.append((stage, job.id, self.fail(wid, job, "exit", reason,
+                                                              isolate=len(entries) > 1, **backoff)))
                 else:
-                    self.rewrite(Path(e.path), add_error(job, wid, "released", reason))
-                    self.release(stage, wid, job)
-                    outcomes.append((stage, job["id"], "pending"))
+                    self.rewrite(Path(e.path), job.add_error(wid, "released", reason))
+                    self.release(wid, job)
+                    outcomes.append((stage, job.id, "pending"))
             try:
                 folder.rmdir()
             except OSError:
@@ -262,14 +308,14 @@ class Queue:
         return outcomes
 
     def quarantine(self, stage: str, path: Path, why: str) -> str:
-        """Move a corrupt job file aside (failed/corrupt/); the planner queues its task again."""
+        """Move a bad job file aside (failed/corrupt/); the planner queues its task again."""
         dst = self.layout.corrupt_dir(stage) / f"{path.name}.{uuid.uuid4().hex[:6]}"
         self._mkdir(dst.parent)
         try:
             os.rename(path, dst)
         except FileNotFoundError:  # another process quarantined it first
             return "corrupt"
-        dst.with_suffix(dst.suffix + ".why").write_text(why + "\n")
+        write_bytes(dst.with_suffix(dst.suffix + ".why"), (why + "\n").encode(), fsync=self.fsync)
         return "corrupt"
 
     def promote_due(self, stage: str, now: float = None) -> int:
@@ -284,7 +330,7 @@ class Queue:
             except CorruptJob as err:
                 self.quarantine(stage, Path(e.path), str(err))
                 continue
-            if (job.get("not_before") or 0) <= now:
+            if (job.not_before or 0) <= now:
                 try:
                     self.move(Path(e.path), self.pending_path(job))
                     moved += 1
@@ -292,47 +338,137 @@ class Queue:
                     pass
         return moved
 
+    # -- dependencies ---------------------------------------------------------------------------------
+    def _waiters(self, key: str):
+        """[(stage, path)] of the jobs blocked on `key`."""
+        return [(stage, Path(e.path)) for stage in self.stages
+                for e in list(_files(self.layout.blocked_dir(stage, key)))]
+
+    def _advance(self, stage: str, key: str):
+        """Move the jobs of `stage` blocked on `key` (now done) on: to pending, or to the next job they
+        wait for. Any process may; a lost rename race (ENOENT) means another one did it."""
+        folder = self.layout.blocked_dir(stage, key)
+        for e in list(_files(folder)):
+            try:
+                job = read_job(e.path)
+            except FileNotFoundError:
+                continue
+            except CorruptJob as err:
+                self.quarantine(stage, Path(e.path), str(err))
+                continue
+            unmet = self._unmet(job)
+            dst = self.layout.blocked_dir(stage, unmet) / e.name if unmet else self.pending_path(job)
+            try:
+                self.move(Path(e.path), dst)
+            except FileNotFoundError:
+                continue
+            if unmet and self.is_done(unmet):
+                self._advance(stage, unmet)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+    def release_waiters(self, key: str):
+        """A job is done: the jobs waiting for it move on (one listing of a small folder per stage)."""
+        for stage in self.stages:
+            if self.layout.blocked_dir(stage, key).is_dir():
+                self._advance(stage, key)
+
+    def fail_waiters(self, key: str, why: str) -> int:
+        """Dead-letter the jobs waiting for `key` (it failed or is gone), and theirs in turn."""
+        n = 0
+        for stage, path in self._waiters(key):
+            try:
+                job = read_job(path)
+            except FileNotFoundError:
+                continue
+            except CorruptJob as err:
+                self.quarantine(stage, path, str(err))
+                continue
+            job.add_error("queue", "dependency", why)
+            self.rewrite(path, job)
+            try:
+                self.move(path, self.layout.failed_path(stage, job.id))
+            except FileNotFoundError:
+                continue
+            n += 1 + self.fail_waiters(job.key, f"waited for {job.key}, which failed")
+            try:
+                path.parent.rmdir()
+            except OSError:
+                pass
+        return n
+
+    def sweep_blocked(self) -> int:
+        """The backstop of release_waiters: move on jobs whose dependency is done, and dead-letter those
+        whose dependency failed or is no longer queued (quarantined). O(blocked keys); launcher only."""
+        moved = 0
+        for stage in self.stages:
+            for key in _subdirs(self.layout.state_dir(stage, "blocked")):
+                dep_stage, dep_id = split_key(key)
+                state = self.state_of(dep_stage, dep_id)[0] if dep_stage in self.rules else None
+                if state == "done":
+                    self._advance(stage, key)
+                    moved += 1
+                elif state not in LIVE:
+                    why = f"waited for {key}, which " + ("failed" if state == "failed" else "is no longer queued")
+                    moved += self.fail_waiters(key, why + "; rerun the launcher to plan it again")
+        return moved
+
     # -- counting -------------------------------------------------------------------------------------
     def pending_dirs(self, stage: str) -> list:
+        """[(group, folder)] of a stage's pending shards."""
         root = self.layout.state_dir(stage, "pending")
-        styles = _subdirs(root)
-        if stage == "sty":
-            return [root / s for s in styles]
-        return [root / s / hh for s in styles for hh in _subdirs(root / s)]
+        groups = _subdirs(root)
+        if not self.layout.sharded[stage]:
+            return [(g, root / g) for g in groups]
+        return [(g, root / g / hh) for g in groups for hh in _subdirs(root / g)]
 
-    def backlog(self) -> int:
-        """Pending sty jobs: the back-pressure signal (bounded, so counting is cheap)."""
-        return sum(1 for d in self.pending_dirs("sty") for _ in _files(d))
+    def count_pending(self, stage: str) -> int:
+        """Pending jobs of a stage (the back-pressure signal: keep it to bounded stages)."""
+        return sum(1 for _, d in self.pending_dirs(stage) for _ in _files(d))
 
     def has_pending(self, stage: str) -> bool:
-        return any(next(_files(d), None) is not None for d in self.pending_dirs(stage))
+        return any(next(_files(d), None) is not None for _, d in self.pending_dirs(stage))
 
     def in_flight(self) -> bool:
-        """Any job not yet done or failed, in either stage (pending, retry or claimed)."""
-        for stage in STAGES:
+        """Any job not yet done or failed, in any stage (pending, blocked, retry or claimed)."""
+        for stage in self.stages:
             if self.has_pending(stage) or next(_files(self.layout.state_dir(stage, "retry")), None):
                 return True
-            claimed = self.layout.state_dir(stage, "claimed")
-            if any(next(_files(claimed / w), None) for w in _subdirs(claimed)):
-                return True
+            for state in ("claimed", "blocked"):
+                folder = self.layout.state_dir(stage, state)
+                if any(next(_files(folder / w), None) for w in _subdirs(folder)):
+                    return True
         return False
 
     def scan(self, stage: str) -> dict:
         """{state: {id: path}} for every job file of a stage. O(N): startup, status and tests only."""
-        out = {}
-        root = self.layout.root / stage
-        out["pending"] = {Path(e.path).stem: Path(e.path) for d in self.pending_dirs(stage) for e in _files(d)}
-        out["claimed"] = {Path(e.path).stem: Path(e.path) for w in _subdirs(root / "claimed")
-                          for e in _files(root / "claimed" / w)}
-        out["retry"] = {Path(e.path).stem: Path(e.path) for e in _files(root / "retry")}
-        out["done"] = {Path(e.path).stem: Path(e.path) for hh in _subdirs(root / "done")
-                       for e in _files(root / "done" / hh)}
-        out["failed"] = {Path(e.path).stem: Path(e.path) for e in _files(root / "failed")}
+        lay = self.layout
+        out = {"pending": {Path(e.path).stem: Path(e.path) for _, d in self.pending_dirs(stage) for e in _files(d)}}
+        for state in ("blocked", "claimed"):
+            folder = lay.state_dir(stage, state)
+            out[state] = {Path(e.path).stem: Path(e.path) for w in _subdirs(folder) for e in _files(folder / w)}
+        out["retry"] = {Path(e.path).stem: Path(e.path) for e in _files(lay.state_dir(stage, "retry"))}
+        done = lay.state_dir(stage, "done")
+        out["done"] = {Path(e.path).stem: Path(e.path) for hh in _subdirs(done) for e in _files(done / hh)}
+        out["failed"] = {Path(e.path).stem: Path(e.path) for e in _files(lay.state_dir(stage, "failed"))}
         return out
 
     def count_done(self, stage: str) -> int:
         root = self.layout.state_dir(stage, "done")
         return sum(1 for hh in _subdirs(root) for _ in _files(root / hh))
+
+    def failures(self) -> list:
+        """[(stage, job)] for every dead-lettered job."""
+        out = []
+        for stage in self.stages:
+            for _, path in sorted(self.scan(stage)["failed"].items()):
+                try:
+                    out.append((stage, read_job(path)))
+                except (CorruptJob, FileNotFoundError):
+                    continue
+        return out
 
 
 class Claimer:
@@ -346,7 +482,7 @@ class Claimer:
     def __init__(self, queue: Queue, stage: str, wid: str):
         self.q, self.stage, self.wid = queue, stage, wid
         self.dest = queue.layout.claimed_dir(stage, wid)
-        self.shards = []  # [(style, folder path as str)]
+        self.shards = []  # [(group, folder path as str)]
         self.rng = random.Random(wid)
         self._offset = zlib.crc32(wid.encode())
         self._empty_at = 0.0  # when a refresh last found nothing
@@ -355,7 +491,7 @@ class Claimer:
         """Rebuild the shard list (O(shards)); at most every `min_interval` s while it stays empty."""
         if time.monotonic() - self._empty_at < min_interval:
             return False
-        shards = [(d.parent.name if self.stage == "gen" else d.name, str(d)) for d in self.q.pending_dirs(self.stage)]
+        shards = [(g, str(d)) for g, d in self.q.pending_dirs(self.stage)]
         if shards:
             k = self._offset % len(shards)
             shards = shards[k:] + shards[:k]
@@ -376,7 +512,7 @@ class Claimer:
                 return True
             self.shards.pop(0)
 
-    def _claim_one(self, style):
+    def _claim_one(self, group):
         """Rename one pending job into claimed/<wid>/; returns its path or None."""
         refreshed = False
         while True:
@@ -384,7 +520,7 @@ class Claimer:
                 if refreshed or not self.refresh():
                     return None
                 refreshed = True
-            shard = next((sh for sh in self.shards if style is None or sh[0] == style), None)
+            shard = next((sh for sh in self.shards if group is None or sh[0] == group), None)
             if shard is None:
                 return None
             names = []
@@ -404,17 +540,17 @@ class Claimer:
                 except FileNotFoundError:
                     continue  # another worker won this one
 
-    def claim(self, limit: int, prefer_style: str = None) -> list:
-        """Claim up to `limit` jobs of one style; returns their records (one rename each, no write)."""
+    def claim(self, limit: int, prefer_group: str = None) -> list:
+        """Claim up to `limit` jobs of one group; returns their records (one rename each, no write)."""
         jobs = []
-        style = None
-        if prefer_style is not None and any(sh[0] == prefer_style for sh in self.shards):
-            style = prefer_style  # keep the loaded LoRA / cached style inversion
+        group = None
+        if prefer_group is not None and any(sh[0] == prefer_group for sh in self.shards):
+            group = prefer_group  # keep the loaded LoRA / cached style inversion
         while len(jobs) < limit:
-            path = self._claim_one(style)
+            path = self._claim_one(group)
             if path is None:
-                if style is not None and not jobs:
-                    style = None
+                if group is not None and not jobs:
+                    group = None
                     continue
                 break
             try:
@@ -422,13 +558,18 @@ class Claimer:
             except CorruptJob as err:
                 self.q.quarantine(self.stage, path, str(err))
                 continue
-            if jobs and job.get("solo"):  # an isolated job runs alone: undo this claim (nothing written)
+            if job.stage != self.stage:
+                self.q.quarantine(self.stage, path, f"{path}: a {job.stage!r} job in the {self.stage!r} queue")
+                continue
+            if jobs and job.solo:  # an isolated job runs alone: undo this claim (nothing written)
                 self.q.move(path, self.q.pending_path(job))
                 break
-            job["owner"] = self.wid
             crash.point("after_claim")
             jobs.append(job)
-            style = job["style"]
-            if job.get("solo"):
+            group = job.group
+            if job.solo:
                 break
         return jobs
+
+
+__all__ = ["Claimer", "Queue", "StageRules", "drop_temp_files", "job_key"]

@@ -1,4 +1,4 @@
-"""The launcher's process manager (QUEUE.md §6): one worker process per slot, restarted with backoff.
+"""The launcher's process manager (docs/queue.md §6): one worker process per slot, restarted with backoff.
 
 - Workers are exec'd (`python -m common.jobqueue.worker`) in their own session, CUDA_VISIBLE_DEVICES
   pinned; they die with the launcher via PR_SET_PDEATHSIG.
@@ -56,9 +56,8 @@ def describe_exit(rc: int) -> str:
 
 
 class Supervisor:
-    def __init__(self, config: RunConfig, config_path, slots: list, log=print, on_tick=None):
-        self.config, self.config_path = config, config_path
-        self.q = Queue(config.queue_dir, fsync=config.queue.fsync == "all")
+    def __init__(self, config: RunConfig, config_path, slots: list, queue: Queue, log=print, on_tick=None):
+        self.config, self.config_path, self.q = config, config_path, queue
         self.slots = [Slot(str(g), r) for g, r in slots]
         self.log, self.on_tick = log, on_tick or (lambda: None)
         self.signals = 0
@@ -186,8 +185,9 @@ class Supervisor:
                     for s in usable:  # work came back (a reclaim, a retry): wake the idle slots
                         s.done = False
                 if now - last_promote > 1.0:
-                    self.q.promote_due("gen")
-                    self.q.promote_due("sty")
+                    for stage in self.q.stages:
+                        self.q.promote_due(stage)
+                    self.q.sweep_blocked()
                     last_promote = now
                 self.on_tick()
                 time.sleep(self.tick)

@@ -1,15 +1,15 @@
 """The worker loop: one long-lived process per GPU (or one on the CPU), building its stages once.
 
 Each turn it picks a stage (common.scheduling: elastic roles with back-pressure, or bursts when one
-worker does both), claims a batch of one style, runs it, checks the outputs and completes the jobs.
-SIGTERM (or the launcher's death, via PR_SET_PDEATHSIG) stops it at the next beat: unfinished jobs go
-back to pending uncounted and it exits 0. It exits 0 too when no job is left in flight.
+worker does both ends), claims a batch of one group, runs it, checks the outputs and completes the jobs.
+Stages outside the balanced pair (per-style work such as training, which later stages wait for) are
+taken first. SIGTERM (or the launcher's death, via PR_SET_PDEATHSIG) stops it at the next beat:
+unfinished jobs go back to pending uncounted and it exits 0. It exits 0 too when no job is left in flight.
 
-    python -m common.jobqueue.worker --config CFG --gpu 0 --role gen --workers 4 --parent PID --log
+    python -m common.jobqueue.worker --config CFG --gpu 0 --role ROLE --workers 4 --parent PID --log
 """
 import argparse
 import ctypes
-import importlib
 import os
 import signal
 import sys
@@ -17,12 +17,12 @@ import time
 import traceback
 
 from common.config import ConfigError, RunConfig, load_config
+from common.graph import build_graph
 from common.jobqueue import crash
-from common.jobqueue.jobs import to_task
-from common.jobqueue.layout import STAGES
+from common.jobqueue.job import CorruptJob
 from common.jobqueue.lease import Lease, make_wid
-from common.jobqueue.queue import Queue, outputs_ok
-from common.scheduling import BurstPolicy, choose_stage
+from common.jobqueue.queue import Queue
+from common.scheduling import DOWN, UP, BurstPolicy, choose_stage
 from common.stage import DeviceError
 
 PR_SET_PDEATHSIG = 1
@@ -37,26 +37,23 @@ def log(msg: str):
     print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
 
-def load_stage_class(spec: str):
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 class Worker:
-    def __init__(self, config: RunConfig, gpu="cpu", role="both", n_workers=1, parent=None, wid=None):
-        self.config, self.role, self.n_workers, self.parent = config, role, n_workers, parent
+    def __init__(self, config: RunConfig, gpu="cpu", role="both", n_workers=1, parent=None, wid=None, graph=None):
+        self.config, self.n_workers, self.parent = config, n_workers, parent
+        self.graph = graph or build_graph(config)
         qc = config.queue
-        self.q = Queue(config.queue_dir, fsync=qc.fsync == "all")
+        self.q = Queue(config.queue_dir, self.graph.rules(), fsync=qc.fsync == "all")
         self.wid = wid or make_wid(gpu)
         self.device = "cpu" if str(gpu) == "cpu" else "cuda"
         self.lease = Lease(self.q.layout.lease_path(self.wid), gpu, role, qc.heartbeat_s, qc.fsync == "all")
-        self.claimers = {s: self.q.claimer(s, self.wid) for s in STAGES}
-        # scheduling.burst counts content images; the policy counts decisions, each a batch of them
+        self.claimers = {s: self.q.claimer(s, self.wid) for s in self.graph.stages}
+        self.up, self.down = self.graph.flow()
+        self.first = [s for s in self.graph.stages if s not in (self.up, self.down)]
+        self.home = {self.up: UP, self.down: DOWN}.get(role, role)
+        # scheduling.burst counts upstream jobs; the policy counts decisions, each a batch of them
         images = config.scheduling.burst if self.device != "cpu" else 1
-        self.policy = BurstPolicy(-(-images // config.producer.batch)) \
-            if role == "both" else None
-        self.stages, self.current, self.last_style, self.warm = {}, None, {}, set()
-        self.batch = {"gen": config.producer.batch, "sty": config.consumer.batch}
+        self.policy = BurstPolicy(-(-images // self.graph.spec(self.up).batch)) if role == "both" else None
+        self.stages, self.current, self.last_group, self.warm = {}, None, {}, set()
         self.backoff = {"backoff_base": qc.backoff_base_s, "backoff_max": qc.backoff_max_s}
         self.idle_cap = min(2.0, max(0.2, 5 * qc.heartbeat_s))
         self.stopping = False
@@ -75,17 +72,40 @@ class Worker:
     def stage(self, kind: str):
         if kind not in self.stages:
             self.lease.beat("loading", force=True)
-            spec = getattr(self.config.stages, kind)
-            log(f"loading {kind} stage {spec} on {self.device}")
-            self.stages[kind] = load_stage_class(spec)(self.config, self.device)
+            log(f"loading {kind} stage {self.graph.spec(kind).impl} on {self.device}")
+            self.stages[kind] = self.graph.stage_class(kind)(self.config, self.device)
         return self.stages[kind]
 
     def pick(self):
-        backlog = self.q.backlog()
-        gen_left, sty_left = self.claimers["gen"].has_work(), backlog > 0
+        for s in self.first:
+            if self.claimers[s].has_work():
+                return s
+        backlog = self.q.count_pending(self.down)
+        up_left, down_left = self.claimers[self.up].has_work(), backlog > 0
         if self.policy is not None:
-            return self.policy.next_stage(backlog, gen_left, sty_left)
-        return choose_stage(self.role, self.current, backlog, gen_left, sty_left, self.n_workers)
+            choice = self.policy.next_stage(backlog, up_left, down_left)
+        else:
+            current = {self.up: UP, self.down: DOWN}.get(self.current)
+            choice = choose_stage(self.home, current, backlog, up_left, down_left, self.n_workers)
+        return {UP: self.up, DOWN: self.down}.get(choice)
+
+    def claim(self, kind: str) -> list:
+        """A batch of the stage's jobs whose records are ours: a job planned under other settings, or
+        whose fields do not make a task, is quarantined (a queue folder is not trusted)."""
+        jobs = []
+        for job in self.claimers[kind].claim(self.graph.spec(kind).batch, self.last_group.get(kind)):
+            path = self.q.layout.claimed_dir(kind, self.wid) / f"{job.id}.json"
+            try:
+                if job.plan != self.graph.plan:
+                    raise CorruptJob(f"{path}: planned under other settings ({job.plan}, this run "
+                                     f"{self.graph.plan}); not run")
+                self.graph.task(job)
+            except CorruptJob as e:
+                log(f"quarantined {path}: {e}")
+                self.q.quarantine(kind, path, str(e))
+                continue
+            jobs.append(job)
+        return jobs
 
     def run(self) -> int:
         """Work until no job is left in flight (0) or a stop is requested (0)."""
@@ -99,7 +119,7 @@ class Worker:
                     self.stage(kind)
                     if self.stopping:
                         break
-                    jobs = self.claimers[kind].claim(self.batch[kind], self.last_style.get(kind))
+                    jobs = self.claim(kind)
                 if jobs:
                     idle = 0.2
                     self.run_batch(kind, jobs)
@@ -107,7 +127,7 @@ class Worker:
                 if not self.q.in_flight():
                     log("no job left; exiting")
                     return 0
-                for s in STAGES:
+                for s in self.graph.stages:
                     self.q.promote_due(s)
                 self._sleep(idle)
                 idle = min(idle * 1.5, self.idle_cap)
@@ -124,14 +144,14 @@ class Worker:
 
     def run_batch(self, kind: str, jobs: list):
         self.current = kind
-        tasks = [to_task(j) for j in jobs]
-        log(f"{kind} {len(jobs)} job(s) of style {jobs[0]['style']}: {[j['id'] for j in jobs]}")
+        tasks = [self.graph.task(j) for j in jobs]
+        log(f"{kind} {len(jobs)} job(s) of {jobs[0].group}: {[j.id for j in jobs]}")
         t0 = time.monotonic()
         error = None
         # The first batch of a stage compiles Jittor's kernels: it runs under the loading TTL.
         phase_of = (lambda phase: phase) if kind in self.warm else (lambda phase: "loading")
         try:
-            self.beat(phase_of("working"), jobs[0]["id"])
+            self.beat(phase_of("working"), jobs[0].id)
             self.stage(kind).run(tasks, lambda phase: self.beat(phase_of(phase)))
         except Stop:
             self.stopping = True
@@ -141,18 +161,19 @@ class Worker:
         finally:
             self.lease.info["busy_s"] += time.monotonic() - t0
         crash.point("after_stage")
+        rules = self.q.rules[kind]
         for job in jobs:
-            if outputs_ok(kind, job):
-                self.q.complete(kind, self.wid, job)
+            if rules.done(job):
+                self.q.complete(self.wid, job)
                 self.lease.info["jobs_done"] += 1
             elif self.stopping and error is None:
-                self.q.release(kind, self.wid, job)
+                self.q.release(self.wid, job)
             else:
-                text = error or f"stage returned without writing the outputs of {job['id']}"
-                where = self.q.fail(kind, self.wid, job, "exception" if error else "missing_output", text,
+                text = error or f"stage returned without writing the outputs of {job.id}"
+                where = self.q.fail(self.wid, job, "exception" if error else "missing_output", text,
                                     isolate=len(jobs) > 1, **self.backoff)
-                log(f"{kind} {job['id']} -> {where}")
-        self.last_style[kind] = jobs[0]["style"]
+                log(f"{kind} {job.id} -> {where}")
+        self.last_group[kind] = jobs[0].group
         if error is None:
             self.warm.add(kind)
         self.lease.beat("idle", force=True)
@@ -169,7 +190,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m common.jobqueue.worker", description=__doc__.split("\n")[0])
     p.add_argument("--config", default=None)
     p.add_argument("--gpu", default="cpu")
-    p.add_argument("--role", choices=("gen", "sty", "both"), default="both")
+    p.add_argument("--role", default="both", help="a stage name (its home role), or 'both'")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--parent", type=int, default=None, help="launcher pid: exit when it is gone")
     p.add_argument("--log", action="store_true", help="write stdout/stderr to queue_dir/logs/<wid>.log")
@@ -179,10 +200,10 @@ def main(argv=None) -> int:
         return 0  # the launcher died before we could arm the death signal
     try:
         config = load_config(args.config)
+        worker = Worker(config, args.gpu, args.role, args.workers, args.parent)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    worker = Worker(config, args.gpu, args.role, args.workers, args.parent)
     if args.log:
         worker.q.layout.logs.mkdir(parents=True, exist_ok=True)
         fd = os.open(worker.q.layout.log_path(worker.wid), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

@@ -1,0 +1,77 @@
+"""The dataset as users lay it out (the Jittor AI challenge's style track): one folder per style.
+
+    DATASET/STYLE/images/*.png    the style's reference images
+    DATASET/STYLE/prompt.json     {"0": "Dolphin", "1": "Bamboo", ...}: one output per prompt
+
+`read_dataset` reads every style into a `Style` (its prompts in prompt.json order, each with its safe,
+unique file name from `common.naming`), or raises a one-line `DatasetError` naming the file and the fix.
+Jittor-free: the launcher reads the dataset before any worker starts.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Tuple
+
+from common.naming import prompt_names
+from common.style_files import IMAGE_SUFFIXES
+
+
+class DatasetError(ValueError):
+    """A dataset problem; one line naming the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    key: str  # its key in prompt.json
+    text: str
+    name: str  # the output's file name, without .png
+
+
+@dataclass(frozen=True)
+class Style:
+    name: str  # the folder's name, e.g. "00"
+    dir: Path
+    prompts: Tuple[Prompt, ...]
+
+    @property
+    def images(self) -> Path:
+        return self.dir / "images"
+
+
+def read_prompts(path: Path) -> dict:
+    """{key: prompt} of one prompt.json, ordered by numeric key (then the other keys)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing; write the style's prompts as {{\"0\": \"Dolphin\", ...}}") from None
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e}); fix the file") from None
+    if not isinstance(data, dict) or not data:
+        raise DatasetError(f"{path}: expected a non-empty object like {{\"0\": \"Dolphin\", ...}}")
+    for key, prompt in data.items():
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DatasetError(f"{path}: prompt {key!r} must be a non-empty string, not {prompt!r}")
+    order = sorted(data, key=lambda k: (0, int(k), "") if k.isdigit() else (1, 0, k))
+    return {k: data[k] for k in order}
+
+
+def read_style(folder: Path) -> Style:
+    images = folder / "images"
+    if not images.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in images.iterdir()):
+        raise DatasetError(f"{images}: no images; put the style's reference images (PNG/JPEG) there")
+    source = folder / "prompt.json"
+    prompts = read_prompts(source)
+    names = prompt_names(prompts, str(source))
+    return Style(folder.name, folder, tuple(Prompt(k, prompts[k], names[k]) for k in prompts))
+
+
+def read_dataset(root) -> list:
+    """Every style folder of the dataset (hidden ones skipped), sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: the dataset is not a folder; point `dataset` in the config at the folder "
+                           "that holds one folder per style")
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
+        raise DatasetError(f"{root}: no style folders; expected {root}/STYLE/images/* and STYLE/prompt.json")
+    return [read_style(folder) for folder in folders]
