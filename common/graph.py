@@ -25,7 +25,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 from common.atomic import npy_is_complete, png_is_complete
 from common.config import ConfigError, RunConfig
 from common.dataset import DatasetError, Style
-from common.jobqueue.job import CorruptJob, Job, job_key
+from common.jobqueue.job import CorruptJob, Job
 from common.jobqueue.layout import Layout
 from common.jobqueue.planner import Node
 from common.stage import Task

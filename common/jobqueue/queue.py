@@ -29,7 +29,7 @@ from typing import Iterable, Mapping, Protocol
 
 from common.atomic import write_bytes
 from common.jobqueue import crash
-from common.jobqueue.job import CorruptJob, Job, job_key, read_job
+from common.jobqueue.job import CorruptJob, Job, read_job
 from common.jobqueue.layout import LIVE, Layout
 
 REFRESH_S = 0.5  # an empty stage's folders are re-listed at most this often by has_work()
@@ -572,4 +572,3 @@ class Claimer:
         return jobs
 
 
-__all__ = ["Claimer", "Queue", "StageRules", "drop_temp_files", "job_key"]
