@@ -1,14 +1,14 @@
-"""Queue overhead per job at growing queue sizes: the O(1) claim proof (QUEUE.md §8).
+"""Queue overhead per job at growing queue sizes: the O(1) claim proof (docs/queue.md §8).
 
-For each size N it enqueues N gen jobs (4 styles), then drains them with the no-op stage the way a
-worker does: claim one gen job, complete it (which publishes its sty job), claim that sty job, complete
-it. Reported per gen job: enqueue + claim + complete (ms_per_job), the sty job's claim + complete, and
+For each size N it enqueues N jobs of an upstream stage (sharded, 4 groups, like gen), then drains them
+with a no-op stage the way a worker does: claim one, complete it (which publishes its downstream job,
+like sty), claim that one, complete it. Reported per gen job: enqueue + claim + complete (ms_per_job), the sty job's claim + complete, and
 the p99 gen claim latency. A flat ms_per_job across N is the point (growth_ratio_100k_over_1k <= 1.2).
 With --fsync all a task costs 6 fsyncs (enqueue: file + folder; gen complete: the sty job's file +
 folder, the done folder; sty complete: the done folder), so those figures follow the disk's fsync
 latency, measured before each size and reported as fsync_us_<N>.
 
-The control is the predecessor-style naive queue: one unsharded pending folder, a full sorted listdir
+The control is a naive queue: one unsharded pending folder, a full sorted listdir
 per claim, rename to done. Its claims cost O(N), so it is timed on the first --naive-sample claims at
 each size (the cost while the queue is full) and compared as a ratio.
 
@@ -25,50 +25,67 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.jobqueue.jobs import new_job  # noqa: E402
+from common.jobqueue.job import Job  # noqa: E402
 from common.jobqueue.queue import Queue  # noqa: E402
-from common.stage import Task  # noqa: E402
 
 STYLES = 4
 
 
-def make_task(i: int, root: Path) -> Task:
+class NoOpRules:
+    """A stage whose outputs the worker has checked already (a queue-only benchmark): the queue's own
+    work is measured; `then` is the downstream stage its completion publishes."""
+
+    def __init__(self, sharded: bool, then: str = None):
+        self.sharded, self.then = sharded, then
+
+    def done(self, job):
+        return False  # asked only by publish(): the downstream output does not exist yet
+
+    def temp_files(self, job):
+        return ()
+
+    def follow_ups(self, job):
+        return [job.follow(self.then)] if self.then else []
+
+    def after_done(self, job):
+        pass
+
+
+def make_job(i: int) -> Job:
     import hashlib
     jid = hashlib.sha256(str(i).encode()).hexdigest()[:20]
-    style = f"{i % STYLES:02d}"
-    return Task(id=jid, style=style, prompt=f"prompt {i}", name=f"prompt {i}", seed=0, style_dir=root,
-                content_png=root / "out" / style / "content" / f"{i}.png",
-                content_latent=root / "q" / "content" / f"{jid}.npy", output_png=root / "out" / style / f"{i}.png")
+    return Job(id=jid, stage="up", group=f"{i % STYLES:02d}", plan="bench",
+               payload={"prompt": f"prompt {i}", "name": f"prompt {i}", "seed": 0})
 
 
 def ours(root: Path, n: int, fsync: bool) -> dict:
-    q = Queue(root / "q", fsync=fsync)
+    q = Queue(root / "q", {"up": NoOpRules(True, then="down"), "down": NoOpRules(False)}, fsync=fsync)
     q.layout.make()
-    jobs = [new_job(make_task(i, root), "gen", 3) for i in range(n)]
+    jobs = [make_job(i) for i in range(n)]
     for hh in range(256):  # the folders a run's first plan creates once (1024 shards + 256 done shards)
-        q._mkdir(q.layout.done_path("gen", f"{hh:02x}").parent)
-        q._mkdir(q.layout.done_path("sty", f"{hh:02x}").parent)
+        q._mkdir(q.layout.done_path("up", f"{hh:02x}").parent)
+        q._mkdir(q.layout.done_path("down", f"{hh:02x}").parent)
         for style in range(STYLES):
-            q._mkdir(q.layout.pending_dir("gen", f"{style:02d}", f"{hh:02x}"))
+            q._mkdir(q.layout.pending_dir("up", f"{style:02d}", f"{hh:02x}"))
     t0 = time.perf_counter()
     for job in jobs:
         q.enqueue(job)
     enqueue_s = time.perf_counter() - t0
-    gen, sty = q.claimer("gen", "bench-g0-1"), q.claimer("sty", "bench-g0-1")
+    gen, sty = q.claimer("up", "bench-g0-1"), q.claimer("down", "bench-g0-1")
     claims, gen_s, sty_s = [], 0.0, 0.0
     for _ in range(n):
         t0 = time.perf_counter()
         (job,) = gen.claim(1)
         t1 = time.perf_counter()
-        q.complete("gen", gen.wid, job)
+        q.complete(gen.wid, job)
         t2 = time.perf_counter()
         (sjob,) = sty.claim(1)
-        q.complete("sty", sty.wid, sjob)
+        q.complete(sty.wid, sjob)
         t3 = time.perf_counter()
         claims.append(t1 - t0)
         gen_s += t2 - t0
         sty_s += t3 - t2
-    assert not gen.claim(1) and q.count_done("gen") == n == q.count_done("sty")
+    assert not gen.claim(1) and q.count_done("up") == n == q.count_done("down")
     claims.sort()
     return {"ms_per_job": (enqueue_s + gen_s) / n * 1e3, "enqueue_us": enqueue_s / n * 1e6,
             "claim_complete_us": gen_s / n * 1e6, "sty_claim_complete_us": sty_s / n * 1e6,
@@ -76,7 +93,7 @@ def ours(root: Path, n: int, fsync: bool) -> dict:
 
 
 def naive(root: Path, n: int, fsync: bool, sample: int) -> dict:
-    """One pending folder, a full listdir per claim (the predecessor's approach)."""
+    """One pending folder, a full listdir per claim (a plain design)."""
     pending, done = root / "naive" / "pending", root / "naive" / "done"
     pending.mkdir(parents=True)
     done.mkdir()
@@ -124,7 +141,7 @@ def main(argv=None):
     fsync = args.fsync == "all"
     result = {"fsync": args.fsync, "styles": STYLES, "naive_sample_claims": args.naive_sample,
               "filesystem_dir": args.dir or tempfile.gettempdir()}
-    print(f"fsync={args.fsync}; per gen job: enqueue + claim + complete (complete publishes the sty job)")
+    print(f"fsync={args.fsync}; per upstream job: enqueue + claim + complete (complete publishes the downstream job)")
     print(f"{'jobs':>8} {'ms/job':>8} {'enq us':>8} {'claim+done us':>14} {'sty us':>8} {'p99 claim ms':>13}"
           f" {'naive ms/job':>13} {'naive/ours':>11} {'fsync us':>9}")
     for n in sizes:

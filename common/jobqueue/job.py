@@ -69,11 +69,12 @@ class Job:
         return self.errors[-1] if self.errors else {"kind": "?", "text": "no error recorded"}
 
     def dumps(self) -> bytes:
-        data = dataclasses.asdict(self)
+        data = {name: getattr(self, name) for name in _FIELDS}  # not asdict(): it deep-copies (hot path)
         data["after"] = list(self.after)
         return json.dumps(data, ensure_ascii=False).encode("utf-8")
 
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
 _TYPES = {f.name: f.type for f in dataclasses.fields(Job)}
 _CHECKS = {"id": str, "stage": str, "group": str, "plan": str, "payload": dict, "after": list, "attempts": int,
            "max_attempts": int, "errors": list, "solo": bool, "created_at": (int, float), "v": int}
@@ -111,8 +112,13 @@ def read_job(path) -> Job:
     """The job at `path`; FileNotFoundError if it moved meanwhile, CorruptJob if it is not a job."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a planted link is not a job (ELOOP)
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
+        try:
+            data = chunk = os.read(fd, 1 << 16)
+            while chunk and len(data) <= MAX_BYTES:
+                chunk = os.read(fd, 1 << 16)
+                data += chunk
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise
     except OSError as e:

@@ -94,6 +94,16 @@ def _subdirs(folder) -> list:
         return []
 
 
+def _has_subdirs(folder: str) -> bool:
+    """Whether a folder holds any folder: one stat where the filesystem counts them in st_nlink
+    (2 + subfolders on ext4, xfs, tmpfs), a listing where it does not (btrfs says 1)."""
+    try:
+        links = os.stat(folder).st_nlink
+    except FileNotFoundError:
+        return False
+    return links > 2 or (links == 1 and bool(_subdirs(folder)))
+
+
 def split_key(key: str):
     stage, _, jid = key.partition(".")
     return stage, jid
@@ -192,25 +202,27 @@ class Queue:
     def state_of(self, stage: str, jid: str, group: str = None):
         """(state, path) of a job, or (None, None); `group` (when known) saves listing the groups.
         Checked in the order jobs flow (blocked, pending, claimed, retry, done, failed), so a job
-        moving on meanwhile is still seen."""
-        lay = self.layout
-        for key in _subdirs(lay.state_dir(stage, "blocked")):
-            path = lay.blocked_dir(stage, key) / f"{jid}.json"
-            if path.exists():
-                return "blocked", path
-        for g in [group] if group is not None else _subdirs(lay.state_dir(stage, "pending")):
-            path = lay.pending_dir(stage, g, jid) / f"{jid}.json"
-            if path.exists():
-                return "pending", path
-        claimed = lay.state_dir(stage, "claimed")
+        moving on meanwhile is still seen. (String paths: publish() runs it on every completion.)"""
+        lay, name = self.layout, f"{jid}.json"
+        base = os.path.join(lay.root, stage)
+        blocked = os.path.join(base, "blocked")
+        keys = _subdirs(blocked) if _has_subdirs(blocked) else ()
+        candidates = [("blocked", os.path.join(blocked, key, name)) for key in keys]
+        for g in [group] if group is not None else _subdirs(os.path.join(base, "pending")):
+            candidates.append(("pending", str(lay.pending_dir(stage, g, jid) / name)))
+        for state, path in candidates:
+            if os.path.exists(path):
+                return state, Path(path)
+        claimed = os.path.join(base, "claimed")
         for wid in _subdirs(claimed):
-            path = claimed / wid / f"{jid}.json"
-            if path.exists():
-                return "claimed", path
-        for state, path in (("retry", lay.retry_path(stage, jid)), ("done", lay.done_path(stage, jid)),
-                            ("failed", lay.failed_path(stage, jid))):
-            if path.exists():
-                return state, path
+            path = os.path.join(claimed, wid, name)
+            if os.path.exists(path):
+                return "claimed", Path(path)
+        for state, path in (("retry", os.path.join(base, "retry", name)),
+                            ("done", os.path.join(base, "done", jid[:2], name)),
+                            ("failed", os.path.join(base, "failed", name))):
+            if os.path.exists(path):
+                return state, Path(path)
         return None, None
 
     def publish(self, job: Job) -> bool:
@@ -370,9 +382,10 @@ class Queue:
             pass
 
     def release_waiters(self, key: str):
-        """A job is done: the jobs waiting for it move on (one listing of a small folder per stage)."""
+        """A job is done: the jobs waiting for it move on (a stat per stage; a listing where some wait)."""
         for stage in self.stages:
-            if self.layout.blocked_dir(stage, key).is_dir():
+            blocked = os.path.join(self.layout.root, stage, "blocked")
+            if _has_subdirs(blocked) and os.path.isdir(os.path.join(blocked, key)):
                 self._advance(stage, key)
 
     def fail_waiters(self, key: str, why: str) -> int:
