@@ -281,7 +281,8 @@ def _bin_case(rng, seeds):
     return kind, _crafted_zip(rng)
 
 
-def _safetensors_case(rng, raw):
+def _safetensors_case(rng, seeds):
+    raw = rng.choice(seeds)
     kind = rng.choice(["truncate", "flip", "length", "header", "header", "json"])
     if kind == "truncate":
         return kind, raw[:rng.randrange(len(raw))]
@@ -298,7 +299,7 @@ def _safetensors_case(rng, raw):
 
 
 def seed_files(folder: Path):
-    """Small valid files to mutate: ours and torch.save's .bin, and a .safetensors."""
+    """Small valid files to mutate: ours and torch.save's .bin, and two .safetensors (one with bfloat16)."""
     from safetensors.numpy import save_file
     rng = np.random.default_rng(0)
     state = {"a.weight": rng.standard_normal((3, 5)).astype(np.float32), "b": np.float16([1.5, -2]),
@@ -306,7 +307,10 @@ def seed_files(folder: Path):
     weights.save_torch_zip(state, folder / "ours.bin")
     (folder / "torch.bin").write_bytes(np.load(REPO / "tests" / "golden" / "lora.npz")["torch_odd_bin"].tobytes())
     save_file(state, str(folder / "seed.safetensors"))
-    return [(folder / n).read_bytes() for n in ("ours.bin", "torch.bin")], (folder / "seed.safetensors").read_bytes()
+    bf16 = {"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]},
+            "n": {"dtype": "I32", "shape": [1], "data_offsets": [8, 12]}}
+    return ([(folder / n).read_bytes() for n in ("ours.bin", "torch.bin")],
+            [(folder / "seed.safetensors").read_bytes(), _safetensors_bytes(bf16, bytes(range(12)))])
 
 
 def fuzz(seed: int, cases: int, folder: Path) -> int:

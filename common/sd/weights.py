@@ -212,27 +212,31 @@ def _is_index(value) -> bool:
 
 def _check_view(name: str, view: _View) -> None:
     """Raise _Refused unless `view` is a tensor lying wholly inside its storage."""
-    storage, offset, size, stride = view
-    what = f"tensor {_short(name)}"
+    problem = _view_problem(*view)
+    if problem:
+        raise _Refused(f"tensor {_short(name)} {problem}")
+
+
+def _view_problem(storage, offset, size, stride):
     if not isinstance(storage, _StorageRef):
-        raise _Refused(f"{what} has no storage (got {_short(type(storage).__name__)})")
+        return f"has no storage (got {_short(type(storage).__name__)})"
     if not _is_index(offset):
-        raise _Refused(f"{what} has offset {_short(offset)}, not an integer in [0, 2^62)")
+        return f"has offset {_short(offset)}, not an integer in [0, 2^62)"
     for field, values in (("size", size), ("stride", stride)):
         if type(values) not in (tuple, list) or not all(_is_index(v) for v in values):
-            raise _Refused(f"{what} has {field} {_short(values)}, not a tuple of integers in [0, 2^62)")
+            return f"has {field} {_short(values)}, not a tuple of integers in [0, 2^62)"
     if len(size) != len(stride):
-        raise _Refused(f"{what} has {len(size)} sizes but {len(stride)} strides")
+        return f"has {len(size)} sizes but {len(stride)} strides"
     if len(size) > _MAX_DIMS:
-        raise _Refused(f"{what} has {len(size)} dimensions, more than NumPy's {_MAX_DIMS}")
+        return f"has {len(size)} dimensions, more than NumPy's {_MAX_DIMS}"
     numel = math.prod(size)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if numel else offset - 1
     if last >= storage.numel:
-        raise _Refused(f"{what} (offset {offset}, size {_short(tuple(size))}, stride {_short(tuple(stride))}) "
-                       f"reaches outside its storage of {storage.numel} values")
+        return (f"(offset {offset}, size {_short(tuple(size))}, stride {_short(tuple(stride))}) reaches outside "
+                f"its storage of {storage.numel} values")
     if numel > storage.numel:  # only a broadcast (stride 0) can; a small file must not demand terabytes
-        raise _Refused(f"{what} holds {numel} values, more values than its storage's {storage.numel}",
-                       "save it with .contiguous() or " + _DAMAGED)
+        return f"holds {numel} values, more values than its storage's {storage.numel} (a broadcast view)"
+    return None
 
 
 def _checked_member(archive: zipfile.ZipFile, name: str, size: int, file_size: int) -> zipfile.ZipInfo:
