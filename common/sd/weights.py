@@ -5,13 +5,22 @@ Two file kinds reach us: `.safetensors` (read with `safetensors.numpy`) and PyTo
 whose tensors point at raw little-endian storages `archive/data/<key>` in the same zip; a restricted
 unpickler rebuilds them as NumPy arrays and refuses any other global, so a `.bin` cannot run code.
 (`jittor.load` reads the format too but returns Vars, and `jittor.save` imports torch to write it.)
+
+Nothing in a file is trusted. Before any tensor data is read, every storage the pickle declares is
+checked against the zip member that holds it (present, uncompressed, exactly its declared size, inside
+the file) and every tensor's offset, size and stride against its storage, so a crafted file gets a
+one-line `WeightFileError` instead of a crash or an allocation sized by its claims. `inspect_weights`
+runs those checks alone (safetensors: the library's header checks), for launch-time validation.
 """
 import collections
 import io
+import math
 import pickle
+import pickletools
 import sys
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,83 +30,300 @@ _STORAGE_DTYPES = {
     "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
 }
 _STORAGE_NAMES = {np.dtype(v).name: k for k, v in _STORAGE_DTYPES.items() if k != "BFloat16Storage"}
+# safetensors dtype names NumPy can hold; bfloat16 is widened to float32, as for .bin files
+_SAFETENSORS_DTYPES = {
+    "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
+    "U32": np.uint32, "I64": np.int64, "U64": np.uint64, "F16": np.float16, "BF16": np.float32,
+    "F32": np.float32, "F64": np.float64,
+}
+_MAX_PICKLE_BYTES = 64 << 20  # a whole SD UNet's data.pkl is ~100 KB
+_MAX_INDEX = 1 << 62  # no real size, stride or offset comes near; keeps byte arithmetic inside int64
+_MAX_DIMS = 32  # NumPy's limit
+_DAMAGED = "the file is damaged or was not written by torch.save: download or save it again"
 
 
 class WeightFileError(ValueError):
     """A checkpoint file that cannot be read or does not fit the model (message names file and fix)."""
 
 
+class _Refused(Exception):
+    """Why a file is refused and what to do; `_guarded` prefixes the file name."""
+
+    def __init__(self, why: str, fix: str = _DAMAGED):
+        super().__init__(f"{why}; {fix}")
+
+
 def read_weights(path) -> dict:
-    """{name: np.ndarray} of a `.safetensors` or torch-zip `.bin`/`.pt`/`.pth` file, dtypes as stored."""
+    """{name: np.ndarray} of a `.safetensors` or torch-zip `.bin`/`.pt`/`.pth` file, dtypes as stored
+    (bfloat16 widened to float32)."""
+    return _guarded(path, _read_safetensors, lambda p: _torch_zip(p, load=True))
+
+
+def inspect_weights(path) -> dict:
+    """{name: (np.dtype, shape)} as `read_weights` would return them, from the headers alone.
+
+    Reads no tensor data (zip: the pickle, with each storage checked against its member's size;
+    safetensors: the header, with offsets checked against the file size), so a launcher can check many
+    files cheaply; a file it accepts can still fail to read if its data bytes are damaged.
+    """
+    return _guarded(path, _inspect_safetensors, lambda p: _torch_zip(p, load=False))
+
+
+def _guarded(path, safetensors_reader, zip_reader):
     path = Path(path)
     if not path.is_file():
         raise WeightFileError(f"{path}: weight file not found; check the model or LoRA path")
     try:
-        if path.name.endswith(".safetensors"):
-            from safetensors.numpy import load_file
-            return load_file(str(path))
-        return _read_torch_zip(path)
+        return (safetensors_reader if path.name.endswith(".safetensors") else zip_reader)(path)
     except WeightFileError:
         raise
+    except _Refused as e:
+        raise WeightFileError(f"{path}: {e}") from None
     except Exception as e:  # corrupt/truncated files fail deep inside the readers
-        raise WeightFileError(f"{path}: cannot read weights ({type(e).__name__}: {e}); the file is corrupt "
-                              "or truncated: download or save it again") from e
+        raise WeightFileError(f"{path}: cannot read weights ({type(e).__name__}: {_short(e, 160)}); the file "
+                              "is corrupt or truncated: download or save it again") from e
+
+
+def _short(value, limit=60) -> str:
+    """One line of at most `limit` characters describing `value` (which may be hostile: huge, odd)."""
+    try:
+        text = "".join(c if c.isprintable() else "?" for c in " ".join(str(value).split()))
+    except Exception:  # e.g. an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ---- safetensors ----
+
+def _safetensors_header(path: Path) -> dict:
+    """{name: (safetensors dtype name, shape)}: the library checks lengths and offsets against the file
+    without reading tensor data; we refuse dtypes NumPy cannot hold."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="numpy") as f:
+        header = {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape())) for name in f.keys()}
+    for name, (dtype, _) in header.items():
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise _Refused(f"tensor {_short(name)} has dtype {dtype}, which NumPy cannot hold",
+                           "convert the file to float16 or float32")
+    return header
+
+
+def _inspect_safetensors(path: Path) -> dict:
+    return {name: (np.dtype(_SAFETENSORS_DTYPES[dtype]), shape)
+            for name, (dtype, shape) in _safetensors_header(path).items()}
+
+
+def _read_safetensors(path: Path) -> dict:
+    if all(dtype != "BF16" for dtype, _ in _safetensors_header(path).values()):
+        from safetensors.numpy import load_file
+        return load_file(str(path))
+    from safetensors import deserialize  # NumPy has no bfloat16: take the raw bytes (whole file in memory)
+    state = {}
+    for name, tensor in deserialize(path.read_bytes()):
+        stored = np.uint16 if tensor["dtype"] == "BF16" else _SAFETENSORS_DTYPES[tensor["dtype"]]
+        array = np.frombuffer(tensor["data"], np.dtype(stored).newbyteorder("<")).reshape(tensor["shape"])
+        state[name] = _widen_bfloat16(array) if tensor["dtype"] == "BF16" else array.astype(stored)
+    return state
+
+
+def _widen_bfloat16(bits: np.ndarray) -> np.ndarray:
+    """float32 of bfloat16 values held as uint16 (bfloat16 is the high half of a float32)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+# ---- torch zip ----
+
+class _StorageKind(NamedTuple):
+    """What a pickle's `torch.FloatStorage` (etc.) stands for: a name and the dtype of its bytes."""
+    name: str
+    dtype: np.dtype
+
+    def __str__(self):
+        return f"torch.{self.name}"
+
+
+class _StorageRef(NamedTuple):
+    key: str
+    kind: _StorageKind
+    numel: int
+
+
+class _View(NamedTuple):
+    """A tensor as the pickle declares it; checked against its storage by `_check_view`."""
+    storage: object
+    offset: object
+    size: object
+    stride: object
+
+
+def _view(storage, offset, size, stride, *_flags):  # torch._utils._rebuild_tensor_v2, data not read yet
+    return _View(storage, offset, size, stride)
+
+
+def _parameter(data, *_flags):  # torch._utils._rebuild_parameter: a Parameter is its tensor
+    return data
 
 
 class _Unpickler(pickle.Unpickler):
-    """Rebuilds torch tensors as NumPy arrays from the zip's storages; allows no other globals."""
+    """Rebuilds a torch state dict as {name: _View}; allows no other globals and reads no storage."""
 
-    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str):
+    def __init__(self, data: bytes):
         super().__init__(io.BytesIO(data))
-        self.archive, self.prefix, self.storages = archive, prefix, {}
+        self.storages = {}
 
     def find_class(self, module, name):
-        if module == "collections" and name == "OrderedDict":
+        if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
-        if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor
-        if module == "torch._utils" and name == "_rebuild_parameter":
-            return lambda data, requires_grad, hooks: data
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _view
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return _parameter
         if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        raise pickle.UnpicklingError(f"unsupported object {module}.{name} in a weights pickle")
+            return _StorageKind(name, np.dtype(_STORAGE_DTYPES[name]))
+        raise _Refused(f"the pickle names {_short(f'{module}.{name}')}, which a weights file never holds "
+                       "(refused: unpickling it could run code)", "load only files from sources you trust, "
+                       "or convert the file to .safetensors")
 
     def persistent_load(self, pid):
-        kind, dtype, key, _location, numel = pid
-        if kind != "storage":
-            raise pickle.UnpicklingError(f"unsupported persistent id {kind!r}")
-        if key not in self.storages:
-            raw = self.archive.read(f"{self.prefix}data/{key}")
-            array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
-            if array.size != numel:
-                raise pickle.UnpicklingError(f"storage {key} holds {array.size} values, expected {numel}")
-            if dtype is np.uint16:  # bfloat16: the high half of a float32
-                array = (array.astype(np.uint32) << 16).view(np.float32)
-            self.storages[key] = array
-        return self.storages[key]
+        if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
+            raise _Refused(f"unsupported persistent id {_short(pid)} in the pickle (not a torch storage)")
+        _, kind, key, _location, numel = pid
+        if not isinstance(kind, _StorageKind) or type(key) not in (str, int) or not _is_index(numel):
+            raise _Refused(f"storage {_short(key)} has type {_short(kind)} and numel {_short(numel)}; "
+                           "expected a torch storage type and a count of values")
+        ref = _StorageRef(str(key), kind, numel)
+        if self.storages.setdefault(ref.key, ref) != ref:
+            raise _Refused(f"storage {_short(ref.key)} is declared twice with different types or sizes")
+        return ref
 
 
-def _rebuild_tensor(storage, offset, size, stride, *_):
-    itemsize = storage.itemsize
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
-                                           strides=tuple(s * itemsize for s in stride))
-    return np.array(view, dtype=storage.dtype.newbyteorder("="), order="C")
+def _prescan(data: bytes) -> None:
+    """Refuse pickles whose claims the C unpickler would allocate for before reading: a byte-string length
+    past the data's end (pickletools checks lengths against the data), or a memo slot far beyond the
+    number of objects the data could hold (the memo table grows to the slot index)."""
+    for opcode, arg, at in pickletools.genops(data):
+        if opcode.name in ("PUT", "LONG_BINPUT") and not 0 <= arg < len(data):
+            raise _Refused(f"the pickle stores memo slot {_short(arg)} at byte {at}, beyond its {len(data)} bytes")
 
 
-def _read_torch_zip(path: Path) -> dict:
+def _is_index(value) -> bool:
+    return type(value) is int and 0 <= value < _MAX_INDEX
+
+
+def _check_view(name: str, view: _View) -> None:
+    """Raise _Refused unless `view` is a tensor lying wholly inside its storage."""
+    problem = _view_problem(*view)
+    if problem:
+        raise _Refused(f"tensor {_short(name)} {problem}")
+
+
+def _view_problem(storage, offset, size, stride):
+    if not isinstance(storage, _StorageRef):
+        return f"has no storage (got {_short(type(storage).__name__)})"
+    if not _is_index(offset):
+        return f"has offset {_short(offset)}, not an integer in [0, 2^62)"
+    for field, values in (("size", size), ("stride", stride)):
+        if type(values) not in (tuple, list) or not all(_is_index(v) for v in values):
+            return f"has {field} {_short(values)}, not a tuple of integers in [0, 2^62)"
+    if len(size) != len(stride):
+        return f"has {len(size)} sizes but {len(stride)} strides"
+    if len(size) > _MAX_DIMS:
+        return f"has {len(size)} dimensions, more than NumPy's {_MAX_DIMS}"
+    numel = math.prod(size)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if numel else offset - 1
+    if last >= storage.numel:
+        return (f"(offset {offset}, size {_short(tuple(size))}, stride {_short(tuple(stride))}) reaches outside "
+                f"its storage of {storage.numel} values")
+    if numel > storage.numel:  # only a broadcast (stride 0) can; a small file must not demand terabytes
+        return f"holds {numel} values, more values than its storage's {storage.numel} (a broadcast view)"
+    return None
+
+
+def _checked_member(archive: zipfile.ZipFile, name: str, size: int, file_size: int) -> zipfile.ZipInfo:
+    """The zip member `name`, refused unless it is stored uncompressed, `size` bytes, inside the file."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise _Refused(f"{_short(name)} is not in the zip") from None
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise _Refused(f"{_short(name)} is compressed; torch.save stores tensors uncompressed, and a compressed "
+                       "member can expand far beyond the file", "re-save it with torch.save")
+    if info.file_size != size:
+        raise _Refused(f"{_short(name)} declares {size} bytes in the pickle but the zip holds {info.file_size}")
+    if info.compress_size != info.file_size or info.header_offset + info.file_size > file_size:
+        raise _Refused(f"{_short(name)} claims {info.file_size} bytes, more than the file holds")
+    return info
+
+
+def _torch_zip(path: Path, load: bool) -> dict:
+    """{name: array} (load) or {name: (dtype, shape)}: every check runs before any storage is read."""
     if not zipfile.is_zipfile(path):
-        raise WeightFileError(f"{path}: not a PyTorch zip checkpoint (legacy torch<1.6 pickles are unsupported); "
-                              "re-save it with torch.save or convert it to .safetensors")
+        raise _Refused("not a PyTorch zip checkpoint (legacy torch<1.6 pickles are unsupported)",
+                       "re-save it with torch.save or convert it to .safetensors")
+    file_size = path.stat().st_size
     with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-        if len(pickles) != 1:
-            raise WeightFileError(f"{path}: expected one data.pkl in the zip, found {len(pickles)}; "
-                                  "not a torch.save file: re-save it")
-        prefix = pickles[0][:-len("data.pkl")]
-        state = _Unpickler(archive.read(pickles[0]), archive, prefix).load()
-    if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
-        raise WeightFileError(f"{path}: expected a flat {{name: tensor}} state dict; save the state_dict only")
-    return dict(state)
+        prefix, state = _read_pickle(archive, file_size)
+        storages = {view.storage.key: view.storage for view in state.values()}
+        for ref in storages.values():
+            _checked_member(archive, f"{prefix}data/{ref.key}", ref.numel * ref.kind.dtype.itemsize, file_size)
+        order = _byte_order(archive, prefix)
+        if not load:
+            return {name: (_native(v.storage.kind), tuple(v.size)) for name, v in state.items()}
+        arrays = {}
+        for key, ref in storages.items():
+            array = np.frombuffer(archive.read(f"{prefix}data/{key}"), ref.kind.dtype.newbyteorder(order))
+            arrays[key] = _widen_bfloat16(array) if ref.kind.name == "BFloat16Storage" else array
+    return {name: _materialize(arrays[v.storage.key], v) for name, v in state.items()}
+
+
+def _read_pickle(archive: zipfile.ZipFile, file_size: int):
+    """(folder prefix inside the zip, {name: checked _View}) from the zip's one data.pkl."""
+    pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+    if len(pickles) != 1:
+        raise _Refused(f"expected one data.pkl in the zip, found {len(pickles)}", "not a torch.save file: re-save it")
+    info = archive.getinfo(pickles[0])
+    if info.file_size > _MAX_PICKLE_BYTES:
+        raise _Refused(f"data.pkl declares {info.file_size} bytes, more than any state dict's pickle")
+    if info.compress_type == zipfile.ZIP_STORED:
+        _checked_member(archive, info.filename, info.file_size, file_size)
+    data = archive.read(info)
+    _prescan(data)
+    state = _Unpickler(data).load()
+    if not isinstance(state, dict) or not all(type(k) is str and isinstance(v, _View) for k, v in state.items()):
+        raise _Refused("expected a flat {name: tensor} state dict", "save the state_dict only")
+    for name, view in state.items():
+        _check_view(name, view)
+    values = sum(math.prod(view.size) for view in state.values())
+    stored = sum({view.storage.key: view.storage.numel for view in state.values()}.values())
+    if values > 2 * stored:  # tensors may share storages, but no real checkpoint holds each value thrice
+        raise _Refused(f"its tensors hold {values} values, more than twice the {stored} its storages hold")
+    return info.filename[:-len("data.pkl")], state
+
+
+def _native(kind: _StorageKind) -> np.dtype:
+    return np.dtype(np.float32) if kind.name == "BFloat16Storage" else kind.dtype.newbyteorder("=")
+
+
+def _byte_order(archive: zipfile.ZipFile, prefix: str) -> str:
+    """'<' or '>' from the zip's `byteorder` record (torch>=2.1 writes one; older files are little-endian)."""
+    name = f"{prefix}byteorder"
+    if name not in archive.namelist():
+        return "<"
+    info = archive.getinfo(name)
+    if info.file_size > 16:
+        raise _Refused(f"{_short(name)} declares {info.file_size} bytes; it should say little or big")
+    text = archive.read(info).strip()
+    if text not in (b"little", b"big"):
+        raise _Refused(f"{_short(name)} says {_short(text)}; it should say little or big")
+    return "<" if text == b"little" else ">"
+
+
+def _materialize(storage: np.ndarray, view: _View) -> np.ndarray:
+    """A C-contiguous native-endian copy of a checked view; NumPy re-checks that it fits its buffer."""
+    item = storage.itemsize
+    strided = np.ndarray(tuple(view.size), storage.dtype, buffer=storage, offset=view.offset * item,
+                         strides=tuple(s * item for s in view.stride))
+    return np.array(strided, dtype=storage.dtype.newbyteorder("="), order="C")
 
 
 class _Storage:
