@@ -139,7 +139,7 @@ class Transformer2DModel(nn.Module):
     def execute(self, x, context):
         b, c, h, w = x.shape
         hidden = self.norm(x)
-        if not self.linear:
+        if not self.linear:  # SD 1.x: 1x1 convs on the image, before tokens and after
             hidden = self.proj_in(hidden)
         tokens = hidden.transpose((0, 2, 3, 1)).reshape((b, h * w, c))
         if self.linear:
@@ -153,6 +153,7 @@ class Transformer2DModel(nn.Module):
 
 
 def transformer(cfg, channels, heads) -> Transformer2DModel:
+    """The Transformer2DModel of a `channels`-wide level, as the UNet config says."""
     return Transformer2DModel(channels, heads, cfg["cross_attention_dim"], cfg["norm_num_groups"],
                               cfg["upcast_attention"], cfg["use_linear_projection"])
 
@@ -165,9 +166,7 @@ class DownBlock(nn.Module):
         self.resnets = nn.ModuleList(
             [ResnetBlock2D(in_ch if j == 0 else out_ch, out_ch, temb, groups, eps) for j in range(n)])
         if cross_attention:
-            self.attentions = nn.ModuleList([
-                transformer(cfg, out_ch, heads)
-                for _ in range(n)])
+            self.attentions = nn.ModuleList([transformer(cfg, out_ch, heads) for _ in range(n)])
         if add_downsample:
             self.downsamplers = nn.ModuleList([Downsample2D(out_ch, padding=1)])
 
@@ -194,9 +193,7 @@ class UpBlock(nn.Module):
             ResnetBlock2D((prev_ch if j == 0 else out_ch) + (in_ch if j == n - 1 else out_ch), out_ch, temb,
                           groups, eps) for j in range(n)])
         if cross_attention:
-            self.attentions = nn.ModuleList([
-                transformer(cfg, out_ch, heads)
-                for _ in range(n)])
+            self.attentions = nn.ModuleList([transformer(cfg, out_ch, heads) for _ in range(n)])
         if add_upsample:
             self.upsamplers = nn.ModuleList([Upsample2D(out_ch)])
 
@@ -215,8 +212,7 @@ class UNetMidBlock2DCrossAttn(nn.Module):
     def __init__(self, cfg, channels, heads, temb):
         groups, eps = cfg["norm_num_groups"], cfg["norm_eps"]
         self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, temb, groups, eps) for _ in range(2)])
-        self.attentions = nn.ModuleList([
-            transformer(cfg, channels, heads)])
+        self.attentions = nn.ModuleList([transformer(cfg, channels, heads)])
 
     def execute(self, h, temb, context):
         h = self.resnets[0](h, temb)
