@@ -105,3 +105,16 @@ def test_missing_weights_and_unsupported_class_fail_clearly(tmp_path):
     (folder / "text_encoder" / "config.json").unlink()
     with pytest.raises(ModelFolderError, match="text_encoder/config.json: missing"):
         component_files(folder, "text_encoder")
+
+
+@pytest.mark.parametrize("files, chosen", [
+    (("pytorch_model.bin",), "pytorch_model.bin"),  # transformers' pickle name (older SD 1.x snapshots)
+    (("pytorch_model.bin", "model.safetensors"), "model.safetensors"),
+    (("pytorch_model.fp16.bin",), "pytorch_model.fp16.bin"),
+])
+def test_text_encoder_weight_names_are_transformers(tmp_path, files, chosen):
+    folder = make_model(tmp_path / "m")
+    (folder / "text_encoder" / "model.safetensors").unlink()
+    for f in files:
+        (folder / "text_encoder" / f).write_bytes(b"")
+    assert component_files(folder, "text_encoder")[1].name == chosen

@@ -86,3 +86,21 @@ def test_unfinished_folder_is_refused(tmp_path):
     (tmp_path / "half" / "unet").mkdir()
     with pytest.raises(FileExistsError, match="not a finished tiny model"):
         write_tiny_model(tmp_path / "half")
+
+
+def test_sd1_family_has_diffusers_keys_and_its_own_configs(tmp_path):
+    sd1 = np.load(Path(__file__).parent / "golden" / "sd1.npz")
+    out = write_tiny_model(tmp_path / "sd1", lora_styles=["00"], family="sd1")
+    unet = load_file(str(out / WEIGHTS["unet"]))
+    assert {k: list(v.shape) for k, v in unet.items()} == json.loads(str(sd1["unet_keys"]))
+    text = load_file(str(out / WEIGHTS["text_encoder"]))
+    assert {k: list(v.shape) for k, v in text.items()} == json.loads(str(sd1["text_keys"]))
+    assert all(np.array_equal(v, tiny_param(k, v.shape)) for k, v in unet.items())
+    assert json.loads((out / "model_index.json").read_text())["scheduler"] == ["diffusers", "PNDMScheduler"]
+    assert "use_linear_projection" not in json.loads((out / "unet/config.json").read_text())
+    assert json.loads((out / "text_encoder/config.json").read_text())["hidden_act"] == "quick_gelu"
+    assert CLIPTokenizer.from_folder(out / "tokenizer")(["a cat"])[0, -1] == 49407
+    lora = load_file(str(out / "loras/style_00/pytorch_lora_weights.safetensors"))
+    assert {k: v.shape for k, v in lora.items()} == reference("lora")  # same attention layers as SD 2.1
+    with pytest.raises(FileExistsError, match="another family"):
+        write_tiny_model(out)

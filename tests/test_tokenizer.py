@@ -1,4 +1,5 @@
 """CLIPTokenizer (built on `tokenizers`) gives transformers' CLIPTokenizer ids exactly (tests/golden/clip.npz)."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +61,36 @@ def test_corrupt_vocab_names_the_file(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\n")
     with pytest.raises(ValueError, match="vocab.json"):
         CLIPTokenizer.from_folder(tmp_path)
+
+
+def write_tokenizer_json(folder, merges_as_pairs: bool, pad_token: str):
+    """A transformers-5-style tokenizer folder: tokenizer.json (BPE vocab + merges) and tokenizer_config.json."""
+    vocab, merges = clip_vocab_and_merges()
+    folder.mkdir(parents=True, exist_ok=True)
+    model = {"type": "BPE", "vocab": vocab, "merges": [m.split(" ") for m in merges] if merges_as_pairs else merges}
+    (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": model}), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"pad_token": pad_token, "model_max_length": 77}))
+    return folder
+
+
+@pytest.mark.parametrize("merges_as_pairs", [True, False])
+def test_tokenizer_json_alone_gives_transformers_ids(tmp_path, merges_as_pairs):
+    # SD 1.x padding (<|endoftext|>) here; the SD 2.x pad "!" from tokenizer.json: test_transformers5_folder.py.
+    folder = write_tokenizer_json(tmp_path / "tok", merges_as_pairs, "<|endoftext|>")
+    np.testing.assert_array_equal(CLIPTokenizer.from_folder(folder)(PROMPTS), GOLDEN["ids_sd1"])
+
+
+def test_bad_tokenizer_json_names_the_file(tmp_path):
+    folder = write_tokenizer_json(tmp_path / "tok", True, "!")
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["model"]["merges"][5] = ["a", "b", "c"]
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"tokenizer\.json: model\.merges holds \['a', 'b', 'c'\]"):
+        CLIPTokenizer.from_folder(folder)
+    data["model"] = {"type": "WordPiece", "vocab": {}}
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"tokenizer\.json: not a BPE tokenizer"):
+        CLIPTokenizer.from_folder(folder)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"vocab\.json: missing \(and no tokenizer\.json\)"):
+        CLIPTokenizer.from_folder(folder)

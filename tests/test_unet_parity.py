@@ -99,8 +99,10 @@ def test_attention_layers_are_named_by_diffusers_path_and_unknown_names_raise(un
 
 
 def test_unsupported_config_raises_naming_the_key():
-    with pytest.raises(ValueError, match="use_linear_projection"):
-        UNet2DConditionModel({**UNET, "use_linear_projection": False})
+    with pytest.raises(ValueError, match="num_attention_heads"):  # diffusers refuses it too
+        UNet2DConditionModel({**UNET, "num_attention_heads": [2, 2, 4, 4]})
+    with pytest.raises(ValueError, match="layers_per_block"):
+        UNet2DConditionModel({**UNET, "layers_per_block": [2, 2, 2, 2]})
     with pytest.raises(ValueError, match="class_embed_type"):
         UNet2DConditionModel({**UNET, "class_embed_type": "timestep"})
 

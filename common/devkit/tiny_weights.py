@@ -7,6 +7,10 @@ same numbers. Nothing here imports jittor or torch.
 The UNet keeps SD 2.1's four levels (3 cross-attention down blocks, 3 cross-attention up blocks), so the
 StyleID layers `up_blocks.{2,3}.attentions.{0,1,2}` exist; channels are few and shared between levels so
 Jittor compiles few kernel shapes. 8 groups keep several channels per group (32 on 32 hides layout bugs).
+
+The SD 1.x family (`*_SD1`, the original StyleID setting) shares those shapes and differs where SD 1.x
+does: 1x1-conv transformer projections and no attention upcast (both by omitting the keys, as SD 1.x's
+config.json does), one head count for every level, a quick_gelu text encoder, epsilon prediction.
 """
 import zlib
 
@@ -70,6 +74,13 @@ TEXT_ENCODER = {
     "torch_dtype": "float32",
 }
 
+# SD 1.x writes one int, 8 (= 8 heads); 4 heads give head dims 8 and 16 here, so neither reading of the
+# name (heads or head dim) can pass for the other.
+UNET_SD1 = {**{k: v for k, v in UNET.items() if k not in ("use_linear_projection", "upcast_attention")},
+            "attention_head_dim": 4}
+
+TEXT_ENCODER_SD1 = {**TEXT_ENCODER, "hidden_act": "quick_gelu", "bos_token_id": 0, "eos_token_id": 2}
+
 SCHEDULER = {
     "_class_name": "DDIMScheduler",
     "beta_start": 0.00085,
@@ -78,6 +89,20 @@ SCHEDULER = {
     "num_train_timesteps": 1000,
     "prediction_type": "v_prediction",
     "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "trained_betas": None,
+}
+
+# SD 1.x ships a PNDM config (epsilon by default, no prediction_type key); DDIM reads the same values.
+SCHEDULER_SD1 = {
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
     "steps_offset": 1,
     "clip_sample": False,
     "trained_betas": None,

@@ -1,8 +1,11 @@
 """CLIP text encoder (transformers' CLIPTextModel) in Jittor, and CLIP's tokenizer via `tokenizers`.
 
-Attribute names equal transformers' state-dict keys (`text_model.encoder.layers.0.self_attn.q_proj...`), so
-a `text_encoder/model.safetensors` loads by walking names. SD 2.x conditions on `last_hidden_state`, i.e.
-after `final_layer_norm`.
+Attribute names equal transformers 4's state-dict keys (`text_model.encoder.layers.0.self_attn.q_proj...`),
+so a `text_encoder/model.safetensors` loads by walking names; transformers >= 5 saves the same tensors
+without the `text_model.` prefix, and `rename_text_encoder_keys` accepts both, as transformers 5 does.
+SD 1.x and 2.x condition on `last_hidden_state`, i.e. after `final_layer_norm`. The tokenizer reads
+`vocab.json` + `merges.txt` (transformers 4's slow files) or, failing those, `tokenizer.json` (all that
+transformers 5 saves).
 """
 import json
 from pathlib import Path
@@ -34,6 +37,23 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _bpe_of_tokenizer_json(path: Path) -> tuple:
+    """(vocab, merges) of a `tokenizers` BPE file; merges are "a b" strings or [a, b] pairs by version."""
+    model = _read_json(path).get("model")
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict) \
+            or not isinstance(model.get("merges"), list):
+        raise ValueError(f"{path}: not a BPE tokenizer file (needs model.type BPE, vocab, merges); "
+                         "fix: restore the tokenizer file")
+    merges = []
+    for merge in model["merges"]:
+        pair = merge.split(" ") if isinstance(merge, str) else merge
+        if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(x, str) for x in pair):
+            raise ValueError(f"{path}: model.merges holds {merge!r}, not an 'a b' string or [a, b] pair; "
+                             "fix: restore the tokenizer file")
+        merges.append(tuple(pair))
+    return model["vocab"], merges
+
+
 class CLIPTokenizer:
     """Prompts -> (B, max_length) int32 ids, as transformers' CLIPTokenizer(Fast) with padding="max_length"
     and truncation: `<|startoftext|>` + first max_length-2 tokens + `<|endoftext|>`, then the pad id."""
@@ -63,13 +83,17 @@ class CLIPTokenizer:
     def from_folder(cls, path) -> "CLIPTokenizer":
         """Read a diffusers `tokenizer/` folder; special_tokens_map.json's pad token wins over the config's."""
         path = Path(path)
-        for name in ("vocab.json", "merges.txt"):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"{path / name}: missing; fix: point at a CLIP tokenizer folder")
-        vocab = _read_json(path / "vocab.json")
-        lines = (path / "merges.txt").read_text(encoding="utf-8").split("\n")
-        # As transformers' CLIPTokenizer: skip the "#version" header, read at most 49152 - 256 - 2 merges.
-        merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1] if line]
+        if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            vocab = _read_json(path / "vocab.json")
+            lines = (path / "merges.txt").read_text(encoding="utf-8").split("\n")
+            # As transformers' CLIPTokenizer: skip the "#version" header, read at most 49152 - 256 - 2 merges.
+            merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1] if line]
+        elif (path / "tokenizer.json").is_file():
+            vocab, merges = _bpe_of_tokenizer_json(path / "tokenizer.json")
+        else:
+            missing = "merges.txt" if (path / "vocab.json").is_file() else "vocab.json"
+            raise FileNotFoundError(f"{path / missing}: missing (and no tokenizer.json); fix: point at a CLIP "
+                                    "tokenizer folder")
         settings = {}
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             if (path / name).is_file():
@@ -83,6 +107,15 @@ class CLIPTokenizer:
         if isinstance(prompts, str):
             raise TypeError("CLIPTokenizer takes a list of prompts, not one string")
         return np.array([e.ids for e in self.tokenizer.encode_batch(list(prompts))], dtype=np.int32)
+
+
+_TEXT_MODEL_PARTS = ("embeddings.", "encoder.", "final_layer_norm.")
+
+
+def rename_text_encoder_keys(state: dict) -> dict:
+    """transformers >= 5's CLIPTextModel keys (`encoder.layers.0...`) -> ours (`text_model.encoder.layers.0...`);
+    keys already prefixed, and any others, stay as they are."""
+    return {("text_model." + k if k.startswith(_TEXT_MODEL_PARTS) else k): v for k, v in state.items()}
 
 
 def quick_gelu(x):

@@ -7,11 +7,18 @@ import json
 import os
 from pathlib import Path
 
-# The components we build and the classes we can build them as.
+
+def _weight_names(stem: str, bin_stem: str) -> tuple:
+    """Weight file names in order of preference: safetensors, its fp16 variant, then the torch pickles
+    (transformers names its pickle `pytorch_model.bin`, not `model.bin`)."""
+    return (f"{stem}.safetensors", f"{stem}.fp16.safetensors", f"{bin_stem}.bin", f"{bin_stem}.fp16.bin")
+
+
+# The components we build, the classes we can build them as, and their weight files.
 COMPONENTS = {
-    "unet": ("diffusion_pytorch_model", {"UNet2DConditionModel"}),
-    "vae": ("diffusion_pytorch_model", {"AutoencoderKL"}),
-    "text_encoder": ("model", {"CLIPTextModel"}),
+    "unet": ({"UNet2DConditionModel"}, _weight_names("diffusion_pytorch_model", "diffusion_pytorch_model")),
+    "vae": ({"AutoencoderKL"}, _weight_names("diffusion_pytorch_model", "diffusion_pytorch_model")),
+    "text_encoder": ({"CLIPTextModel"}, _weight_names("model", "pytorch_model")),
 }
 _DOWNLOAD_HINT = ("download it first, e.g. `huggingface-cli download {repo}`, or pass the local folder "
                   "that holds model_index.json")
@@ -76,7 +83,7 @@ def component_files(folder, component: str):
     """(config dict, weight file) of one component: prefer `.safetensors`, then the `.fp16.safetensors`
     variant, then `.bin` (and its fp16 variant)."""
     folder = Path(folder)
-    stem, classes = COMPONENTS[component]
+    classes, weight_names = COMPONENTS[component]
     sub = folder / component
     config_path = sub / "config.json"
     if not config_path.is_file():
@@ -89,12 +96,11 @@ def component_files(folder, component: str):
     name = config.get("_class_name") or (config.get("architectures") or [None])[0]
     if name not in classes:
         raise ModelFolderError(f"{config_path}: {component} class {name!r} is unsupported (need "
-                               f"{'/'.join(sorted(classes))}); use a Stable Diffusion 2.x model folder")
-    for suffix in (".safetensors", ".fp16.safetensors", ".bin", ".fp16.bin"):
-        weights = sub / (stem + suffix)
-        if weights.is_file():
-            return config, weights
-    raise ModelFolderError(f"{sub}: no {stem}.safetensors (or .fp16.safetensors/.bin) weights; "
+                               f"{'/'.join(sorted(classes))}); use a Stable Diffusion 1.x or 2.x model folder")
+    for name in weight_names:
+        if (sub / name).is_file():
+            return config, sub / name
+    raise ModelFolderError(f"{sub}: no {weight_names[0]} (or {', '.join(weight_names[1:])}) weights; "
                            "download the model's weights (sharded checkpoints are unsupported)")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from common.jittor_env import load_jittor
 from common.stage import DeviceError
-from common.sd.clip import CLIPTextModel, CLIPTokenizer
+from common.sd.clip import CLIPTextModel, CLIPTokenizer, rename_text_encoder_keys
 from common.sd.ddim import DDIMScheduler
 from common.sd.lora import LoraMerger, LoraSet
 from common.sd.model_folder import component_files, resolve_model_folder, scheduler_config
@@ -61,13 +61,11 @@ class StableDiffusion:
             if half and dtype == "float16":
                 model.float16()  # before loading, so fp16 files load without an fp32 copy
             state = read_weights(weights)
-            load_state_dict(model, rename_legacy_keys(state) if name == "vae" else state, weights)
+            rename = {"vae": rename_legacy_keys, "text_encoder": rename_text_encoder_keys}.get(name, dict)
+            load_state_dict(model, rename(state), weights)
             model.eval()
             models[name] = model
         tokenizer_dir = folder / "tokenizer"
-        if not (tokenizer_dir / "vocab.json").is_file():
-            raise FileNotFoundError(f"{tokenizer_dir / 'vocab.json'}: missing; the model folder needs its "
-                                    "CLIP tokenizer (tokenizer/vocab.json, merges.txt)")
         scheduler = DDIMScheduler.from_config(scheduler_config(folder))
         return cls(folder, models["unet"], models["vae"], models["text_encoder"],
                    CLIPTokenizer.from_folder(tokenizer_dir), scheduler, dtype, device)

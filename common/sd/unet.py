@@ -1,7 +1,10 @@
-"""The SD 2.x UNet (diffusers' UNet2DConditionModel), sizes read from `unet/config.json`.
+"""The SD 1.x / 2.x UNet (diffusers' UNet2DConditionModel), sizes read from `unet/config.json`.
 
-Attribute names are diffusers' state-dict keys. `attention_head_dim` counts heads in SD 2.x (head dim =
-channels / heads). Every `Attention` knows its diffusers path (`.name`) so StyleID can hook it.
+Attribute names are diffusers' state-dict keys. As in diffusers, `attention_head_dim` counts heads in both
+families (SD 1.x: 8 at every level; SD 2.x: 5, 10, 20, 20) and head dim = channels / heads; diffusers
+refuses `num_attention_heads`, and so do we. SD 1.x projects into and out of the transformer with 1x1
+convs (`use_linear_projection` false, diffusers' default), SD 2.x with Linear layers. Every `Attention`
+knows its diffusers path (`.name`) so StyleID can hook it.
 """
 import math
 
@@ -18,15 +21,26 @@ DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D")
 # Keys whose non-default values select architectures we do not build; value = the only one accepted.
 _FIXED = {
-    "mid_block_type": "UNetMidBlock2DCrossAttn", "use_linear_projection": True, "act_fn": "silu",
+    "mid_block_type": "UNetMidBlock2DCrossAttn", "act_fn": "silu",
     "class_embed_type": None, "addition_embed_type": None, "num_class_embeds": None, "encoder_hid_dim": None,
     "encoder_hid_dim_type": None, "time_cond_proj_dim": None, "time_embedding_type": "positional",
-    "time_embedding_act_fn": None, "timestep_post_act": None, "projection_class_embeddings_input_dim": None,
+    "time_embedding_act_fn": None, "time_embedding_dim": None, "timestep_post_act": None,
+    "projection_class_embeddings_input_dim": None,
     "resnet_time_scale_shift": "default", "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0,
     "only_cross_attention": False, "dual_cross_attention": False, "center_input_sample": False,
     "cross_attention_norm": None, "conv_in_kernel": 3, "conv_out_kernel": 3, "num_attention_heads": None,
     "attention_type": "default", "downsample_padding": 1, "mid_block_scale_factor": 1,
     "class_embeddings_concat": False, "dropout": 0.0,
+}
+# diffusers' defaults for the keys we read, for configs that omit them (SD 1.x's omit upcast_attention and
+# use_linear_projection).
+_DEFAULTS = {
+    "in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "freq_shift": 0,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "norm_num_groups": 32,
+    "norm_eps": 1e-5, "cross_attention_dim": 1280, "attention_head_dim": 8, "use_linear_projection": False,
+    "upcast_attention": False,
 }
 
 
@@ -35,7 +49,7 @@ def _check_config(config: dict):
         value = config.get(key, accepted)
         values = value if isinstance(value, (list, tuple)) and not isinstance(accepted, (list, tuple)) else [value]
         if any(v != accepted for v in values):
-            raise ValueError(f"UNet config: {key}={value!r} is not supported (SD 2.x UNets need {accepted!r})")
+            raise ValueError(f"UNet config: {key}={value!r} is not supported (SD 1.x/2.x UNets need {accepted!r})")
     for key, allowed in (("down_block_types", DOWN_BLOCKS), ("up_block_types", UP_BLOCKS)):
         for block in config[key]:
             if block not in allowed:
@@ -43,6 +57,9 @@ def _check_config(config: dict):
     layers = config.get("transformer_layers_per_block", 1)
     if any(n != 1 for n in (layers if isinstance(layers, (list, tuple)) else [layers])):
         raise ValueError(f"UNet config: transformer_layers_per_block={layers!r} is not supported (only 1)")
+    for key in ("layers_per_block", "cross_attention_dim"):
+        if not isinstance(config[key], int):
+            raise ValueError(f"UNet config: {key}={config[key]!r} is not supported (one int for every block)")
 
 
 def timestep_embedding(timesteps, batch, dim, flip_sin_to_cos, freq_shift):
@@ -106,24 +123,39 @@ class BasicTransformerBlock(nn.Module):
 
 
 class Transformer2DModel(nn.Module):
-    """GN → tokens → proj_in → blocks → proj_out → image + input. SD 2.x projects with Linear, SD 1.x with 1x1 conv."""
+    """GN → proj_in → tokens → blocks → proj_out → image + input. SD 2.x projects tokens with Linear layers,
+    SD 1.x the image with 1x1 convs (weights (C, C, 1, 1)), as `linear` says."""
 
-    def __init__(self, channels, heads, cross_attention_dim, groups, upcast):
-        dim_head = channels // heads
+    def __init__(self, channels, heads, cross_attention_dim, groups, upcast, linear):
+        if channels % heads:
+            raise ValueError(f"UNet config: {channels} channels do not split into attention_head_dim={heads} heads")
+        self.linear = linear
         self.norm = GroupNorm(groups, channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, channels)
+        self.proj_in = nn.Linear(channels, channels) if linear else nn.Conv2d(channels, channels, 1)
         self.transformer_blocks = nn.ModuleList(
-            [BasicTransformerBlock(channels, heads, dim_head, cross_attention_dim, upcast)])
-        self.proj_out = nn.Linear(channels, channels)
+            [BasicTransformerBlock(channels, heads, channels // heads, cross_attention_dim, upcast)])
+        self.proj_out = nn.Linear(channels, channels) if linear else nn.Conv2d(channels, channels, 1)
 
     def execute(self, x, context):
         b, c, h, w = x.shape
-        tokens = self.norm(x).transpose((0, 2, 3, 1)).reshape((b, h * w, c))
-        tokens = self.proj_in(tokens)
+        hidden = self.norm(x)
+        if not self.linear:  # SD 1.x: 1x1 convs on the image, before tokens and after
+            hidden = self.proj_in(hidden)
+        tokens = hidden.transpose((0, 2, 3, 1)).reshape((b, h * w, c))
+        if self.linear:
+            tokens = self.proj_in(tokens)
         for block in self.transformer_blocks:
             tokens = block(tokens, context)
-        tokens = self.proj_out(tokens)
-        return tokens.reshape((b, h, w, c)).transpose((0, 3, 1, 2)) + x
+        if self.linear:
+            tokens = self.proj_out(tokens)
+        hidden = tokens.reshape((b, h, w, c)).transpose((0, 3, 1, 2))
+        return (hidden if self.linear else self.proj_out(hidden)) + x
+
+
+def transformer(cfg, channels, heads) -> Transformer2DModel:
+    """The Transformer2DModel of a `channels`-wide level, as the UNet config says."""
+    return Transformer2DModel(channels, heads, cfg["cross_attention_dim"], cfg["norm_num_groups"],
+                              cfg["upcast_attention"], cfg["use_linear_projection"])
 
 
 class DownBlock(nn.Module):
@@ -134,9 +166,7 @@ class DownBlock(nn.Module):
         self.resnets = nn.ModuleList(
             [ResnetBlock2D(in_ch if j == 0 else out_ch, out_ch, temb, groups, eps) for j in range(n)])
         if cross_attention:
-            self.attentions = nn.ModuleList([
-                Transformer2DModel(out_ch, heads, cfg["cross_attention_dim"], groups, cfg["upcast_attention"])
-                for _ in range(n)])
+            self.attentions = nn.ModuleList([transformer(cfg, out_ch, heads) for _ in range(n)])
         if add_downsample:
             self.downsamplers = nn.ModuleList([Downsample2D(out_ch, padding=1)])
 
@@ -163,9 +193,7 @@ class UpBlock(nn.Module):
             ResnetBlock2D((prev_ch if j == 0 else out_ch) + (in_ch if j == n - 1 else out_ch), out_ch, temb,
                           groups, eps) for j in range(n)])
         if cross_attention:
-            self.attentions = nn.ModuleList([
-                Transformer2DModel(out_ch, heads, cfg["cross_attention_dim"], groups, cfg["upcast_attention"])
-                for _ in range(n)])
+            self.attentions = nn.ModuleList([transformer(cfg, out_ch, heads) for _ in range(n)])
         if add_upsample:
             self.upsamplers = nn.ModuleList([Upsample2D(out_ch)])
 
@@ -184,8 +212,7 @@ class UNetMidBlock2DCrossAttn(nn.Module):
     def __init__(self, cfg, channels, heads, temb):
         groups, eps = cfg["norm_num_groups"], cfg["norm_eps"]
         self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, temb, groups, eps) for _ in range(2)])
-        self.attentions = nn.ModuleList([
-            Transformer2DModel(channels, heads, cfg["cross_attention_dim"], groups, cfg["upcast_attention"])])
+        self.attentions = nn.ModuleList([transformer(cfg, channels, heads)])
 
     def execute(self, h, temb, context):
         h = self.resnets[0](h, temb)
@@ -194,8 +221,9 @@ class UNetMidBlock2DCrossAttn(nn.Module):
 
 class UNet2DConditionModel(nn.Module):
     def __init__(self, config: dict):
+        config = {**_DEFAULTS, **config}
         _check_config(config)
-        self.config = dict(config)
+        self.config = config
         channels = list(config["block_out_channels"])
         levels = len(channels)
         heads = config["attention_head_dim"]
