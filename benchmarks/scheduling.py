@@ -5,7 +5,7 @@ that can start only after its gen job. Stage durations are stand-ins with the me
 (gen ~ half a StyleID transfer) and a small seeded jitter, fixed per job so every policy and N sees the
 same work. A worker that changes stage pays `--switch` (adapter swap), a gen job of a new style pays
 `--lora-swap`; both are charged to the makespan, not to the ideal (= total stage work / N).
-Compared in the same run: the predecessor's fixed 1 producer : 3 consumers on 4 GPUs (no elastic roles,
+Compared in the same run: a fixed split of 1 producer : 3 consumers on 4 GPUs (no elastic roles,
 unbounded queue). An idle worker re-asks the policy at the next completion (the real one polls at 0.2-2 s).
 
     python benchmarks/scheduling.py --json scheduling.json
@@ -66,8 +66,8 @@ class Result:
 
 def simulate(work: Work, n_workers: int, policy: str = "elastic", burst: int = 8, producers: int | None = None,
              switch: float = 0.1, lora_swap: float = 0.05, hysteresis: bool = True) -> Result:
-    """Run every task to completion; policy is "elastic" (choose_stage), "fixed" (home roles only, the
-    predecessor) or "burst" (BurstPolicy, one worker). Raises if the policy stalls with work left."""
+    """Run every task to completion; policy is "elastic" (choose_stage), "fixed" (home roles only, a
+    fixed split) or "burst" (BurstPolicy, one worker). Raises if the policy stalls with work left."""
     if policy == "burst" and n_workers != 1:
         raise ValueError("the burst policy runs one worker")
     n_prod = 0 if policy == "burst" else split_gpus(n_workers, work.ratio, 1.0, producers)

@@ -1,5 +1,5 @@
 """Helpers for the job-system tests: a tiny dataset, a fast fake-stage config, the launcher as a
-subprocess, and check_invariants() (QUEUE.md §7)."""
+subprocess, and check_invariants() (docs/queue.md §7)."""
 import os
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Crash recovery (QUEUE.md §4, §7): a worker SIGKILLed at any named point or at a random moment loses
+"""Crash recovery (docs/queue.md §4, §7): a worker SIGKILLed at any named point or at a random moment loses
 nothing and leaves exactly one valid output per task after recovery."""
 import multiprocessing as mp
 import os

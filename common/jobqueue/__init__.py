@@ -1,5 +1,7 @@
-"""The file-backed job queue (Maildir-style; see docs/QUEUE.md): a job is one JSON file, the folder holding
-it is its state, and every state change is one rename. Modules: layout (paths), jobs (the record),
-queue (enqueue/claim/complete/fail/reclaim), lease (worker identity and heartbeat), crash (test crash
-points), worker (the loop), planner (dataset -> jobs, startup recovery), supervisor (the launcher's
-process manager), status (counts, failures, ETA)."""
+"""The file-backed job queue (Maildir-style; see docs/queue.md): a job is one JSON file, the folder holding
+it is its state, and every state change is one rename. It knows jobs, states, leases and dependencies;
+what a stage makes it learns from the stage's rules (docs/stage_graph.md). Modules: layout (paths), job
+(the record), queue (enqueue/claim/complete/fail/reclaim, dependencies), lease (worker identity and
+heartbeat), crash (test crash points), planner (nodes -> jobs), manifest (the plan's settings), recovery
+(startup repair, --fresh), worker (the loop), supervisor (the launcher's process manager), status (counts,
+failures, ETA)."""

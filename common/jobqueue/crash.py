@@ -1,5 +1,5 @@
 """Named crash points for the fault tests: JSTYLEID_CRASH=<point>:<n> SIGKILLs this process the n-th time
-it reaches `point`, which makes each row of the crash matrix (QUEUE.md §4) deterministic."""
+it reaches `point`, which makes each row of the crash table (docs/queue.md §4) deterministic."""
 import os
 import signal
 

@@ -1,4 +1,4 @@
-"""Worker identity and lease (QUEUE.md §3): the worker rewrites workers/<wid>.json as it makes progress;
+"""Worker identity and lease (docs/queue.md §3): the worker rewrites workers/<wid>.json as it makes progress;
 the launcher reads it to find hung workers, and uses (host, boot_id, pid start time) to prove death.
 
 Progress drives the beat, not a timer thread, so a worker stuck inside a kernel goes silent.

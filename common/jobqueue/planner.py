@@ -1,4 +1,4 @@
-"""Planning (docs/queue.md §1.5): queue exactly what is missing; the outputs on disk are the truth.
+"""Planning (docs/queue.md §1): queue exactly what is missing; the outputs on disk are the truth.
 
 The stage graph expands the dataset into `Node`s (one per job any stage would run, with the jobs whose
 outputs it reads). A node is *needed* when its outputs are not in place and something depends on it: it is
