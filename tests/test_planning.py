@@ -60,13 +60,12 @@ def test_bad_dataset_is_a_one_line_error_naming_the_file(tmp_path, breakage, mat
 def test_a_missing_style_image_or_lora_is_an_error_at_launch_naming_the_path(tmp_path):
     with pytest.raises(DatasetError, match=r"00/images/nope.png: style image not found"):
         tasks_of(write_config(tmp_path, consumer={"style_image": "nope.png"}))
-    with pytest.raises(DatasetError, match=r"style_00: no LoRA for style 00 .*missing_lora: warn"):
-        tasks_of(write_config(tmp_path, producer={"missing_lora": "error", "lora_dir": str(tmp_path / "loras")}))
+    with pytest.raises(DatasetError, match=r"style_00: no LoRA for style 00 .*lora.missing: warn"):
+        tasks_of(write_config(tmp_path, lora={"missing": "error", "dir": str(tmp_path / "loras")}))
     for style in ("00", "01"):
         (tmp_path / "loras" / f"style_{style}").mkdir(parents=True, exist_ok=True)
         (tmp_path / "loras" / f"style_{style}" / "pytorch_lora_weights.bin").write_bytes(b"x")
-    assert len(tasks_of(write_config(tmp_path, producer={"missing_lora": "error",
-                                                          "lora_dir": str(tmp_path / "loras")}))[1]) == 6
+    assert len(tasks_of(write_config(tmp_path, lora={"missing": "error", "dir": str(tmp_path / "loras")}))[1]) == 6
 
 
 def test_task_paths_and_ids_follow_the_layout(tmp_path):

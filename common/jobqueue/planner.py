@@ -85,7 +85,7 @@ def check_style_files(config: RunConfig, style_dir: Path):
         style_image_path(style_dir, config.consumer.style_image)
     except FileNotFoundError as e:
         raise DatasetError(str(e)) from None
-    if config.producer.missing_lora == "error" and lora_path(config, style_dir.name) is None:
+    if config.lora.missing == "error" and lora_path(config, style_dir.name) is None:
         raise DatasetError(missing_lora_message(config, style_dir.name))
 
 
