@@ -1,4 +1,4 @@
-"""StyleID (STYLEID.md): DDIM inversion with feature recording, AdaIN, reversion with K/V injection.
+"""StyleID: DDIM inversion with feature recording, AdaIN of the initial latent, reversion with K/V injection.
 
 One empty-prompt embedding, no guidance batch: a UNet call sees the style alone (batch 1) or a batch of
 contents. The engine's DDIM loop (common.sd.sampling) sets `clock.t` to the timestep VALUE before each call;
