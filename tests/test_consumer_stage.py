@@ -16,7 +16,7 @@ STEPS = 3
 
 
 def make_config_settings(tiny_model_dir) -> dict:
-    return {"model.path": str(tiny_model_dir), "model.dtype": "float32", "producer.size": 128,
+    return {"model.path": str(tiny_model_dir), "model.dtype": "float32", "consumer.size": 128,
             "consumer.steps": STEPS, "queue.fsync": "none"}
 
 
@@ -139,7 +139,7 @@ def test_restyle_writes_one_png_per_content_image_and_skips_existing(tiny_model_
     from consumer.restyle import main
     config = dataset / "config.yaml"
     config.write_text(yaml.safe_dump({"model": {"path": str(tiny_model_dir), "dtype": "float32"},
-                                      "producer": {"size": 128}, "consumer": {"steps": STEPS},
+                                      "consumer": {"size": 128, "steps": STEPS},
                                       "queue": {"fsync": "none"}}))
     contents = dataset / "photos"
     contents.mkdir()
