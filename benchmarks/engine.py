@@ -21,27 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common.devkit.sd21_configs import TEXT_ENCODER, UNET, VAE  # noqa: E402  (plain dicts, no Jittor)
 
-UNET = {
-    "sample_size": 96, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-    "block_out_channels": [320, 640, 1280, 1280], "attention_head_dim": [5, 10, 20, 20],
-    "cross_attention_dim": 1024, "use_linear_projection": True, "upcast_attention": True,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu", "flip_sin_to_cos": True, "freq_shift": 0,
-    "downsample_padding": 1, "mid_block_scale_factor": 1,
-}
-VAE = {
-    "in_channels": 3, "out_channels": 3, "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 2, "latent_channels": 4, "norm_num_groups": 32, "act_fn": "silu", "sample_size": 768,
-    "scaling_factor": 0.18215,
-}
-TEXT_ENCODER = {
-    "vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
-    "num_attention_heads": 16, "max_position_embeddings": 77, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
-    "projection_dim": 512,
-}
 # (tokens, channels, heads): the self-attentions of up_blocks.3 and up_blocks.2 at 512x512.
 ATTENTION = [(4096, 320, 5), (1024, 640, 10)]
 PARTS = ("attention", "unet", "vae_decode", "text_encode")

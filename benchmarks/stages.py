@@ -26,33 +26,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-# SD 2.1's component configs (SD21.md §2); "half" halves every width (heads stay 64 wide) for slow machines.
-SD21_UNET = {
-    "_class_name": "UNet2DConditionModel", "sample_size": 96, "in_channels": 4, "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "attention_head_dim": [5, 10, 20, 20],
-    "cross_attention_dim": 1024, "use_linear_projection": True, "upcast_attention": True,
-    "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu", "flip_sin_to_cos": True, "freq_shift": 0,
-    "downsample_padding": 1, "mid_block_scale_factor": 1,
-}
-SD21_VAE = {
-    "_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4,
-    "norm_num_groups": 32, "act_fn": "silu", "sample_size": 768, "scaling_factor": 0.18215,
-}
-SD21_TEXT = {
-    "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "vocab_size": 49408,
-    "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16,
-    "max_position_embeddings": 77, "hidden_act": "gelu", "layer_norm_eps": 1e-5, "projection_dim": 512,
-    "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "torch_dtype": "float32",
-}
+from common.devkit.sd21_configs import TEXT_ENCODER, UNET, VAE  # noqa: E402  (plain dicts, no Jittor)
 
 
 def arch_configs(arch: str):
-    unet, vae, text = dict(SD21_UNET), dict(SD21_VAE), dict(SD21_TEXT)
+    """SD 2.1's component configs; "half" halves every width (heads stay 64 wide) for slow machines."""
+    unet, vae, text = dict(UNET), dict(VAE), dict(TEXT_ENCODER)
     if arch == "half":
         unet.update(block_out_channels=[160, 320, 640, 640], attention_head_dim=[5, 5, 10, 10],
                     cross_attention_dim=512)
@@ -194,7 +173,9 @@ def jittor():
 
 
 def load_model(a):
+    from common.jittor_env import use_device
     from common.sd.pipeline import StableDiffusion
+    use_device(a.device)
     return StableDiffusion.load(a.model, a.dtype, a.device)
 
 

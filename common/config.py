@@ -3,11 +3,13 @@
 Every section is a dataclass whose fields are the YAML keys. `load_config` rejects an unknown key, a wrong
 type or a missing path with one line naming the key and the file. Inner code takes these objects, never
 dicts. `pixel_hash()` covers every setting that changes pixels, so a rerun can refuse to mix results.
+Renamed keys are still read for one version (DEPRECATED_KEYS), with a one-line note on stderr.
 """
 import dataclasses
 import hashlib
 import json
 import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +29,20 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """Where each style's DreamBooth LoRA is and how it is applied; shared by every stage that uses it."""
+    dir: str = "style"  # holds style_NN/pytorch_lora_weights.bin (JDiffusion's trainer layout)
+    subdir: str = "style_{style}"
+    names: tuple = ("pytorch_lora_weights.bin", "pytorch_lora_weights.safetensors")  # first existing wins
+    scale: float = 1.0
+    missing: str = "error"  # error | warn (the base model generates: StyleID without DreamBooth) | train
+
+
+MISSING_LORA = ("error", "warn", "train")
+
+
+@dataclass(frozen=True)
 class ProducerConfig:
-    lora_dir: str = "style"  # holds style_NN/pytorch_lora_weights.bin (JDiffusion's trainer layout)
-    lora_subdir: str = "style_{style}"
-    lora_names: tuple = ("pytorch_lora_weights.bin", "pytorch_lora_weights.safetensors")
-    missing_lora: str = "error"  # error | warn (then the base model generates: StyleID without DreamBooth)
-    lora_scale: float = 1.0
     prompt_template: str = "{prompt} in style_{style}"
     negative_prompt: str = ""
     guidance: float = 7.5
@@ -44,6 +54,7 @@ class ProducerConfig:
 
 @dataclass(frozen=True)
 class ConsumerConfig:
+    size: Optional[int] = None  # side a content PNG is resized to before encoding; None: producer.size
     steps: int = 50
     gamma: float = 0.75
     temperature: float = 1.5
@@ -94,6 +105,7 @@ class RunConfig:
     output: str = "output"  # results land in OUTPUT/STYLE/<prompt>.png
     queue_dir: str = "queue_dir"
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     producer: ProducerConfig = field(default_factory=ProducerConfig)
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
@@ -105,6 +117,7 @@ class RunConfig:
         """A hash of every setting that changes output pixels (not GPUs, paths of queues, or batching)."""
         relevant = {
             "model": dataclasses.asdict(self.model),
+            "lora": dataclasses.asdict(self.lora),  # which file (by path) at which scale, or the base model
             "producer": {k: v for k, v in dataclasses.asdict(self.producer).items() if k != "batch"},
             "consumer": {k: v for k, v in dataclasses.asdict(self.consumer).items()
                          if k not in ("batch", "cached_styles")},
@@ -169,20 +182,52 @@ def load_config(path=None, overrides: Optional[dict] = None) -> RunConfig:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
+    _rename_deprecated(data, source or "<defaults>")
     try:
         config = _build(RunConfig, data, "")
     except ConfigError as e:
         raise ConfigError(f"{source or '<defaults>'}: {e}") from None
+    if config.consumer.size is None:
+        config = dataclasses.replace(config, consumer=dataclasses.replace(config.consumer, size=config.producer.size))
     _check_values(config, source or "<defaults>")
     return dataclasses.replace(config, source=source)
+
+
+# old dotted key -> new dotted key; read for one version, then unknown keys
+DEPRECATED_KEYS = {
+    "producer.lora_dir": "lora.dir",
+    "producer.lora_subdir": "lora.subdir",
+    "producer.lora_names": "lora.names",
+    "producer.lora_scale": "lora.scale",
+    "producer.missing_lora": "lora.missing",
+}
+
+
+def _rename_deprecated(data: dict, source: str):
+    """Move each deprecated key of `data` to its new place, with a one-line note; both set is an error."""
+    for old, new in DEPRECATED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = data.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        if data.get(new_section) is None:
+            data[new_section] = {}
+        target = data[new_section]
+        if not isinstance(target, dict):
+            continue  # _build names the malformed section
+        if new_key in target:
+            raise ConfigError(f"{source}: both {old} (deprecated) and {new} are set; keep {new} only")
+        target[new_key] = section.pop(old_key)
+        print(f"jstyleid: {source}: {old} is deprecated, read as {new}; rename it (the old name goes in the "
+              "next version)", file=sys.stderr)
 
 
 def _check_values(c: RunConfig, source: str):
     def bad(key, why):
         raise ConfigError(f"{source}: {key} {why}")
 
-    if c.producer.missing_lora not in ("error", "warn"):
-        bad("producer.missing_lora", f"must be 'error' or 'warn', not {c.producer.missing_lora!r}")
+    if c.lora.missing not in MISSING_LORA:
+        bad("lora.missing", f"must be one of {', '.join(MISSING_LORA)}, not {c.lora.missing!r}")
     if c.model.dtype not in ("float16", "float32"):
         bad("model.dtype", f"must be 'float16' or 'float32', not {c.model.dtype!r}")
     if c.queue.fsync not in ("all", "none"):
@@ -192,8 +237,9 @@ def _check_values(c: RunConfig, source: str):
                        ("queue.max_attempts", c.queue.max_attempts), ("scheduling.burst", c.scheduling.burst)):
         if value < 1:
             bad(key, f"must be at least 1, not {value}")
-    if c.producer.size % 8:
-        bad("producer.size", f"must be a multiple of 8, not {c.producer.size}")
+    for key, value in (("producer.size", c.producer.size), ("consumer.size", c.consumer.size)):
+        if value < 8 or value % 8:
+            bad(key, f"must be a positive multiple of 8, not {value}")
     if not 0.0 <= c.consumer.gamma <= 1.0:
         bad("consumer.gamma", f"must lie in [0, 1], not {c.consumer.gamma}")
     if c.consumer.temperature <= 0:

@@ -248,15 +248,15 @@ class Graph:
 
     def output_dirs(self) -> List[Path]:
         """Where stage outputs (and so their temp files) land."""
-        return [self.output, Path(self.config.producer.lora_dir).resolve()]
+        return [self.output, Path(self.config.lora.dir).resolve()]
 
 
 # -- the jstyleid stages ------------------------------------------------------------------------------
 def lora_target(config: RunConfig, style: str) -> Path:
     """The style's LoRA file: the existing one the producer will read, else where training writes it."""
     from common.style_files import lora_path
-    p = config.producer
-    return lora_path(config, style) or Path(p.lora_dir) / p.lora_subdir.format(style=style) / p.lora_names[0]
+    lora = config.lora
+    return lora_path(config, style) or Path(lora.dir) / lora.subdir.format(style=style) / lora.names[0]
 
 
 def check_model(config: RunConfig):
@@ -277,7 +277,7 @@ def check_style_image(config: RunConfig, style: Style):
 
 def check_lora(config: RunConfig, style: Style):
     from common.style_files import lora_path, missing_lora_message
-    if config.producer.missing_lora == "error" and lora_path(config, style.name) is None:
+    if config.lora.missing == "error" and lora_path(config, style.name) is None:
         raise DatasetError(missing_lora_message(config, style.name))
 
 
@@ -288,7 +288,7 @@ def _file_exists(path: Path) -> bool:
 def jstyleid_specs(config: RunConfig) -> List[StageSpec]:
     """train (when LoRAs are trained here) -> gen -> sty, as the config asks."""
     st = config.stages
-    training = config.producer.missing_lora == "train"
+    training = config.lora.missing == "train"
     specs = []
     if training:
         specs.append(StageSpec(

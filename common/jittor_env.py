@@ -7,6 +7,9 @@ Jittor reads its environment once, at first import, so every process imports it 
   cannot reach. The pip packages `onednn-cpu-gomp`/`onednn-devel-cpu-gomp` 2022.2.1 (oneDNN 2.6) put it in
   the environment's `lib/` and `include/`; we point Jittor's mkl cache folder at them.
 - the first import compiles Jittor's core for minutes: say so, once.
+
+The device is chosen once per process too (`use_device`): Jittor's `flags.use_cuda` is process-global, so
+nothing else sets it; the engine only checks it (`require_device`).
 """
 import atexit
 import ctypes
@@ -27,6 +30,12 @@ SLOW_CPU_WARNING = (
     "fix: pip install onednn-cpu-gomp==2022.2.1 onednn-devel-cpu-gomp==2022.2.1")
 
 _jt = None
+_device = None
+DEVICES = ("cpu", "cuda")
+
+
+class DeviceUnavailable(RuntimeError):
+    """This process cannot run Jittor on the device asked for (no CUDA, or already on the other device)."""
 
 
 def gpu_present() -> bool:
@@ -145,3 +154,38 @@ def fast_cpu_path() -> bool:
     """True when Jittor's CPU conv/matmul go through oneDNN."""
     jt = load_jittor()
     return jt.compile_extern.mkl_ops is not None
+
+
+def use_device(device: str) -> None:
+    """Run this process's Jittor on `device` ("cpu" or "cuda"). Idempotent; asking for the other device
+    later, or for CUDA where Jittor has none, raises DeviceUnavailable."""
+    global _device
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r} is unknown; use one of {DEVICES}")
+    if _device == device:
+        return
+    if _device is not None:
+        raise DeviceUnavailable(f"this process already runs Jittor on {_device}; one process uses one device "
+                                f"(start another process for {device})")
+    jt = load_jittor(use_cuda=False if device == "cpu" else None)
+    if device == "cuda" and not jt.has_cuda:
+        raise DeviceUnavailable(_no_cuda_message())
+    jt.flags.use_cuda = 1 if device == "cuda" else 0
+    _device = device
+
+
+def require_device(device: str) -> None:
+    """Raise DeviceUnavailable unless this process's Jittor runs on `device`; changes nothing."""
+    jt = load_jittor()
+    current = "cuda" if jt.flags.use_cuda else "cpu"
+    if device == current:
+        return
+    if device == "cuda" and not jt.has_cuda:
+        raise DeviceUnavailable(_no_cuda_message())
+    raise DeviceUnavailable(f"this process runs Jittor on {current}, not {device}; select the device once "
+                            f"with common.jittor_env.use_device({device!r}) before loading models")
+
+
+def _no_cuda_message() -> str:
+    return (f"a GPU was asked for but Jittor has no CUDA here (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}); check the driver and nvcc, or run with --gpus cpu")

@@ -1,4 +1,4 @@
-"""Where a style's files are: its reference image (for StyleID) and its DreamBooth LoRA (for the producer).
+"""Where a style's files are: its reference image (for StyleID) and its DreamBooth LoRA (config.lora).
 
 Jittor-free, so the launcher can check a dataset before any worker loads a model: a missing file is then a
 one-line error at launch, not a job that fails max_attempts times.
@@ -27,11 +27,15 @@ def style_image_path(style_dir, name: Optional[str] = None) -> Path:
     return images[0]
 
 
+def lora_folder(config: RunConfig, style: str) -> Path:
+    """lora.dir / lora.subdir with the style's name filled in."""
+    return Path(config.lora.dir) / config.lora.subdir.format(style=style)
+
+
 def lora_path(config: RunConfig, style: str) -> Optional[Path]:
-    """The style's LoRA file (first existing of producer.lora_names), or None when there is none."""
-    p = config.producer
-    folder = Path(p.lora_dir) / p.lora_subdir.format(style=style)
-    for name in p.lora_names:
+    """The style's LoRA file (first existing of lora.names), or None when there is none."""
+    folder = lora_folder(config, style)
+    for name in config.lora.names:
         if (folder / name).is_file():
             return folder / name
     return None
@@ -39,10 +43,10 @@ def lora_path(config: RunConfig, style: str) -> Optional[Path]:
 
 def missing_lora_message(config: RunConfig, style: str, fatal: bool = True) -> str:
     """One line naming the folder searched and the fix (not fatal: what happens instead)."""
-    p = config.producer
-    folder = Path(p.lora_dir) / p.lora_subdir.format(style=style)
-    missing = f"{folder}: no LoRA for style {style} (looked for {' or '.join(p.lora_names)})"
+    missing = f"{lora_folder(config, style)}: no LoRA for style {style} (looked for {' or '.join(config.lora.names)})"
     if not fatal:
-        return f"{missing}; generating with the base model (producer.missing_lora: warn)"
-    return (f"{missing}; train it with JDiffusion's dreambooth train.py into that folder, fix producer.lora_dir "
-            f"in {config.source or 'the config'}, or set producer.missing_lora: warn to use the base model")
+        return f"{missing}; using the base model (lora.missing: warn)"
+    if config.lora.missing == "train":
+        missing += " although lora.missing is train (the train stage writes it before generation)"
+    return (f"{missing}; train it with JDiffusion's dreambooth train.py into that folder, fix lora.dir "
+            f"in {config.source or 'the config'}, or set lora.missing: warn to use the base model")

@@ -2,10 +2,10 @@
 
     python -m consumer.restyle --config C --style-dir DATASET/STYLE --content-dir DIR --out DIR
 
-Each content image (any size; centre-cropped and resized to producer.size) is VAE-encoded and stylized
-with the style's image (consumer.style_image or the first in STYLE/images/), the same code as the queue's
-consumer stage; each result is written atomically to OUT/<content name>.png, and existing results are
-skipped, so an interrupted run resumes.
+Each content image (any size; centre-cropped and resized to consumer.size, by default producer.size) is
+VAE-encoded and stylized with the style's image (consumer.style_image or the first in STYLE/images/), the
+same code as the queue's consumer stage; each result is written atomically to OUT/<content name>.png, and
+existing results are skipped, so an interrupted run resumes.
 """
 import argparse
 import sys

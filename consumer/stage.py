@@ -3,17 +3,20 @@
 The model loads once per worker (shared with a producer in the same process); StyleID runs on the base
 model unless `consumer.use_lora`. The style's inversion comes from a per-worker LRU, so a style costs its
 `steps` UNet calls once, and its content images go through the UNet `consumer.batch` at a time.
+A stylized latent or image with NaN/inf fails its tasks instead of being written.
 """
 from collections import OrderedDict
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
 from common.atomic import write_png
 from common.config import RunConfig
 from common.jittor_env import load_jittor
+from common.sd.pipeline import NonFiniteError, require_finite
 from common.stage import Beat, Task, style_of
-from common.style_files import lora_path, missing_lora_message, style_image_path
+from common.stage_model import StyleWeights, load_model, model_dtype, nonfinite_error
+from common.style_files import style_image_path
 from consumer.inputs import load_image, load_latent
 from consumer.style_cache import StyleCache, StyleKey, file_hash
 from consumer.styleid import StyleFeatures, StyleID
@@ -30,26 +33,12 @@ class ConsumerStage:
     kind = "sty"
 
     def __init__(self, config: RunConfig, device: str):
-        from common.sd.pipeline import StableDiffusion
         self.config = config
-        self.dtype = "float32" if device == "cpu" else config.model.dtype
-        self.sd = StableDiffusion.shared(config.model.path, self.dtype, device)
+        self.dtype = model_dtype(config, device)
+        self.sd = load_model(config, device)
+        self.weights = StyleWeights(self.sd, config)
         self.cache = StyleCache(config.consumer.cached_styles)
         self._fsync = config.queue.fsync == "all"
-
-    def _use_weights(self, style: str) -> str:
-        """Apply the base model, or the style's LoRA with consumer.use_lora; its identity for cache keys."""
-        if not self.config.consumer.use_lora:
-            self.sd.set_lora(None, 0.0)
-            return ""
-        path = lora_path(self.config, style)
-        if path is None:
-            if self.config.producer.missing_lora == "error":
-                raise FileNotFoundError(missing_lora_message(self.config, style))
-            self.sd.set_lora(None, 0.0)  # producer.missing_lora: warn: the base model, as the producer does
-            return ""
-        self.sd.set_lora(path, self.config.producer.lora_scale)
-        return f"{file_hash(path)}@{self.config.producer.lora_scale}"
 
     def styleid(self) -> StyleID:
         """A StyleID with the config's settings on this worker's model (base or LoRA as applied now)."""
@@ -66,13 +55,13 @@ class ConsumerStage:
         if not task.content_png.is_file():
             raise FileNotFoundError(f"{task.content_latent}: no content latent, nor {task.content_png}; "
                                     "run the producer for this task first")
-        size = self.config.producer.size
+        size = self.config.consumer.size
         image = load_image(task.content_png, (size, size))
         with jt.no_grad():
             return _numpy(self.sd.encode_images(image[None]))[0].astype(np.float32)
 
     def style_features(self, styleid: StyleID, style_dir, latent_hw: Tuple[int, int], weights: str,
-                       beat: Beat = None) -> StyleFeatures:
+                       beat: Optional[Beat] = None) -> StyleFeatures:
         """The style image's inversion at this latent size, from the cache or computed (once) now."""
         c = self.config.consumer
         path = style_image_path(style_dir, c.style_image)
@@ -91,7 +80,8 @@ class ConsumerStage:
     def run(self, tasks: List[Task], beat: Beat) -> None:
         if not tasks:
             return
-        weights = self._use_weights(style_of(tasks))
+        lora = self.weights.apply(style_of(tasks), self.config.consumer.use_lora)
+        weights = f"{file_hash(lora)}@{self.config.lora.scale}" if lora else ""  # for the style cache's keys
         styleid = self.styleid()
         by_shape = OrderedDict()  # contents of one latent size share a style inversion and UNet batches
         for task in tasks:
@@ -103,8 +93,12 @@ class ConsumerStage:
             for start in range(0, len(items), batch):
                 chunk = items[start:start + batch]
                 z = styleid.stylize(jt.array(np.stack([z for _, z in chunk])), style, beat)
-                with jt.no_grad():
-                    images = _numpy(self.sd.decode_latents(z))
+                try:
+                    require_finite(z, "stylized latent")
+                    with jt.no_grad():
+                        images = _numpy(self.sd.decode_latents(z))
+                except NonFiniteError as e:
+                    raise nonfinite_error([task for task, _ in chunk], e, self.config, lora) from e
                 for (task, _), image in zip(chunk, images):
                     write_png(task.output_png, image, fsync=self._fsync)
                 beat("sty written")

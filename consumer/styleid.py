@@ -1,17 +1,18 @@
-"""StyleID (STYLEID.md): DDIM inversion with feature recording, AdaIN, reversion with K/V injection.
+"""StyleID: DDIM inversion with feature recording, AdaIN of the initial latent, reversion with K/V injection.
 
 One empty-prompt embedding, no guidance batch: a UNet call sees the style alone (batch 1) or a batch of
-contents. The loop sets `clock.t` to the timestep VALUE before each call; processors record and inject
-under that key, so reversion at t reads exactly what inversion recorded at t.
+contents. The engine's DDIM loop (common.sd.sampling) sets `clock.t` to the timestep VALUE before each call;
+processors record and inject under that key, so reversion at t reads exactly what inversion recorded at t.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 from common.jittor_env import load_jittor
+from common.sd.sampling import TextConditioned, ddim
+from common.stage import Beat
 
 from consumer.adain import adain
-from consumer.ddim_loop import Beat, ddim
 from consumer.features import FeatureStore, StepClock
 from consumer.processors import InjectProcessor, RecordProcessor, hook_name
 
@@ -47,11 +48,19 @@ class StyleID:
         self.unet, self.scheduler, self.cond = unet, scheduler, cond
         self.steps, self.gamma, self.temperature, self.adain = steps, gamma, temperature, adain
         self.clock = StepClock()
+        self.model = TextConditioned(unet, cond)  # the UNet on fp32 latents with the empty prompt
 
-    def model(self, x, t):
-        """The UNet on fp32 latents x (B, 4, h, w) with the empty prompt; fp32 output."""
-        cond = self.cond if x.shape[0] == 1 else self.cond.broadcast((x.shape[0],) + tuple(self.cond.shape[1:]))
-        return self.unet(x.cast(cond.dtype), t, cond).float32()
+    def loop(self, x, inverse: bool, beat: Optional[Beat] = None, phase: str = "ddim"):
+        """The engine's DDIM loop with the clock set to each call's timestep (cleared after), beating per step."""
+        def tick(t):
+            self.clock.t = t
+
+        progress = None if beat is None else (lambda i, steps: beat(f"{phase} {i}/{steps}"))
+        try:
+            return ddim(self.model, self.scheduler, x, self.steps, inverse=inverse, before_call=tick,
+                        after_step=progress)
+        finally:
+            self.clock.t = None
 
     @contextmanager
     def processors(self, processors: Dict[str, object]):
@@ -64,24 +73,24 @@ class StyleID:
         finally:
             self.unet.set_processors(previous)
 
-    def invert(self, z0, kinds: str, beat: Beat = None, phase: str = "invert"):
+    def invert(self, z0, kinds: str, beat: Optional[Beat] = None, phase: str = "invert"):
         """DDIM-invert fp32 latents z0, recording `kinds` ("kv" or "q") in the layers: (x_T, FeatureStore)."""
         store = FeatureStore()
         hooks = {name: RecordProcessor(name, self.clock, store, kinds) for name in self.names}
         with jt.no_grad(), self.processors(hooks):
-            x_T = ddim(self.model, self.scheduler, z0.float32(), self.steps, self.clock, True, beat, phase)
+            x_T = self.loop(z0.float32(), True, beat, phase)
         return x_T, store
 
-    def invert_style(self, z_style, beat: Beat = None) -> StyleFeatures:
+    def invert_style(self, z_style, beat: Optional[Beat] = None) -> StyleFeatures:
         """The once-per-style part: x_T and K, V of the (1, 4, h, w) style latent."""
         x_T, kv = self.invert(z_style, "kv", beat, "style inversion")
         return StyleFeatures(x_T, kv)
 
-    def stylize(self, z_content, style: StyleFeatures, beat: Beat = None):
+    def stylize(self, z_content, style: StyleFeatures, beat: Optional[Beat] = None):
         """Content latents (B, 4, h, w) -> stylized latents: invert recording Q, AdaIN, inject while reverting."""
         x_T, q = self.invert(z_content, "q", beat, "content inversion")
         x = adain(x_T, style.x_T) if self.adain else x_T
         hooks = {name: InjectProcessor(name, self.clock, q, style.kv, self.gamma, self.temperature)
                  for name in self.names}
         with jt.no_grad(), self.processors(hooks):
-            return ddim(self.model, self.scheduler, x, self.steps, self.clock, False, beat, "reversion")
+            return self.loop(x, False, beat, "reversion")

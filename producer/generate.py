@@ -1,14 +1,17 @@
 """Text to image: DDIM with classifier-free guidance, as JDiffusion's StableDiffusionPipeline does it.
 
-Each image's starting noise comes from NumPy seeded by that image's own seed, so an image does not
-depend on the device, on the batch it shares, or on its place in that batch.
+Each image's starting noise comes from NumPy seeded by that image's own seed, so its noise does not depend
+on the device, on the batch it shares, or on its place in that batch.
 """
 import hashlib
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from common.jittor_env import load_jittor
+from common.sd.pipeline import require_finite
+from common.sd.sampling import ClassifierFreeGuidance, TextConditioned, ddim
+from common.stage import Beat
 
 jt = load_jittor()
 
@@ -27,12 +30,13 @@ def initial_noise(seed: int, shape: Sequence[int]) -> np.ndarray:
 
 def generate(sd, prompts: List[str], seeds: List[int], size: int = 512, steps: int = 25,
              guidance: float = 7.5, negative_prompt: str = "",
-             beat: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, np.ndarray]:
+             beat: Optional[Beat] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Generate one image per (prompt, seed) in one batch.
 
     Returns (latents float32 (B,4,h,w), already scaled by the VAE's scaling_factor; images uint8 (B,H,W,3)).
     Guidance runs the unconditional and conditional halves in one UNet call ([uncond; cond], as diffusers);
     with guidance <= 1 the unconditional half is skipped (it would not change the result).
+    Raises NonFiniteError naming the batch positions whose latent or decoded image has NaN/inf.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
@@ -43,20 +47,16 @@ def generate(sd, prompts: List[str], seeds: List[int], size: int = 512, steps: i
     shape = (sd.unet.config["in_channels"], size // factor, size // factor)
     x = jt.array(np.stack([initial_noise(s, shape) for s in seeds]))
     use_guidance = guidance > 1.0
+    progress = None if beat is None else (lambda i, total: beat(f"gen {i}/{total}"))
     with jt.no_grad():
         texts = ([negative_prompt] * n if use_guidance else []) + list(prompts)
         context = sd.encode_prompt(texts)
-        for i, t in enumerate(sd.scheduler.timesteps(steps)):
-            t = int(t)
-            model_in = jt.concat([x, x], dim=0) if use_guidance else x
-            out = sd.unet(model_in.cast(context.dtype), t, context).float32()
-            if use_guidance:
-                uncond, cond = out[:n], out[n:]
-                out = uncond + guidance * (cond - uncond)
-            x = sd.scheduler.step(out, t, x, steps)
-            x.sync()
-            if beat is not None:
-                beat(f"gen {i + 1}/{steps}")
+        if use_guidance:
+            model = ClassifierFreeGuidance(sd.unet, context, guidance)
+        else:
+            model = TextConditioned(sd.unet, context)
+        x = ddim(model, sd.scheduler, x, steps, after_step=progress)
+        latents = x.numpy().astype(np.float32)
+        require_finite(latents, "latent")
         images = sd.decode_latents(x)
-    latents = x.numpy().astype(np.float32)
     return latents, images

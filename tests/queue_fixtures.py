@@ -25,7 +25,7 @@ STYLES = {"00": ["Dolphin", "Lighthouse", "A cat / dog?"], "01": ["Tree", "Bicyc
 FAST = {"queue": {"fsync": "none", "heartbeat_s": 0.1, "ttl_loading_s": 1.0, "ttl_working_s": 1.0,
                   "backoff_base_s": 0.0, "restart_base_s": 0.05, "kill_grace_s": 0.5, "stop_grace_s": 3.0},
         "stages": {"graph": "common.devkit.fake_stage:graph"},
-        "producer": {"batch": 2, "missing_lora": "warn"}, "consumer": {"batch": 2}}  # the fakes need no LoRA
+        "lora": {"missing": "warn"}, "producer": {"batch": 2}, "consumer": {"batch": 2}}  # the fakes need no LoRA
 
 
 def make_dataset(root: Path, styles: dict = None) -> Path:

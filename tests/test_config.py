@@ -1,7 +1,7 @@
 """The YAML config: typed values, and one-line errors that name the key and the file."""
 import pytest
 
-from common.config import ConfigError, RunConfig, load_config
+from common.config import ConfigError, load_config
 
 
 def write(tmp_path, text):
@@ -33,6 +33,10 @@ def test_values_are_typed_and_nested(tmp_path):
     ("queue:\n  fsync: sometimes\n", "queue.fsync"),
     ("consumer:\n  temperature: 0\n", "consumer.temperature"),
     ("consumer:\n  layers: [up_blocks.3.attn]\n", "consumer.layers"),
+    ("lora:\n  missing: ignore\n", "lora.missing"),
+    ("lora:\n  scale: high\n", "lora.scale"),
+    ("consumer:\n  size: 100\n", "consumer.size"),
+    ("lora:\n  dir: a\nproducer:\n  lora_dir: b\n", "producer.lora_dir"),
 ])
 def test_a_bad_key_or_value_is_one_line_naming_file_and_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as e:
@@ -52,8 +56,32 @@ def test_missing_file_says_which(tmp_path):
 
 
 def test_pixel_hash_ignores_batching_but_not_pixels():
-    base = RunConfig()
+    base = load_config()
     assert load_config(overrides={"producer.batch": 1}).pixel_hash() == base.pixel_hash()
     assert load_config(overrides={"consumer.cached_styles": 9}).pixel_hash() == base.pixel_hash()
-    assert load_config(overrides={"consumer.gamma": 0.3}).pixel_hash() != base.pixel_hash()
-    assert load_config(overrides={"producer.seed": 1}).pixel_hash() != base.pixel_hash()
+    for key, value in (("consumer.gamma", 0.3), ("producer.seed", 1), ("lora.scale", 0.5), ("lora.dir", "x"),
+                       ("lora.missing", "warn"), ("consumer.size", 256)):
+        assert load_config(overrides={key: value}).pixel_hash() != base.pixel_hash(), key
+
+
+def test_the_consumer_size_defaults_to_the_producer_size():
+    assert load_config(overrides={"producer.size": 256}).consumer.size == 256
+    assert load_config(overrides={"producer.size": 256, "consumer.size": 128}).consumer.size == 128
+
+
+def test_the_old_lora_keys_are_read_into_the_lora_section_with_a_one_line_note(tmp_path, capsys):
+    old = load_config(write(tmp_path, "producer:\n  lora_dir: loras\n  lora_subdir: s{style}\n  lora_names: [a.bin]\n"
+                                      "  lora_scale: 0.5\n  missing_lora: warn\n  steps: 3\n"))
+    notes = capsys.readouterr().err.strip().splitlines()
+    new = load_config(write(tmp_path, "lora:\n  dir: loras\n  subdir: s{style}\n  names: [a.bin]\n  scale: 0.5\n"
+                                      "  missing: warn\nproducer:\n  steps: 3\n"))
+    assert old.lora == new.lora and old.producer == new.producer and old.pixel_hash() == new.pixel_hash()
+    assert len(notes) == 5 and capsys.readouterr().err == ""
+    assert all("c.yaml" in line and "deprecated" in line for line in notes)
+    assert "producer.lora_dir" in notes[0] and "lora.dir" in notes[0]
+    assert any("producer.missing_lora" in line and "lora.missing" in line for line in notes)
+
+
+def test_setting_an_old_lora_key_and_its_new_name_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"c.yaml: both producer.lora_scale \(deprecated\) and lora.scale"):
+        load_config(write(tmp_path, "lora:\n  scale: 1.0\nproducer:\n  lora_scale: 0.5\n"))

@@ -16,7 +16,7 @@ STEPS = 3
 
 
 def make_config_settings(tiny_model_dir) -> dict:
-    return {"model.path": str(tiny_model_dir), "model.dtype": "float32", "producer.size": 128,
+    return {"model.path": str(tiny_model_dir), "model.dtype": "float32", "consumer.size": 128,
             "consumer.steps": STEPS, "queue.fsync": "none"}
 
 
@@ -139,7 +139,7 @@ def test_restyle_writes_one_png_per_content_image_and_skips_existing(tiny_model_
     from consumer.restyle import main
     config = dataset / "config.yaml"
     config.write_text(yaml.safe_dump({"model": {"path": str(tiny_model_dir), "dtype": "float32"},
-                                      "producer": {"size": 128}, "consumer": {"steps": STEPS},
+                                      "consumer": {"size": 128, "steps": STEPS},
                                       "queue": {"fsync": "none"}}))
     contents = dataset / "photos"
     contents.mkdir()
@@ -156,7 +156,7 @@ def test_restyle_writes_one_png_per_content_image_and_skips_existing(tiny_model_
 
 def test_the_base_model_is_used_unless_use_lora_and_a_lora_left_by_another_stage_is_removed(tiny_model_dir, dataset):
     base = run(make_stage(tiny_model_dir), dataset, "base", n=1)
-    lora_dir = {"producer.lora_dir": str(tiny_model_dir / "loras")}
+    lora_dir = {"lora.dir": str(tiny_model_dir / "loras")}
     from consumer.stage import ConsumerStage
     with_lora = ConsumerStage(load_config(None, dict(make_config_settings(tiny_model_dir), **lora_dir,
                                                      **{"consumer.use_lora": True})), "cpu")
@@ -164,12 +164,29 @@ def test_the_base_model_is_used_unless_use_lora_and_a_lora_left_by_another_stage
     assert run(make_stage(tiny_model_dir), dataset, "base-again", n=1) == base
 
 
-def test_use_lora_without_a_lora_follows_producer_missing_lora(tiny_model_dir, dataset):
+def test_use_lora_without_a_lora_follows_lora_missing(tiny_model_dir, dataset):
     from consumer.stage import ConsumerStage
     settings = dict(make_config_settings(tiny_model_dir), **{"consumer.use_lora": True,
-                                                             "producer.lora_dir": str(dataset / "no-loras")})
-    strict = ConsumerStage(load_config(None, dict(settings, **{"producer.missing_lora": "error"})), "cpu")
+                                                             "lora.dir": str(dataset / "no-loras")})
+    strict = ConsumerStage(load_config(None, dict(settings, **{"lora.missing": "error"})), "cpu")
     with pytest.raises(FileNotFoundError, match="no LoRA for style 00"):
-        strict._use_weights("00")
-    lenient = ConsumerStage(load_config(None, dict(settings, **{"producer.missing_lora": "warn"})), "cpu")
-    assert lenient._use_weights("00") == "" and lenient.sd._lora.active is None
+        run(strict, dataset, n=1)
+    lenient = ConsumerStage(load_config(None, dict(settings, **{"lora.missing": "warn"})), "cpu")
+    lenient.sd.set_lora(tiny_model_dir / "loras" / "style_01" / "pytorch_lora_weights.bin")  # another stage's
+    with pytest.warns(UserWarning, match="no LoRA for style 00"):
+        assert lenient.weights.apply("00", use_lora=True) is None
+    assert lenient.sd._lora.active is None
+
+
+def test_a_lora_of_nans_fails_the_tasks_naming_them_and_writes_nothing(tiny_model_dir, dataset):
+    from consumer.stage import ConsumerStage
+    from test_producer import nan_lora
+    path = nan_lora(tiny_model_dir, dataset / "nan-loras")
+    settings = dict(make_config_settings(tiny_model_dir), **{"consumer.use_lora": True,
+                                                             "lora.dir": str(dataset / "nan-loras")})
+    with pytest.raises(ValueError) as err:
+        run(ConsumerStage(load_config(None, settings), "cpu"), dataset, n=2)
+    message = str(err.value)
+    assert "\n" not in message and "stylized latent has NaN/inf" in message and str(path) in message
+    assert "style 00, prompt 'prompt 0'" in message and "style 00, prompt 'prompt 1'" in message
+    assert not (dataset / "out").exists()

@@ -29,7 +29,7 @@ def test_prepare_demo_writes_a_valid_config_dataset_and_loras_once(tmp_path):
         folder = Path(config.dataset) / style
         assert list(json.loads((folder / "prompt.json").read_text()).values()) == prompts
         assert all(png_is_complete(p) for p in (folder / "images").glob("*.png"))
-        assert any((Path(config.producer.lora_dir) / f"style_{style}").glob("pytorch_lora_weights.*"))
+        assert any((Path(config.lora.dir) / f"style_{style}").glob("pytorch_lora_weights.*"))
     assert (Path(config.model.path) / "model_index.json").is_file()
     assert config.producer.size == 128 and config.model.dtype == "float32"
     before = snapshot(tmp_path)

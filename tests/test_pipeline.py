@@ -73,3 +73,20 @@ def test_fp16_loads_unet_and_text_encoder_in_half_and_vae_in_float(tiny_model_di
     assert str(sd.vae.decoder.conv_in.weight.dtype) == "float32"
     with pytest.raises(ValueError, match="bfloat16"):
         StableDiffusion.load(tiny_model_dir, "bfloat16", "cpu")
+
+
+def test_loading_checks_the_process_device_and_changes_no_flag(tiny_model_dir):
+    from common.jittor_env import DeviceUnavailable
+    before = jt.flags.use_cuda
+    other = "cpu" if before else "cuda"  # the device this process does not run on
+    with pytest.raises(DeviceUnavailable, match="no CUDA" if not jt.has_cuda else "not cpu"):
+        StableDiffusion.load(tiny_model_dir, "float32", other)
+    assert jt.flags.use_cuda == before
+
+
+def test_decoding_refuses_nan_latents_naming_their_batch_positions(sd):
+    z = np.zeros((3, 4, 8, 8), np.float32)
+    z[1, 0, 2, 3] = np.nan
+    with pytest.raises(pipeline.NonFiniteError, match=r"decoded image at batch position\(s\) \[1\]") as err:
+        sd.decode_latents(z)
+    assert err.value.indices == [1]

@@ -21,16 +21,17 @@ def tiny(tiny_model_dir) -> Path:
     return tiny_model_dir
 
 
-def make_config(tiny: Path, **producer):
-    settings = {"model.path": str(tiny), "model.dtype": "float32", "producer.lora_dir": str(tiny / "loras"),
+def make_config(tiny: Path, lora=None, **producer):
+    settings = {"model.path": str(tiny), "model.dtype": "float32", "lora.dir": str(tiny / "loras"),
                 "producer.size": 128, "producer.steps": STEPS, "queue.fsync": "none"}
+    settings.update({f"lora.{k}": v for k, v in (lora or {}).items()})
     settings.update({f"producer.{k}": v for k, v in producer.items()})
     return load_config(None, settings)
 
 
-def make_stage(tiny: Path, **producer):
+def make_stage(tiny: Path, lora=None, **producer):
     from producer.stage import ProducerStage
-    return ProducerStage(make_config(tiny, **producer), "cpu")
+    return ProducerStage(make_config(tiny, lora, **producer), "cpu")
 
 
 def make_task(out: Path, prompt: str, seed: int, style: str = "00") -> Task:
@@ -106,8 +107,8 @@ def test_the_latent_written_decodes_to_the_png_written(tiny, tmp_path):
 
 def test_a_lora_changes_the_output_and_a_zero_scale_lora_does_not(tiny, tmp_path):
     with_lora = run(make_stage(tiny), tmp_path / "lora", prompts=PROMPTS[:1])[0]
-    zero = run(make_stage(tiny, lora_scale=0.0), tmp_path / "zero", prompts=PROMPTS[:1])[0]
-    base = run(make_stage(tiny, lora_dir=str(tmp_path / "none"), missing_lora="warn"), tmp_path / "base",
+    zero = run(make_stage(tiny, {"scale": 0.0}), tmp_path / "zero", prompts=PROMPTS[:1])[0]
+    base = run(make_stage(tiny, {"dir": str(tmp_path / "none"), "missing": "warn"}), tmp_path / "base",
                prompts=PROMPTS[:1])[0]
     z_lora, z_zero, z_base = (np.load(t.content_latent) for t in (with_lora, zero, base))
     assert np.abs(z_lora - z_base).max() > 1e-3
@@ -123,17 +124,19 @@ def test_switching_styles_swaps_the_lora_and_back_without_drift(tiny, tmp_path):
     assert np.abs(np.load(first.content_latent) - np.load(again.content_latent)).max() <= 1e-5
 
 
-def test_a_missing_lora_is_an_error_naming_the_folder_and_the_fix(tiny, tmp_path):
-    stage = make_stage(tiny, lora_dir=str(tmp_path / "nowhere"))
+@pytest.mark.parametrize("missing", ["error", "train"])
+def test_a_missing_lora_is_an_error_naming_the_folder_and_the_fix(tiny, tmp_path, missing):
+    stage = make_stage(tiny, {"dir": str(tmp_path / "nowhere"), "missing": missing})
     with pytest.raises(FileNotFoundError) as err:
         run(stage, tmp_path, prompts=PROMPTS[:1])
     message = str(err.value)
     assert "\n" not in message
-    assert str(tmp_path / "nowhere" / "style_00") in message and "missing_lora: warn" in message
+    assert str(tmp_path / "nowhere" / "style_00") in message and "lora.missing: warn" in message
+    assert not list(tmp_path.rglob("*.png"))
 
 
 def test_a_missing_lora_with_warn_uses_the_base_model_and_warns_once_per_style(tiny, tmp_path):
-    stage = make_stage(tiny, lora_dir=str(tmp_path / "nowhere"), missing_lora="warn")
+    stage = make_stage(tiny, {"dir": str(tmp_path / "nowhere"), "missing": "warn"})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run(stage, tmp_path / "a", "00", PROMPTS[:1])
@@ -149,7 +152,7 @@ def test_the_jdiffusion_bin_name_is_found_first(tiny, tmp_path):
     folder.mkdir(parents=True)
     (folder / "pytorch_lora_weights.safetensors").write_bytes(b"x")
     (folder / "pytorch_lora_weights.bin").write_bytes(b"x")
-    config = make_config(tiny, lora_dir=str(tmp_path / "style"))
+    config = make_config(tiny, {"dir": str(tmp_path / "style")})
     assert lora_path(config, "07") == folder / "pytorch_lora_weights.bin"
     assert lora_path(config, "08") is None
 
@@ -159,3 +162,24 @@ def test_beat_is_called_at_least_once_per_step(tiny, tmp_path):
     stage = make_stage(tiny, batch=1)
     stage.run([make_task(tmp_path, p, s) for p, s in PROMPTS[:2]], beats.append)
     assert len(beats) >= 2 * STEPS  # two batches
+
+
+def nan_lora(tiny: Path, folder: Path) -> Path:
+    """Style 00's LoRA with every value NaN, as lora.dir/style_00/ under `folder`."""
+    from safetensors.numpy import load_file, save_file
+    source = tiny / "loras" / "style_00" / "pytorch_lora_weights.safetensors"
+    target = folder / "style_00" / source.name
+    target.parent.mkdir(parents=True)
+    save_file({k: np.full_like(v, np.nan) for k, v in load_file(str(source)).items()}, str(target))
+    return target
+
+
+def test_a_lora_of_nans_fails_the_task_naming_it_and_writes_nothing(tiny, tmp_path):
+    path = nan_lora(tiny, tmp_path / "loras")
+    stage = make_stage(tiny, {"dir": str(tmp_path / "loras")}, batch=2)
+    with pytest.raises(ValueError) as err:
+        run(stage, tmp_path / "out", prompts=PROMPTS[:2])
+    message = str(err.value)
+    assert "\n" not in message and "NaN/inf" in message and str(path) in message
+    assert "style 00, prompt 'Dolphin'" in message and "style 00, prompt 'Lighthouse'" in message
+    assert not (tmp_path / "out").exists()

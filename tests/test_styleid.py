@@ -8,8 +8,7 @@ from common.sd.ddim import DDIMScheduler
 from common.sd.weights import load_state_dict
 from common.sd.unet import UNet2DConditionModel
 from common.devkit.tiny_weights import SCHEDULER, UNET, tiny_state_dict
-from consumer.ddim_loop import ddim
-from consumer.features import FeatureStore, StepClock
+from consumer.features import FeatureStore
 from consumer.processors import RecordProcessor, hook_name
 from consumer.styleid import StyleID
 
@@ -55,10 +54,27 @@ def test_inversion_then_plain_reversion_reconstructs_better_with_more_steps(sd, 
         styleid = _styleid(sd, cond, steps=steps, layers=())
         x_T, _ = styleid.invert(z0, "")
         with jt.no_grad():
-            back = ddim(styleid.model, sd.scheduler, x_T, steps, StepClock(), inverse=False)
+            back = styleid.loop(x_T, inverse=False)
         errors.append(float(np.abs(back.numpy() - z0.numpy()).mean()))
     assert errors[0] > errors[1] > errors[2], errors
     assert errors[2] < 0.5 * errors[0], errors  # first-order: the error shrinks about as 1/steps
+
+
+def test_the_clock_holds_each_calls_timestep_value_and_is_cleared_after_and_beats_name_the_phase(sd, cond):
+    styleid, seen, beats = _styleid(sd, cond, steps=5, layers=()), [], []
+
+    def model(x, t):
+        seen.append((styleid.clock.now(), t))
+        return x * 0.0
+
+    styleid.model = model
+    styleid.loop(_latents(0), inverse=True, beat=beats.append, phase="style inversion")
+    styleid.loop(_latents(0), inverse=False)
+    assert seen == [(t, t) for t in (1, 201, 401, 601, 801)] + [(t, t) for t in (801, 601, 401, 201, 1)]
+    assert beats == [f"style inversion {i}/5" for i in range(1, 6)]
+    assert styleid.clock.t is None
+    with pytest.raises(RuntimeError):
+        styleid.clock.now()
 
 
 def test_only_the_configured_layers_record_at_every_timestep_with_their_shapes(sd, cond):
@@ -95,8 +111,7 @@ def test_without_layers_stylizing_is_plain_inversion_and_reversion(sd, cond):
     style = styleid.invert_style(_latents(4))
     out = styleid.stylize(z, style).numpy()
     with jt.no_grad():
-        x_T = ddim(styleid.model, sd.scheduler, z, STEPS, StepClock(), inverse=True)
-        plain = ddim(styleid.model, sd.scheduler, x_T, STEPS, StepClock(), inverse=False)
+        plain = styleid.loop(styleid.loop(z, inverse=True), inverse=False)
     np.testing.assert_array_equal(out, plain.numpy())
 
 

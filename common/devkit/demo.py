@@ -83,7 +83,8 @@ def demo_settings(workdir: Path) -> dict:
         "output": str(workdir / "output"),
         "queue_dir": str(workdir / "queue_dir"),
         "model": {"path": str(workdir / "model"), "dtype": "float32"},
-        "producer": {"lora_dir": str(workdir / "style"), "size": SIZE, "steps": 10, "batch": 3},
+        "lora": {"dir": str(workdir / "style")},
+        "producer": {"size": SIZE, "steps": 10, "batch": 3},
         "consumer": {"steps": 10, "batch": 3},
         "queue": {"fsync": "none"},
     }

@@ -1,17 +1,16 @@
 """StableDiffusion: the loaded SD 2.x components and the few helpers both stages share.
 
-A thin bundle, not a sampler: the producer and the consumer write their own loops over `unet` and
-`scheduler`. `shared()` keeps one copy per process, so a worker running both stages loads the model once;
-`set_lora` swaps LoRA deltas in place (the base files are read once, at load).
+A thin bundle, not a sampler: both stages sample with `common.sd.sampling` over `unet` and `scheduler`.
+`shared()` keeps one copy per process, so a worker running both stages loads the model once; `set_lora`
+swaps LoRA deltas in place (the base files are read once, at load). Loading checks the process's device
+(chosen once by `common.jittor_env.use_device`) and never changes it.
 """
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from common.jittor_env import load_jittor
-from common.stage import DeviceError
+from common.jittor_env import load_jittor, require_device
 from common.sd.clip import CLIPTextModel, CLIPTokenizer, rename_text_encoder_keys
 from common.sd.ddim import DDIMScheduler
 from common.sd.lora import LoraMerger, LoraSet
@@ -24,6 +23,23 @@ DTYPES = ("float32", "float16")
 _SHARED = {}
 _SHARED_LOCK = threading.Lock()
 _LORA_CACHE_SIZE = 8
+
+
+class NonFiniteError(ValueError):
+    """Latents or decoded images with NaN/inf (e.g. from a broken LoRA): they would become black pixels.
+    `.what` names the tensor, `.indices` the batch positions affected."""
+
+    def __init__(self, what: str, indices):
+        self.what, self.indices = what, list(indices)
+        super().__init__(f"the {what} at batch position(s) {self.indices} has NaN/inf values")
+
+
+def require_finite(batch, what: str) -> None:
+    """Raise NonFiniteError unless every item of `batch` (a Var or array, batch first) is finite."""
+    values = batch.numpy() if hasattr(batch, "numpy") else np.asarray(batch)
+    finite = np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)
+    if not finite.all():
+        raise NonFiniteError(what, np.flatnonzero(~finite).tolist())
 
 
 class StableDiffusion:
@@ -39,16 +55,11 @@ class StableDiffusion:
 
     @classmethod
     def load(cls, path_or_repo_id, dtype: str = "float32", device: str = "cuda") -> "StableDiffusion":
-        """Build the components from `path_or_repo_id` (a folder, or a repo id in the HF cache) offline."""
+        """Build the components from `path_or_repo_id` (a folder, or a repo id in the HF cache) offline.
+        Raises common.jittor_env.DeviceUnavailable when this process's Jittor does not run on `device`."""
         if dtype not in DTYPES:
             raise ValueError(f"model dtype {dtype!r} is unsupported; use one of {DTYPES}")
-        jt = load_jittor()
-        if device == "cpu":
-            jt.flags.use_cuda = 0
-        elif not jt.flags.use_cuda:
-            raise DeviceError(f"a GPU was asked for but Jittor has no CUDA here (CUDA_VISIBLE_DEVICES="
-                              f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}); check the driver and nvcc, "
-                              f"or run with --gpus cpu")
+        require_device(device)
         folder = resolve_model_folder(path_or_repo_id)
         models = {}
         for name, cls_, half in (("unet", UNet2DConditionModel, True), ("vae", AutoencoderKL, False),
@@ -91,11 +102,13 @@ class StableDiffusion:
             return self.text_encoder(jt.array(self.tokenizer(prompts)))
 
     def decode_latents(self, latents) -> np.ndarray:
-        """Scaled latents (B, 4, h, w) → uint8 images (B, 8h, 8w, 3), as diffusers' pipeline outputs them."""
+        """Scaled latents (B, 4, h, w) → uint8 images (B, 8h, 8w, 3), as diffusers' pipeline outputs them.
+        Raises NonFiniteError when a decoded image has NaN/inf (the clamp would make them black pixels)."""
         jt = load_jittor()
         with jt.no_grad():
             z = (latents if isinstance(latents, jt.Var) else jt.array(np.asarray(latents))).float32()
             x = self.vae.decode(z / self.vae.scaling_factor)
+            require_finite(x, "decoded image")
             x = ((x / 2 + 0.5).clamp(0.0, 1.0) * 255.0).round()
             return x.numpy().astype(np.uint8).transpose(0, 2, 3, 1)
 
