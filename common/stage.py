@@ -22,8 +22,8 @@ class Task:
     content_png: Optional[Path]  # gen output: the DreamBooth-only content image
     content_latent: Optional[Path]  # gen output: its final latent (.npy), the hand-off to sty
     output_png: Optional[Path]  # sty output: the stylized result
-    lora_file: Path  # the style's LoRA: where the producer looks, where training writes
-    scratch_dir: Path  # the job's working files (training checkpoints), kept across attempts
+    lora_file: Optional[Path] = None  # the style's LoRA: where the producer looks, where training writes
+    scratch_dir: Optional[Path] = None  # the job's working files (training checkpoints), kept across attempts
 
 
 Beat = Callable[[str], None]

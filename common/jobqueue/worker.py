@@ -105,7 +105,7 @@ class Worker:
                 self.q.quarantine(kind, path, str(e))
                 continue
             jobs.append(job)
-        return jobs
+        return sorted(jobs, key=lambda j: j.id)  # a batch's order is its ids', not the claim race's
 
     def run(self) -> int:
         """Work until no job is left in flight (0) or a stop is requested (0)."""
