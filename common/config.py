@@ -63,7 +63,7 @@ class ConsumerConfig:
     style_image: Optional[str] = None  # a file name inside STYLE/images/; None: the first in sorted order
     batch: int = 4
     cached_styles: int = 2  # styles whose inversion a worker keeps (LRU)
-    use_lora: bool = False  # StyleID runs on the base model by default (STYLEID.md §6)
+    use_lora: bool = False  # StyleID runs on the base model by default (docs/styleid.md §12)
 
 
 @dataclass(frozen=True)

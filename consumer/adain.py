@@ -1,6 +1,6 @@
-"""AdaIN of the initial latent (STYLEID.md §5): give each content sample the style's channel statistics.
+"""AdaIN of the initial latent (docs/styleid.md §7): give each content sample the style's channel statistics.
 
-Statistics are per sample and channel over H×W (never over the batch, which the predecessor pooled), with
+Statistics are per sample and channel over H×W (never over the batch, as the original StyleID code did), with
 the population std so tests compare exactly; fp32 on the device, no NumPy round trip.
 """
 from common.jittor_env import load_jittor

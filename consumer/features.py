@@ -2,7 +2,8 @@
 
 The DDIM loop sets `clock.t` before every UNet call; processors read it to know under which key to record
 or which record to inject. There are no counters: an extra UNet call, a split batch or a reused processor
-cannot shift the alignment (the predecessor's pitfalls 2, 3 and 9), and a missing key raises.
+cannot shift the alignment, as a step counter or matching records to layers by order would (docs/styleid.md §4),
+and a missing key raises.
 """
 from typing import Dict, Optional, Tuple
 

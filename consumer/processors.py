@@ -1,4 +1,4 @@
-"""StyleID's self-attention processors (STYLEID.md §3-4), installed on the configured `attn1` layers only.
+"""StyleID's self-attention processors (docs/styleid.md §5-6), installed on the configured `attn1` layers only.
 
 `RecordProcessor` is plain self-attention that also keeps some of its projections (the style's K and V,
 the content's Q) under the clock's timestep. `InjectProcessor` attends with the query preserved from the

@@ -1,7 +1,7 @@
 """The per-worker cache of style inversions: computed once per style, reused for all its content images.
 
 A style's x_T and K/V cost `steps` UNet calls and, at 512² fp16 with 50 steps and six layers, 1.1 GiB
-(STYLEID.md §3); a bounded LRU keeps the `capacity` most recently used. The key names everything the
+(docs/styleid.md §9); a bounded LRU keeps the `capacity` most recently used. The key names everything the
 features depend on: the style image's bytes, the model (and LoRA), the size, the steps and the layers.
 """
 import hashlib

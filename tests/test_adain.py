@@ -1,4 +1,4 @@
-"""AdaIN of the initial latent (STYLEID.md §5, §9.4)."""
+"""AdaIN of the initial latent (docs/styleid.md §7)."""
 import numpy as np
 
 from common.jittor_env import load_jittor

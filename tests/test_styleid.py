@@ -1,4 +1,4 @@
-"""StyleID on the tiny random SD-2.1-shaped model, CPU fp32 (STYLEID.md §9.3, 7, 8, 10)."""
+"""StyleID on the tiny random SD-2.1-shaped model, CPU fp32 (docs/styleid.md §3, §5, §10, §11)."""
 import numpy as np
 import pytest
 

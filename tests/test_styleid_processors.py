@@ -1,4 +1,4 @@
-"""StyleID's record/inject processors on one attention layer (STYLEID.md §4, §9.5-6)."""
+"""StyleID's record/inject processors on one attention layer (docs/styleid.md §4, §6)."""
 import numpy as np
 import pytest
 

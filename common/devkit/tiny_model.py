@@ -50,7 +50,7 @@ FAMILIES = {
             "pad_token": "<|endoftext|>"},
 }
 LORA_FILE = {"safetensors": "pytorch_lora_weights.safetensors", "bin": "pytorch_lora_weights.bin"}
-# The UNet attention projections JDiffusion's DreamBooth LoRA adapts (SD21.md §4).
+# The UNet attention projections JDiffusion's DreamBooth LoRA adapts (docs/engine.md §12).
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
