@@ -151,3 +151,13 @@ def test_hysteresis_reduces_stage_switches():
     sim = load_sim()
     work = sim.Work.make(styles=10, prompts=20, ratio=0.5, seed=1)
     assert sim.simulate(work, 4).switches < sim.simulate(work, 4, hysteresis=False).switches
+
+
+def test_training_first_keeps_every_gpu_busy_and_beats_training_everything_before_generating():
+    sim = load_sim()
+    assert sim.pipeline_stages() == (["train"], "gen", "sty")  # the simulation's stages are the graph's
+    work = sim.Work.make(styles=10, prompts=8, ratio=0.5, seed=1, train_ratio=40.0)
+    for n in (1, 2, 4):
+        assert sim.simulate(work, n, "burst" if n == 1 else "elastic").over_ideal < 1.05
+    ours, barrier = sim.simulate(work, 4), sim.simulate(work, 4, barrier=True)
+    assert ours.makespan < barrier.makespan  # 10 LoRAs on 4 GPUs: the last round's idle GPUs generate
