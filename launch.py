@@ -49,6 +49,10 @@ class UsageError(ValueError):
     pass
 
 
+class Locked(RuntimeError):
+    """Another launcher holds the queue or the output folder (exit 75); the message names it."""
+
+
 class QueueFolderError(ValueError):
     """The queue folder holds what the queue did not make (a symbolic link): one line naming it."""
 
@@ -138,9 +142,8 @@ def _take(lock_path: Path, holder_path: Path, what: str, info: dict) -> FileLock
                 who += f" (queue folder {h['queue_dir']})"
         except (OSError, ValueError, KeyError, TypeError):
             who = "another launcher"
-        print(f"error: {what} is in use by {who}; wait for it or stop it (python launch.py status shows "
-              "progress)", file=sys.stderr)
-        raise SystemExit(EXIT_LOCKED)
+        raise Locked(f"{what} is in use by {who}; wait for it or stop it (python launch.py status shows "
+                     "progress)") from None
     write_bytes(holder_path, json.dumps(info).encode(), fsync=False)  # a rename: replaces, never follows
     return lock
 
@@ -322,6 +325,9 @@ def main(argv=None) -> int:
     except (ConfigError, DatasetError, NamingError, ManifestError, UsageError, QueueFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Locked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_LOCKED
     except KeyboardInterrupt:  # before the supervisor took over Ctrl-C: planning is idempotent
         print("error: interrupted before the workers started; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
