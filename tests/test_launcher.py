@@ -109,7 +109,7 @@ def test_ctrl_c_releases_jobs_and_the_next_run_resumes(tmp_path):
 
 
 def test_hung_worker_is_killed_and_its_job_retried(tmp_path):
-    path = write_config(tmp_path)
+    path = write_config(tmp_path, queue={"ttl_loading_s": 3.0})  # a stage's first batch runs under this TTL
     marker = tmp_path / "hung-once"
     result = run_launcher(path, env={"JSTYLEID_HANG": f"Tree:{marker}"})
     assert result.returncode == 0, result.stderr
