@@ -158,3 +158,31 @@ def test_ctrl_c_while_planning_exits_130_with_one_line(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "interrupted" in err and "rerun" in err, err
     assert planner  # the real planner is untouched
+
+
+@pytest.mark.parametrize("stage", ["gen", "sty"])
+def test_a_dead_letter_is_requeued_by_a_plain_rerun_once_a_file_it_reads_changed(tmp_path, stage):
+    import time
+    from common.devkit.fake_stage import FakeGen
+    from common.jobqueue.planner import plan
+    path = write_config(tmp_path, lora={"missing": "warn", "dir": str(tmp_path / "loras")})
+    config, graph, nodes, q = graph_of(path)
+    q.layout.make()
+    plan(q, nodes)
+    wid = "host-gcpu-7"
+    (job,) = q.claimer("gen", wid).claim(1)
+    if stage == "sty":  # its content is made; the StyleID job fails
+        FakeGen(config, "cpu").run([graph.task(job)], lambda phase: None)
+        q.complete(wid, job)
+        (job,) = q.claimer("sty", wid).claim(1)
+    job.attempts = job.max_attempts - 1
+    assert q.fail(wid, job, "exception", "ImageError: ref.png: damaged") == "failed"
+    again = plan(q, nodes)
+    assert [j.id for j in again.failed] == [job.id] and not again.retried  # nothing changed: it stays dead
+    time.sleep(0.05)  # file times come from a coarse clock
+    fixed = graph.task(job).lora_file if stage == "gen" else tmp_path / "data" / job.group / "images" / "ref.png"
+    fixed.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(fixed, format="PNG")  # the user's fix (for gen: a LoRA appears)
+    report = plan(q, nodes)
+    assert [j.id for j in report.retried] == [job.id] and report.queued[stage] == 1 and not report.failed
+    assert job.id in q.scan(stage)["pending"]
