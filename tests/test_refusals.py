@@ -3,7 +3,6 @@ planted in the queue folder or the output folder, a second launcher on the same 
 In every case the user's files must survive."""
 import json
 import os
-import shutil
 
 import pytest
 from filelock import FileLock
@@ -47,20 +46,16 @@ def precious(folder):
     ("{root}/link-to-out", "is"),       # a link resolved: it is the output folder
 ])
 @pytest.mark.parametrize("fresh", [False, True])
-def test_a_queue_dir_overlapping_the_users_files_is_refused(tmp_path, capsys, tiny_model_files, where, relation,
-                                                            fresh):
+def test_a_queue_dir_overlapping_the_users_files_is_refused(tmp_path, capsys, where, relation, fresh):
     (tmp_path / "link-to-out").symlink_to(tmp_path / "out")
-    kept = [precious(tmp_path / "out" / "00"), tmp_path / "data" / "00" / "prompt.json"]
-    model = tmp_path / "model"
-    shutil.copytree(tiny_model_files, model, copy_function=os.link)
     path = write_config(tmp_path, queue_dir=where.format(root=tmp_path), lora={"missing": "warn",
-                        "dir": str(tmp_path / "loras")}, model={"path": str(model)})
-    precious(tmp_path / "loras")
+                        "dir": str(tmp_path / "loras")}, model={"path": str(tmp_path / "model")})
+    kept = [precious(tmp_path / d) for d in ("out/00", "loras/style_00", "model/unet")]
+    kept.append(tmp_path / "data" / "00" / "prompt.json")
     err = refused(capsys, path, *(["--fresh"] if fresh else []))
     assert f" {relation} the " in err and "queue_dir" in err and "of its own" in err
-    assert all(p.exists() for p in kept) and (tmp_path / "loras" / "keep.txt").exists()
-    assert (model / "unet" / "config.json").exists()
-    assert not (tmp_path / "q").exists() and not list(tmp_path.rglob("manifest.json"))
+    assert all(p.exists() for p in kept)
+    assert not list(tmp_path.rglob("manifest.json")) and not list(tmp_path.rglob("launcher.lock"))
 
 
 # -- A4: one launcher per output folder -------------------------------------------------------------------
