@@ -242,6 +242,7 @@ def run(args) -> int:
 
 
 def _run_locked(args, config, config_path, graph, styles, slots, queue) -> int:
+    """Clear (--fresh), plan, supervise and summarise, holding the queue and the output locks."""
     if args.fresh:
         for note in clear_queue(queue, grace=config.queue.kill_grace_s):
             say(note)
