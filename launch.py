@@ -35,7 +35,7 @@ from common.jobqueue import crash
 from common.jobqueue.manifest import ManifestError, check_manifest, write_manifest
 from common.jobqueue.planner import plan
 from common.jobqueue.queue import Queue
-from common.jobqueue.recovery import clear_queue, recover
+from common.jobqueue.recovery import clear_queue, foreign_entries, recover
 from common.jobqueue.status import collect, format_failures, format_status
 from common.jobqueue.supervisor import Supervisor
 from common.naming import NamingError
@@ -116,8 +116,15 @@ def assign_roles(gpus: list, graph, producers) -> list:
 
 
 def check_queue_folder(queue: Queue):
-    """Refuse a queue folder holding a symbolic link anywhere: the queue makes none, and recovery or
-    --fresh would delete, or a write overwrite, what it points at."""
+    """Refuse a queue folder holding a symbolic link anywhere (the queue makes none, and recovery or
+    --fresh would delete, or a write overwrite, what it points at), and a folder that holds no queue but
+    other files (a home folder: --fresh would delete its tmp/ or logs/)."""
+    root = queue.layout.root
+    foreign = [] if queue.layout.manifest.exists() else foreign_entries(queue)
+    if foreign:
+        raise QueueFolderError(f"{root}: holds {foreign[0]!r} ({len(foreign)} entries the queue did not make) and "
+                               "no queue; recovery and --fresh delete what the queue names there: point queue_dir "
+                               "at a new or empty folder")
     links = queue.layout.links()
     if links:
         more = f" ({len(links)} links in all)" if len(links) > 1 else ""

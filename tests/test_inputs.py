@@ -106,8 +106,9 @@ def test_a_negative_heartbeat_is_one_line_exit_2(tmp_path, capsys):
     one_line_exit_2(capsys, ["--config", str(path), "--gpus", "cpu"], "queue.heartbeat_s")
 
 
-def _enospc(*_args, **_kwargs):
-    raise OSError(errno.ENOSPC, "No space left on device")
+def _enospc(filename=None, *_args, **_kwargs):
+    """What a write into a full filesystem raises (the file named, as the OS does)."""
+    raise OSError(errno.ENOSPC, "No space left on device", None if filename is None else str(filename))
 
 
 def test_a_full_disk_while_planning_is_one_line_exit_2_and_a_rerun_resumes(tmp_path, capsys, monkeypatch):
@@ -121,11 +122,12 @@ def test_a_full_disk_while_planning_is_one_line_exit_2_and_a_rerun_resumes(tmp_p
     def link_then_fill(fd, dst):
         calls.append(dst)
         if len(calls) > 2:
-            _enospc()
+            _enospc(dst)
         real(fd, dst)
 
     monkeypatch.setattr(queue_module, "_link_fd", link_then_fill)
-    one_line_exit_2(capsys, ["--config", str(path), "--gpus", "cpu"], "No space left on device", "free space")
+    one_line_exit_2(capsys, ["--config", str(path), "--gpus", "cpu"], "No space left on device", "free space",
+                    str(tmp_path / "q" / "gen" / "pending"))
     monkeypatch.setattr(queue_module, "_link_fd", real)
     config, graph, nodes, q = graph_of(path)
     assert len(q.scan("gen")["pending"]) == 2 and q.layout.manifest.exists()
@@ -186,3 +188,19 @@ def test_a_dead_letter_is_requeued_by_a_plain_rerun_once_a_file_it_reads_changed
     report = plan(q, nodes)
     assert [j.id for j in report.retried] == [job.id] and report.queued[stage] == 1 and not report.failed
     assert job.id in q.scan(stage)["pending"]
+
+
+def test_a_full_disk_while_the_supervisor_reclaims_stops_the_run_with_one_line(tmp_path, monkeypatch):
+    import time
+    from common.jobqueue.supervisor import Supervisor
+    path = write_config(tmp_path)
+    config, graph, nodes, q = graph_of(path)
+    lines = []
+    sup = Supervisor(config, path, [("cpu", "both")], q, log=lines.append)
+    monkeypatch.setattr(q, "reclaim", lambda *a, **k: _enospc(str(q.layout.tmp)))
+    slot = sup.slots[0]
+    slot.wid = "host-gcpu-5"
+    sup._reap(slot, 1, time.time())  # a worker died and its jobs cannot be rewritten
+    assert sup.stopping and sup.signal_code == 2
+    assert any("No space left on device" in line and "rerun" in line for line in lines), lines
+    assert all("\n" not in line for line in lines)

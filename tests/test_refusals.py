@@ -58,6 +58,16 @@ def test_a_queue_dir_overlapping_the_users_files_is_refused(tmp_path, capsys, wh
     assert not list(tmp_path.rglob("manifest.json")) and not list(tmp_path.rglob("launcher.lock"))
 
 
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_folder_holding_other_files_and_no_queue_is_refused(tmp_path, capsys, fresh):
+    home = tmp_path / "home"
+    kept = [precious(home / "logs"), precious(home / "tmp"), precious(home)]
+    path = write_config(tmp_path, queue_dir=str(home))
+    err = refused(capsys, path, *(["--fresh"] if fresh else []))
+    assert "'keep.txt'" in err and "no queue" in err and "new or empty folder" in err
+    assert all(p.read_text() == "mine" for p in kept) and not (home / "manifest.json").exists()
+
+
 # -- A4: one launcher per output folder -------------------------------------------------------------------
 def test_a_second_launcher_with_another_queue_on_the_same_output_exits_75_naming_the_holder(tmp_path, capsys):
     first = write_config(tmp_path)

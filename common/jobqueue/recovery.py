@@ -74,6 +74,18 @@ OWN_FILES = ("tmp", "workers", "logs", "scratch", "handoff")
 LEGACY = ("content", "gen", "sty")  # what queues of the first layout made
 
 
+def foreign_entries(queue) -> list:
+    """Entries of the queue folder whose names the queue never makes (a queue with a manifest may hold
+    some: --fresh leaves them alone and says so)."""
+    lay = queue.layout
+    ours = set(OWN_FILES) | set(queue.stages) | set(LEGACY) | {lay.lock.name, lay.holder.name, lay.manifest.name,
+                                                                "README.md"}
+    try:
+        return sorted(name for name in os.listdir(lay.root) if name not in ours)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def clear_queue(queue, grace: float) -> list:
     """--fresh: delete what the queue made (jobs, leases, logs, working files, hand-offs), the manifest
     last; never the outputs, the lock, or a file the queue does not know (named in the returned notes).
