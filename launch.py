@@ -26,11 +26,11 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from common.atomic import write_bytes
 from common.config import ConfigError, load_config, require_path
 from common.dataset import DatasetError, read_dataset
 from common.graph import build_graph
 from common.jittor_env import gpu_present
-from common.atomic import write_bytes
 from common.jobqueue import crash
 from common.jobqueue.manifest import ManifestError, check_manifest, write_manifest
 from common.jobqueue.planner import plan
@@ -54,7 +54,7 @@ class Locked(RuntimeError):
 
 
 class QueueFolderError(ValueError):
-    """The queue folder holds what the queue did not make (a symbolic link): one line naming it."""
+    """The queue folder holds what the queue did not make (a link, or files of a folder that is no queue)."""
 
 
 def say(msg: str):
@@ -336,8 +336,8 @@ def main(argv=None) -> int:
     except Locked as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_LOCKED
-    except KeyboardInterrupt:  # before the supervisor took over Ctrl-C: planning is idempotent
-        print("error: interrupted before the workers started; rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt:  # outside the supervisor, which handles Ctrl-C itself: planning is idempotent
+        print("error: interrupted; rerun the same command to resume (nothing done is lost)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as e:  # a full disk, a permission: one line naming the file
         fix = {errno.ENOSPC: "free space", errno.EDQUOT: "free space (disk quota)",
