@@ -302,13 +302,14 @@ def _compare(expected: Shapes, got: Shapes, weights: Path, component: str):
 def _inspect_folder(folder: Path, _stamp) -> Dict[str, Shapes]:
     shapes = {}
     for component, params in PARAMS.items():
+        config_path = folder / component / "config.json"
         try:
             config, weights = component_files(folder, component)
         except ModelFolderError as e:
             raise ModelCheckError(str(e)) from None
-        config_path = weights.parent / "config.json"
-        if not isinstance(config, dict):
-            raise ModelCheckError(f"{config_path}: expected a JSON object; download the model again")
+        except (AttributeError, TypeError):  # valid JSON, but not an object with a class name
+            raise ModelCheckError(f"{config_path}: not a {component} config (a JSON object naming its class in "
+                                  "_class_name or architectures); download the model again") from None
         try:
             expected = params(config)
         except (ValueError, TypeError, KeyError) as e:
@@ -320,11 +321,12 @@ def _inspect_folder(folder: Path, _stamp) -> Dict[str, Shapes]:
             raise ModelCheckError(str(e)) from None
         _compare(expected, got, weights, component)
         shapes[component] = expected
+    scheduler = folder / "scheduler" / "scheduler_config.json"
     try:
-        scheduler_config(folder)
+        if not isinstance(scheduler_config(folder), dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
-        raise ModelCheckError(f"{folder / 'scheduler' / 'scheduler_config.json'}: {' '.join(str(e).split())[:200]}; "
-                              "restore the scheduler config") from None
+        raise ModelCheckError(f"{scheduler}: {' '.join(str(e).split())[:200]}; restore the scheduler config") from None
     tokenizer = folder / "tokenizer"
     names = [n for n in ("vocab.json", "tokenizer.json") if (tokenizer / n).is_file()]
     if not names or (names[0] == "vocab.json" and not (tokenizer / "merges.txt").is_file()):

@@ -47,13 +47,10 @@ def one_line_exit_2(capsys, argv, *needles):
     ("queue", "stop_grace_s", -1.0, "0 or more"),
     ("stages", "gen_cost", 0.0, "positive"),
 ])
-def test_values_that_would_fail_every_job_are_refused_at_load(tmp_path, section, key, value, why):
-    path = tmp_path / "c.yaml"
-    path.write_text(json.dumps({section: {key: value}}))
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    message = str(e.value)
-    assert "\n" not in message and "c.yaml" in message and f"{section}.{key}" in message and why in message
+def test_values_that_would_fail_every_job_are_refused_at_launch(tmp_path, capsys, section, key, value, why):
+    path = write_config(tmp_path, **{section: {key: value}})
+    one_line_exit_2(capsys, ["--config", str(path), "--gpus", "cpu"], str(path), f"{section}.{key}", why)
+    assert not (tmp_path / "q").exists()
 
 
 def test_a_template_with_prompt_and_style_is_accepted():
@@ -64,20 +61,24 @@ def test_a_template_with_prompt_and_style_is_accepted():
     ("producer:\n  steps: 3\n  steps: 4\n", "line 3"),
     ("producer:\n  steps: 3\nproducer:\n  seed: 1\n", "line 3"),
 ])
-def test_a_duplicate_yaml_key_is_an_error_naming_the_line(tmp_path, text, where):
+def test_a_duplicate_yaml_key_is_an_error_naming_the_line(tmp_path, capsys, text, where):
     path = tmp_path / "c.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=rf"c.yaml: {where}: duplicate key") as e:
         load_config(path)
     assert "\n" not in str(e.value)
+    one_line_exit_2(capsys, ["--config", str(path), "--gpus", "cpu"], f"c.yaml: {where}: duplicate key")
 
 
-def test_a_duplicate_prompt_key_is_an_error(tmp_path):
+def test_a_duplicate_prompt_key_is_an_error(tmp_path, capsys):
     path = tmp_path / "prompt.json"
     path.write_text('{"0": "Dolphin", "1": "Tree", "0": "Cat"}')
     with pytest.raises(DatasetError, match=r"prompt.json: key '0' appears twice") as e:
         read_prompts(path)
     assert "\n" not in str(e.value)
+    config = write_config(tmp_path)
+    (tmp_path / "data" / "01" / "prompt.json").write_text('{"0": "Tree", "0": "Cat"}')
+    one_line_exit_2(capsys, ["--config", str(config), "--gpus", "cpu"], "01/prompt.json: key '0' appears twice")
 
 
 def test_a_dataset_that_is_a_file_is_one_line_exit_2(tmp_path, capsys):
@@ -99,11 +100,6 @@ def test_a_style_folder_name_we_cannot_write_under_is_one_line_exit_2(tmp_path, 
     (style / "prompt.json").write_text('{"0": "Dog"}')
     one_line_exit_2(capsys, ["--config", str(path), "--gpus", "cpu"], why, "rename the folder")
     assert not (tmp_path / "q" / "manifest.json").exists()
-
-
-def test_a_negative_heartbeat_is_one_line_exit_2(tmp_path, capsys):
-    path = write_config(tmp_path, queue={"heartbeat_s": -1.0})
-    one_line_exit_2(capsys, ["--config", str(path), "--gpus", "cpu"], "queue.heartbeat_s")
 
 
 def _enospc(filename=None, *_args, **_kwargs):

@@ -92,6 +92,7 @@ BREAKAGES = {
     "random vae": (lambda m: _replace(m / VAE_FILE, os.urandom(4096)), VAE_FILE),
     "header beyond the file": (lambda m: _replace(m / TEXT_FILE, (10**9).to_bytes(8, "little") + b"{}"), TEXT_FILE),
     "broken unet config": (lambda m: _replace(m / "unet/config.json", b'{"_class_name": "UNet2D'), "unet/config.json"),
+    "unet config not an object": (lambda m: _replace(m / "unet/config.json", b"[]"), "not a unet config"),
     "unsupported unet config": (lambda m: _edit_json(m / "unet/config.json", act_fn="gelu"), "act_fn='gelu'"),
     "config and weights disagree": (lambda m: _edit_json(m / "unet/config.json", layers_per_block=1),
                                     "unexpected keys for the unet"),
@@ -101,6 +102,8 @@ BREAKAGES = {
     "no tokenizer": (lambda m: (m / "tokenizer" / "vocab.json").unlink(), "tokenizer"),
     "broken scheduler config": (lambda m: _replace(m / "scheduler/scheduler_config.json", b"{"),
                                 "scheduler_config.json"),
+    "scheduler config not an object": (lambda m: _replace(m / "scheduler/scheduler_config.json", b"7"),
+                                       "not a JSON object"),
 }
 
 
