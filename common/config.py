@@ -291,12 +291,12 @@ def _check_values(c: RunConfig, source: str):
 def _check_fields(key: str, template: str, allowed: tuple, bad):
     """A str.format template may name only `allowed` fields, plainly (no index, attribute or position)."""
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as e:
         bad(key, f"is not a valid format string ({e}); write fields as {{{allowed[0]}}} and a literal brace as {{{{")
-    for field in fields:
-        if field not in allowed:
-            bad(key, f"uses {{{field}}}; only {', '.join('{' + a + '}' for a in allowed)} can be filled in")
+    for name in names:
+        if name not in allowed:
+            bad(key, f"uses {{{name}}}; only {', '.join('{' + a + '}' for a in allowed)} can be filled in")
 
 
 def require_path(path, key: str, source: str) -> Path:

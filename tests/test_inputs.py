@@ -2,7 +2,6 @@
 (docs/inputs.md): values that would pass a type check and then fail every job, duplicate keys, names the
 filesystem cannot hold, a dataset that is a file, a disk that fills up, Ctrl-C while planning."""
 import errno
-import json
 
 import pytest
 from PIL import Image
