@@ -8,13 +8,16 @@
 Every start re-plans from the dataset and the outputs (finished tasks are skipped, so a rerun resumes).
 --fresh deletes the queue folder's contents (jobs, leases, logs, hand-off latents, manifest) and never
 the outputs; it is needed when pixel settings changed since the queue was planned.
-Exit codes: 0 done, 1 some jobs dead-lettered (listed), 2 usage/config/dataset/manifest error,
-3 no usable device, 75 queue folder locked by another launcher, 130/143 interrupted.
+Exit codes: 0 done, 1 some jobs dead-lettered or results missing (listed), 2 usage/config/dataset/
+manifest/queue-folder error (also a full disk), 3 no usable device, 75 queue or output folder in use by
+another launcher, 130/143 interrupted. What is refused at launch, and why: docs/inputs.md, docs/queue.md §9.
 The launcher never imports Jittor.
 """
 import argparse
+import errno
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -23,24 +26,35 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from common.atomic import write_bytes
 from common.config import ConfigError, load_config, require_path
 from common.dataset import DatasetError, read_dataset
 from common.graph import build_graph
 from common.jittor_env import gpu_present
+from common.jobqueue import crash
 from common.jobqueue.manifest import ManifestError, check_manifest, write_manifest
 from common.jobqueue.planner import plan
 from common.jobqueue.queue import Queue
-from common.jobqueue.recovery import clear_queue, recover
+from common.jobqueue.recovery import clear_queue, foreign_entries, recover
 from common.jobqueue.status import collect, format_failures, format_status
 from common.jobqueue.supervisor import Supervisor
 from common.naming import NamingError
 from common.scheduling import split_gpus
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
+OUTPUT_LOCK, OUTPUT_HOLDER = ".jstyleid.lock", ".jstyleid.json"  # in the output folder, held for a run
 
 
 class UsageError(ValueError):
     pass
+
+
+class Locked(RuntimeError):
+    """Another launcher holds the queue or the output folder (exit 75); the message names it."""
+
+
+class QueueFolderError(ValueError):
+    """The queue folder holds what the queue did not make (a link, or files of a folder that is no queue)."""
 
 
 def say(msg: str):
@@ -101,23 +115,70 @@ def assign_roles(gpus: list, graph, producers) -> list:
     return [(g, up if i < n_up else down) for i, g in enumerate(gpus)]
 
 
-def acquire_lock(queue: Queue) -> FileLock:
-    queue.layout.root.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(queue.layout.lock))
+def check_queue_folder(queue: Queue):
+    """Refuse a queue folder holding a symbolic link anywhere (the queue makes none, and recovery or
+    --fresh would delete, or a write overwrite, what it points at), and a folder that holds no queue but
+    other files (a home folder: --fresh would delete its tmp/ or logs/)."""
+    root = queue.layout.root
+    foreign = [] if queue.layout.manifest.exists() else foreign_entries(queue)
+    if foreign:
+        raise QueueFolderError(f"{root}: holds {foreign[0]!r} ({len(foreign)} entries the queue did not make) and "
+                               "no queue; recovery and --fresh delete what the queue names there: point queue_dir "
+                               "at a new or empty folder")
+    links = queue.layout.links()
+    if links:
+        more = f" ({len(links)} links in all)" if len(links) > 1 else ""
+        raise QueueFolderError(f"{links[0]} is a symbolic link{more}; the queue folder holds only what the queue "
+                               "made, and recovery or --fresh would delete through it: remove the link(s)")
+
+
+def _take(lock_path: Path, holder_path: Path, what: str, info: dict) -> FileLock:
+    """Take `lock_path` (a flock, dropped by the kernel when its holder dies) or exit 75 naming the holder
+    that `holder_path` records; then record ourselves there. Neither file is opened through a link."""
+    for path in (lock_path, holder_path):
+        if path.is_symlink():
+            raise QueueFolderError(f"{path} is a symbolic link; a lock file is ours alone: remove the link")
+    lock = FileLock(str(lock_path))
     try:
         lock.acquire(timeout=0)
     except Timeout:
         try:
-            h = json.loads(queue.layout.holder.read_text())
+            h = json.loads(holder_path.read_bytes())
             who = f"pid {h['pid']} on host {h['host']} since {time.strftime('%H:%M:%S', time.localtime(h['start']))}"
-        except (OSError, ValueError, KeyError):
+            if h.get("queue_dir"):
+                who += f" (queue folder {h['queue_dir']})"
+        except (OSError, ValueError, KeyError, TypeError):
             who = "another launcher"
-        print(f"error: {queue.layout.root} is in use by {who}; wait for it or stop it "
-              f"(python launch.py status shows progress)", file=sys.stderr)
-        raise SystemExit(EXIT_LOCKED)
-    queue.layout.holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                               "start": time.time(), "argv": sys.argv}))
+        raise Locked(f"{what} is in use by {who}; wait for it or stop it (python launch.py status shows "
+                     "progress)") from None
+    write_bytes(holder_path, json.dumps(info).encode(), fsync=False)  # a rename: replaces, never follows
     return lock
+
+
+def _release(lock: FileLock, holder_path: Path):
+    try:
+        holder_path.unlink()
+    except FileNotFoundError:
+        pass
+    lock.release()
+
+
+def holder_info(queue: Queue) -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time(), "argv": sys.argv,
+            "queue_dir": str(queue.layout.root.resolve())}
+
+
+def acquire_lock(queue: Queue) -> FileLock:
+    """The one launcher of a queue folder (docs/queue.md §5)."""
+    queue.layout.root.mkdir(parents=True, exist_ok=True)
+    return _take(queue.layout.lock, queue.layout.holder, str(queue.layout.root), holder_info(queue))
+
+
+def acquire_output_lock(output: Path, queue: Queue) -> FileLock:
+    """The one launcher of an output folder: two launchers with different queue folders on one output
+    would make every result twice and leave each other's hand-offs behind."""
+    output.mkdir(parents=True, exist_ok=True)
+    return _take(output / OUTPUT_LOCK, output / OUTPUT_HOLDER, f"output folder {output}", holder_info(queue))
 
 
 class Progress:
@@ -172,50 +233,75 @@ def run(args) -> int:
     require_path(config.dataset, "dataset", config.source)
     graph = build_graph(config)
     styles = read_dataset(graph.dataset)
-    graph.check(styles)
+    graph.check(styles)  # folders first (the queue's alone, no links in the output), then the stages'
     slots = assign_roles(parse_gpus(args.gpus), graph, args.producers)
     queue = Queue(config.queue_dir, graph.rules(), fsync=config.queue.fsync == "all")
+    check_queue_folder(queue)
     lock = acquire_lock(queue)
     try:
-        if args.fresh:
-            for note in clear_queue(queue, grace=config.queue.kill_grace_s):
-                say(note)
-            say(f"--fresh: cleared {queue.layout.root} (outputs kept)")
-        check_manifest(queue, graph.plan)
-        queue.layout.make()
-        nodes = graph.nodes(styles)
-        write_manifest(queue, graph.plan, sum(len(s.prompts) for s in styles))  # before any job is queued
-        for note in recover(queue, graph.output_dirs(), grace=config.queue.kill_grace_s):
-            say(note)
-        report = plan(queue, nodes, retry_failed=args.retry_failed)
-        for note in report.notes:
-            say(note)
-        if args.fresh and report.finished:
-            say(f"{report.finished} finished output(s) in {config.output} are kept and skipped; to redo them "
-                f"with the new settings, use a new output folder (or delete them)")
-        queued = ", ".join(f"{report.queued[s]} to {graph.spec(s).verb}" for s in graph.stages)
-        say(f"{report.total} task(s): {report.finished} finished, {queued}, {report.in_queue} already queued, "
-            f"{report.failed_results} failed; workers: {', '.join(f'{g}:{r}' for g, r in slots)}")
-        progress = Progress(queue, graph, open_jobs(queue, graph, nodes, report))
-        sup = Supervisor(config, config_path, slots, queue, log=say, on_tick=progress)
-        t0 = time.monotonic()
-        code = sup.run() if queue.in_flight() else EXIT_OK
-        progress.close()
-        for line in summary(queue, sup, progress, time.monotonic() - t0):
-            say(line)
-        if code == EXIT_OK and queue.failures():
-            code = EXIT_FAILED
-        if args.demo and code == EXIT_OK:
-            from common.devkit.demo import make_contact_sheets
-            for path in make_contact_sheets(config):
-                print(path)
-        return code
-    finally:
+        out_lock = acquire_output_lock(graph.output, queue)
         try:
-            queue.layout.holder.unlink()
-        except FileNotFoundError:
-            pass
-        lock.release()
+            return _run_locked(args, config, config_path, graph, styles, slots, queue)
+        finally:
+            _release(out_lock, graph.output / OUTPUT_HOLDER)
+    finally:
+        _release(lock, queue.layout.holder)
+
+
+def _run_locked(args, config, config_path, graph, styles, slots, queue) -> int:
+    """Clear (--fresh), plan, supervise and summarise, holding the queue and the output locks."""
+    if args.fresh:
+        for note in clear_queue(queue, grace=config.queue.kill_grace_s):
+            say(note)
+        say(f"--fresh: cleared {queue.layout.root} (outputs kept)")
+    check_manifest(queue, graph.plan)
+    queue.layout.make()
+    nodes = graph.nodes(styles)
+    write_manifest(queue, graph.plan, sum(len(s.prompts) for s in styles))  # before any job is queued
+    crash.point("after_manifest")
+    for note in recover(queue, graph.output_dirs(), grace=config.queue.kill_grace_s):
+        say(note)
+    report = plan(queue, nodes, retry_failed=args.retry_failed)
+    for note in report.notes:
+        say(note)
+    for job in report.retried:
+        say(f"{job.stage} {job.id} ({job.group}) failed before, but a file it reads changed since: trying it again")
+    if args.fresh and report.finished:
+        say(f"{report.finished} finished output(s) in {config.output} are kept and skipped; to redo them "
+            f"with the new settings, use a new output folder (or delete them)")
+    queued = ", ".join(f"{report.queued[s]} to {graph.spec(s).verb}" for s in graph.stages)
+    say(f"{report.total} task(s): {report.finished} finished, {queued}, {report.in_queue} already queued, "
+        f"{report.failed_results} failed; workers: {', '.join(f'{g}:{r}' for g, r in slots)}")
+    progress = Progress(queue, graph, open_jobs(queue, graph, nodes, report))
+    sup = Supervisor(config, config_path, slots, queue, log=say, on_tick=progress)
+    t0 = time.monotonic()
+    code = sup.run() if queue.in_flight() else EXIT_OK
+    progress.close()
+    for line in summary(queue, sup, progress, time.monotonic() - t0):
+        say(line)
+    missing = [n.job for n in nodes if n.job.stage == graph.stages[-1] and not queue.rules[n.job.stage].done(n.job)]
+    failures = queue.failures()
+    if failures:
+        say(f"fix the cause, then rerun: a failed job whose style image or LoRA changed since is retried by "
+            f"itself; to retry them all: {retry_command(args)}")
+    elif missing and code == EXIT_OK:  # e.g. jobs quarantined by a worker: never report success without them
+        say(f"{len(missing)} result(s) missing (e.g. {missing[0].group}/{missing[0].payload.get('name')}.png); "
+            f"see {queue.layout.root}/*/failed/corrupt/ and the worker logs, then rerun")
+    if code == EXIT_OK and (failures or missing):
+        code = EXIT_FAILED
+    if args.demo and code == EXIT_OK:
+        from common.devkit.demo import make_contact_sheets
+        for path in make_contact_sheets(config):
+            print(path)
+    return code
+
+
+def retry_command(args) -> str:
+    """The command line of this run with --retry-failed (what to type to give every dead letter another go)."""
+    argv = [a for a in sys.argv[1:] if a != "--fresh"] if Path(sys.argv[0]).name == "launch.py" else []
+    if not argv:
+        argv = (["--config", str(args.config)] if args.config else []) + (["--gpus", args.gpus] if args.gpus else [])
+    return shlex.join(["python", "launch.py", *argv, *([] if "--retry-failed" in argv else ["--retry-failed"])])
 
 
 def open_jobs(queue: Queue, graph, nodes, report) -> dict:
@@ -244,8 +330,20 @@ def main(argv=None) -> int:
         if args.command == "status":
             return status(args)
         return run(args)
-    except (ConfigError, DatasetError, NamingError, ManifestError, UsageError) as e:
+    except (ConfigError, DatasetError, NamingError, ManifestError, UsageError, QueueFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Locked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_LOCKED
+    except KeyboardInterrupt:  # outside the supervisor, which handles Ctrl-C itself: planning is idempotent
+        print("error: interrupted; rerun the same command to resume (nothing done is lost)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as e:  # a full disk, a permission: one line naming the file
+        fix = {errno.ENOSPC: "free space", errno.EDQUOT: "free space (disk quota)",
+               errno.EACCES: "fix the permissions", errno.EROFS: "use a writable folder"}.get(e.errno, "fix it")
+        print(f"error: {e.filename or 'a file'}: {e.strerror or e}; {fix} and rerun the same command (what is "
+              "done is kept)", file=sys.stderr)
         return EXIT_USAGE
 
 

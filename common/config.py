@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import string
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -158,6 +159,19 @@ def _build(cls, data: dict, where: str):
     return cls(**{k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()})
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path=None, overrides: Optional[dict] = None) -> RunConfig:
     """Read, validate and return a RunConfig. Relative paths resolve against the current directory."""
     data = {}
@@ -169,11 +183,15 @@ def load_config(path=None, overrides: Optional[dict] = None) -> RunConfig:
         except OSError as e:
             raise ConfigError(f"{path}: cannot read the config ({e.strerror}); check the --config path") from e
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}:{line} is not valid YAML ({getattr(e, 'problem', e)})") from e
+            problem = getattr(e, "problem", None) or e
+            if str(problem).startswith("duplicate key"):
+                raise ConfigError(f"{path}:{line}: {problem}; keep one (the file would silently use the last)") \
+                    from None
+            raise ConfigError(f"{path}:{line} is not valid YAML ({problem})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     for dotted, value in (overrides or {}).items():
@@ -249,8 +267,36 @@ def _check_values(c: RunConfig, source: str):
     for layer in c.consumer.layers:
         if not re.fullmatch(r"(down_blocks|up_blocks)\.\d+\.attentions\.\d+|mid_block\.attentions\.0", str(layer)):
             bad("consumer.layers", f"has {layer!r}; name UNet attention blocks like 'up_blocks.2.attentions.0'")
+    _check_fields("producer.prompt_template", c.producer.prompt_template, ("prompt", "style"), bad)
     if "{prompt}" not in c.producer.prompt_template:
         bad("producer.prompt_template", "must contain {prompt}")
+    _check_fields("lora.subdir", c.lora.subdir, ("style",), bad)
+    if not c.lora.names:
+        bad("lora.names", "must name at least one file, e.g. [pytorch_lora_weights.bin]")
+    for name in c.lora.names:
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            bad("lora.names", f"has {name!r}, which is not a plain file name; list file names inside lora.subdir")
+    qc = c.queue
+    for key in ("heartbeat_s", "ttl_loading_s", "ttl_working_s"):
+        if not getattr(qc, key) > 0:  # 0 would make the supervisor spin, < 0 kill every worker at once
+            bad(f"queue.{key}", f"must be positive (seconds), not {getattr(qc, key)}")
+    for key in ("backoff_base_s", "backoff_max_s", "restart_base_s", "kill_grace_s", "stop_grace_s"):
+        if not getattr(qc, key) >= 0:
+            bad(f"queue.{key}", f"must be 0 or more (seconds), not {getattr(qc, key)}")
+    for key in ("train_cost", "gen_cost", "sty_cost"):
+        if not getattr(c.stages, key) > 0:
+            bad(f"stages.{key}", f"must be positive (relative seconds per job), not {getattr(c.stages, key)}")
+
+
+def _check_fields(key: str, template: str, allowed: tuple, bad):
+    """A str.format template may name only `allowed` fields, plainly (no index, attribute or position)."""
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        bad(key, f"is not a valid format string ({e}); write fields as {{{allowed[0]}}} and a literal brace as {{{{")
+    for name in names:
+        if name not in allowed:
+            bad(key, f"uses {{{name}}}; only {', '.join('{' + a + '}' for a in allowed)} can be filled in")
 
 
 def require_path(path, key: str, source: str) -> Path:

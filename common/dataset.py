@@ -38,14 +38,34 @@ class Style:
         return self.dir / "images"
 
 
+MAX_STYLE_NAME = 128  # UTF-8 bytes: room for lora.subdir's prefix, temp-file suffixes, and 255-byte file names
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs):
+    """json's object_pairs_hook: a key given twice is an error (json.loads would keep the last)."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
 def read_prompts(path: Path) -> dict:
     """{key: prompt} of one prompt.json, ordered by numeric key (then the other keys)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except FileNotFoundError:
         raise DatasetError(f"{path}: missing; write the style's prompts as {{\"0\": \"Dolphin\", ...}}") from None
+    except _DuplicateKey as e:
+        raise DatasetError(f"{path}: key {e.args[0]!r} appears twice (only the last would be used); give each "
+                           "prompt its own key") from None
     except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e}); fix the file") from None
+        raise DatasetError(f"{path}: not valid JSON ({_one_line(e)}); fix the file") from None
     if not isinstance(data, dict) or not data:
         raise DatasetError(f"{path}: expected a non-empty object like {{\"0\": \"Dolphin\", ...}}")
     for key, prompt in data.items():
@@ -55,7 +75,25 @@ def read_prompts(path: Path) -> dict:
     return {k: data[k] for k in order}
 
 
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:200]
+
+
+def check_style_name(folder: Path) -> str:
+    """A style's folder name becomes a folder under the output and in the queue: it must be a name every
+    filesystem holds with room to spare, and print on one line."""
+    name = folder.name
+    if not name.isprintable():
+        raise DatasetError(f"{folder!r}: the style folder's name is not printable (tabs, newlines or control "
+                           "characters); rename the folder")
+    if len(name.encode("utf-8")) > MAX_STYLE_NAME:
+        raise DatasetError(f"{folder}: the style folder's name is too long ({len(name.encode('utf-8'))} bytes, "
+                           f"at most {MAX_STYLE_NAME}); rename the folder")
+    return name
+
+
 def read_style(folder: Path) -> Style:
+    check_style_name(folder)
     images = folder / "images"
     if not images.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in images.iterdir()):
         raise DatasetError(f"{images}: no images; put the style's reference images (PNG/JPEG) there")

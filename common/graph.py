@@ -16,6 +16,7 @@ and file name (both checked to be plain names), so a forged job cannot make a wo
 import hashlib
 import importlib
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, replace
@@ -59,6 +60,7 @@ class StageSpec:
     checks: Tuple[Callable[[RunConfig], None], ...] = ()  # at launch, raising ConfigError
     style_checks: Tuple[Callable[[RunConfig, Style], None], ...] = ()  # at launch, raising DatasetError
     progress_unit: str = "img"
+    inputs: Callable[[Task], Tuple[Path, ...]] = lambda t: ()  # user files it reads: a fix requeues its failures
 
 
 class _Rules:
@@ -80,6 +82,11 @@ class _Rules:
     def temp_files(self, job: Job) -> Iterable[Path]:
         task = self._task(job)
         return list(self.spec.outputs(task)) if task else []
+
+    def inputs(self, job: Job) -> List[Path]:
+        """The user's files the job reads (its LoRA, its style image): fixing one requeues its dead letter."""
+        task = self._task(job)
+        return [p for p in self.spec.inputs(task) if p is not None] if task else []
 
     def partial_outputs(self, job: Job) -> List[Path]:
         """Outputs that exist but are not whole (a truncated write): the planner removes them."""
@@ -200,6 +207,9 @@ class Graph:
         except ValueError as e:
             raise CorruptJob(f"{job.stage} job {job.id}: {e}") from None
         out = self.output / style
+        if out.is_symlink() or (out / "content").is_symlink():  # planted after launch: never write through it
+            raise CorruptJob(f"{job.stage} job {job.id}: {out} or its content/ is a symbolic link; results are "
+                             "written only inside the output folder")
         return Task(id=job.id, style=style, prompt=prompt, name=name, seed=seed, style_dir=self.dataset / style,
                     content_png=out / "content" / f"{name}.png" if name else None,
                     content_latent=self.layout.handoff_path("gen", job.id, ".npy") if name else None,
@@ -237,13 +247,20 @@ class Graph:
         return nodes
 
     def check(self, styles: List[Style]):
-        """The stages' launch checks (model files, style images, LoRAs): one line naming the file."""
-        for spec in self.specs:
-            for check in spec.checks:
+        """The launch checks, each once: the folders (any graph), then the stages' own (model files, style
+        images, LoRAs). Each raises one line naming the file and the fix."""
+        check_queue_dir(self.config)
+        check_output_links(self.config, styles)
+        done = set()
+        for check in (c for spec in self.specs for c in spec.checks):
+            if check not in done:
+                done.add(check)
                 check(self.config)
         for style in styles:
-            for spec in self.specs:
-                for check in spec.style_checks:
+            done = set()
+            for check in (c for spec in self.specs for c in spec.style_checks):
+                if check not in done:
+                    done.add(check)
                     check(self.config, style)
 
     def output_dirs(self) -> List[Path]:
@@ -259,30 +276,106 @@ def lora_target(config: RunConfig, style: str) -> Path:
     return lora_path(config, style) or Path(lora.dir) / lora.subdir.format(style=style) / lora.names[0]
 
 
+def _where(config: RunConfig) -> str:
+    return config.source or "<defaults>"
+
+
 def check_model(config: RunConfig):
-    from common.sd.model_folder import resolve_model_folder
+    """Model files: configs our modules accept, weight headers that match them (common/model_check.py)."""
+    from common.model_check import ModelCheckError, inspect_model
     try:
-        resolve_model_folder(config.model.path)
-    except FileNotFoundError as e:
-        raise ConfigError(f"{config.source or '<defaults>'}: model.path: {e}") from None
+        inspect_model(config.model.path)
+    except ModelCheckError as e:
+        raise ConfigError(f"{_where(config)}: model.path: {e}") from None
+
+
+def check_layers(config: RunConfig):
+    """consumer.layers names attention blocks this UNet has (they follow from its block types and
+    layers_per_block); StyleID would otherwise fail in every job."""
+    from common.model_check import attention_blocks, inspect_model
+    blocks = attention_blocks(inspect_model(config.model.path))
+    for layer in config.consumer.layers:
+        if layer not in blocks:
+            raise ConfigError(f"{_where(config)}: consumer.layers has {layer!r}, which the UNet of {config.model.path} "
+                              f"lacks (it has {', '.join(b for b in blocks if b.startswith('up_'))}, ...); "
+                              "name blocks it has")
 
 
 def check_style_image(config: RunConfig, style: Style):
+    """The style image StyleID reads exists and decodes (common.images.verify_image)."""
+    from common.images import ImageError, verify_image
     from common.style_files import style_image_path
     try:
-        style_image_path(style.dir, config.consumer.style_image)
-    except FileNotFoundError as e:
+        verify_image(style_image_path(style.dir, config.consumer.style_image))
+    except (FileNotFoundError, ImageError) as e:
         raise DatasetError(str(e)) from None
 
 
 def check_lora(config: RunConfig, style: Style):
+    """The style's LoRA exists (unless it may be missing) and fits this model: a parsed header, LoRA keys
+    for modules the model has, shapes that fit."""
+    from common.model_check import ModelCheckError, check_lora_file, inspect_model
     from common.style_files import lora_path, missing_lora_message
-    if config.lora.missing == "error" and lora_path(config, style.name) is None:
-        raise DatasetError(missing_lora_message(config, style.name))
+    path = lora_path(config, style.name)
+    if path is None:
+        if config.lora.missing == "error":
+            raise DatasetError(missing_lora_message(config, style.name))
+        return
+    try:
+        check_lora_file(path, inspect_model(config.model.path))
+    except ModelCheckError as e:
+        raise DatasetError(f"{e} (lora of style {style.name})") from None
+
+
+def _relation(a: Path, b: Path) -> Optional[str]:
+    if a == b:
+        return "is"
+    if a in b.parents:
+        return "contains"
+    if b in a.parents:
+        return "lies inside"
+    return None
+
+
+def check_queue_dir(config: RunConfig):
+    """The queue folder is the queue's alone: recovery and --fresh delete what lies there, so it must not
+    be, contain or lie inside the dataset, the outputs, the model or the LoRA folders (links resolved)."""
+    queue = Path(config.queue_dir).resolve()
+    others = [("dataset", Path(config.dataset)), ("output", Path(config.output)), ("lora.dir", Path(config.lora.dir))]
+    try:
+        from common.sd.model_folder import resolve_model_folder
+        others.append(("model.path", resolve_model_folder(config.model.path)))
+    except (OSError, ValueError):  # no such model: its own check says so
+        pass
+    for key, folder in others:
+        relation = _relation(queue, folder.resolve())
+        if relation:
+            raise ConfigError(f"{_where(config)}: queue_dir {queue} {relation} the {key} folder {folder.resolve()}; "
+                              "recovery and --fresh delete what lies in the queue folder: give queue_dir a folder "
+                              "of its own")
+
+
+def check_output_links(config: RunConfig, styles: Iterable[Style]):
+    """No style folder inside the output folder (nor its content/) is a link: a worker writes only inside
+    the configured output folder."""
+    out = Path(config.output).resolve()
+    for style in styles:
+        for folder in (out / style.name, out / style.name / "content"):
+            if folder.is_symlink():
+                raise DatasetError(f"{folder}: is a symbolic link (to {os.readlink(folder)}); results are written "
+                                   "only inside the output folder: remove the link or point `output` elsewhere")
 
 
 def _file_exists(path: Path) -> bool:
     return path.is_file()
+
+
+def _style_inputs(config: RunConfig, task: Task) -> Tuple[Path, ...]:
+    from common.style_files import style_image_path
+    try:
+        return (style_image_path(task.style_dir, config.consumer.style_image),)
+    except FileNotFoundError:
+        return (task.style_dir / "images",)
 
 
 def jstyleid_specs(config: RunConfig) -> List[StageSpec]:
@@ -294,17 +387,18 @@ def jstyleid_specs(config: RunConfig) -> List[StageSpec]:
         specs.append(StageSpec(
             name="train", unit=STYLE, impl=st.train, verb="train", cost=st.train_cost,
             outputs=lambda t: {t.lora_file: _file_exists}, scratch=lambda t: (t.scratch_dir,),
-            checks=(check_model,), progress_unit="style"))
+            checks=(check_model,), progress_unit="style", inputs=lambda t: (t.style_dir / "images",)))
     specs.append(StageSpec(
         name="gen", unit=PROMPT, impl=st.gen, verb="generate", needs=("train",) if training else (),
         outputs=lambda t: {t.content_latent: npy_is_complete, t.content_png: png_is_complete},
         handoffs=lambda t: (t.content_latent,), batch=config.producer.batch, cost=st.gen_cost, sharded=True,
-        checks=(check_model,), style_checks=(check_lora,)))
+        checks=(check_model,), style_checks=(check_lora,), inputs=lambda t: (t.lora_file,)))
     specs.append(StageSpec(
         name="sty", unit=PROMPT, impl=st.sty, verb="style",
         needs=("gen", "train") if training and config.consumer.use_lora else ("gen",),
         outputs=lambda t: {t.output_png: png_is_complete}, batch=config.consumer.batch, cost=st.sty_cost,
-        checks=(check_model,), style_checks=(check_style_image,)))
+        checks=(check_model, check_layers), style_checks=(check_style_image,),
+        inputs=lambda t: _style_inputs(config, t) + ((t.lora_file,) if config.consumer.use_lora else ())))
     return specs
 
 

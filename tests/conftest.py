@@ -21,3 +21,11 @@ def tiny_model_dir(tmp_path_factory):
     write_tiny_model(folder, ["00"])
     write_tiny_model(folder, ["01"], lora_format="bin")
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_files(tmp_path_factory):
+    """The same tiny model written without Jittor (tests/model_files.py), with LoRAs for styles 00 and 01
+    (.safetensors) under loras/style_NN/: for the launch checks. Read-only: copy before breaking a file."""
+    from model_files import write_model
+    return write_model(tmp_path_factory.mktemp("tiny-files") / "tiny-sd21", ["00", "01"])

@@ -21,8 +21,10 @@ from common.jobqueue.queue import Queue
 REPO = Path(__file__).resolve().parents[1]
 STYLES = {"00": ["Dolphin", "Lighthouse", "A cat / dog?"], "01": ["Tree", "Bicycle", "Mountain"]}
 
-# Fast supervision for a 2-core machine: beats every 0.1 s, a silent worker is hung after 1 s.
-FAST = {"queue": {"fsync": "none", "heartbeat_s": 0.1, "ttl_loading_s": 1.0, "ttl_working_s": 1.0,
+# Fast supervision for a 2-core machine: beats every 0.1 s, a silent working worker is hung after 1 s. A
+# worker's start (Python and its imports, before its first beat) runs under the loading TTL, and takes
+# seconds on a loaded machine: 1 s there killed healthy workers as hung.
+FAST = {"queue": {"fsync": "none", "heartbeat_s": 0.1, "ttl_loading_s": 10.0, "ttl_working_s": 1.0,
                   "backoff_base_s": 0.0, "restart_base_s": 0.05, "kill_grace_s": 0.5, "stop_grace_s": 3.0},
         "stages": {"graph": "common.devkit.fake_stage:graph"},
         "lora": {"missing": "warn"}, "producer": {"batch": 2}, "consumer": {"batch": 2}}  # the fakes need no LoRA

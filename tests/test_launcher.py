@@ -47,6 +47,7 @@ def test_a_worker_without_a_usable_device_exits_3_and_its_slot_is_parked(tmp_pat
     result = run_launcher(path)
     assert result.returncode == 3, result.stderr
     assert "parked: device unusable (exit 3)" in result.stderr
+    assert "its log ends: " in result.stderr and "error: no usable device for cpu" in result.stderr  # not just "see log"
     logs = "".join(p.read_text() for p in (tmp_path / "q" / "logs").glob("*.log"))
     assert "error: no usable device for cpu" in logs
 
@@ -71,9 +72,10 @@ def test_poison_job_is_dead_lettered_and_the_rest_finish(tmp_path):
     record = read_job(graph_of(path)[3].layout.failed_path("gen", poison.id))
     assert record.attempts == 3 and "SIGABRT" in record.errors[-1]["text"]
     assert "1 job(s) failed" in result.stderr and "'Lighthouse'" in result.stderr
+    assert f"python launch.py --config {path} --gpus cpu --retry-failed" in result.stderr  # what to type
 
 
-def _running_launcher(tmp_path, fake_ms="100-150"):
+def _running_launcher(tmp_path, fake_ms="200-250"):
     path = write_config(tmp_path, producer={"batch": 1}, consumer={"batch": 1})
     proc = run_launcher(path, env={"JSTYLEID_FAKE_MS": fake_ms}, wait=False)
     queue = graph_of(path)[3]
@@ -109,7 +111,7 @@ def test_ctrl_c_releases_jobs_and_the_next_run_resumes(tmp_path):
 
 
 def test_hung_worker_is_killed_and_its_job_retried(tmp_path):
-    path = write_config(tmp_path)
+    path = write_config(tmp_path, queue={"ttl_loading_s": 3.0})  # a stage's first batch runs under this TTL
     marker = tmp_path / "hung-once"
     result = run_launcher(path, env={"JSTYLEID_HANG": f"Tree:{marker}"})
     assert result.returncode == 0, result.stderr

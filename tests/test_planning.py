@@ -57,20 +57,17 @@ def test_bad_dataset_is_a_one_line_error_naming_the_file(tmp_path, breakage, mat
     assert "\n" not in str(err.value)
 
 
-def test_a_missing_style_image_or_lora_is_an_error_at_launch_naming_the_path(tmp_path):
-    real = {"stages": {"graph": "common.graph:default_graph"}, "model": {"path": str(tmp_path)}}  # real checks
+def test_a_missing_style_image_or_lora_is_an_error_at_launch_naming_the_path(tmp_path, tiny_model_files):
+    real = {"stages": {"graph": "common.graph:default_graph"}, "model": {"path": str(tiny_model_files)}}
     with pytest.raises(DatasetError, match=r"00/images/nope.png: style image not found"):
         tasks_of(write_config(tmp_path, consumer={"style_image": "nope.png"}, **real))
     with pytest.raises(DatasetError, match=r"style_00: no LoRA for style 00 .*lora.missing: warn"):
         tasks_of(write_config(tmp_path, lora={"missing": "error", "dir": str(tmp_path / "loras")}, **real))
 
 
-def test_a_lora_present_for_every_style_passes_the_launch_check(tmp_path):
-    for style in ("00", "01"):
-        (tmp_path / "loras" / f"style_{style}").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "loras" / f"style_{style}" / "pytorch_lora_weights.bin").write_bytes(b"x")
-    path = write_config(tmp_path, lora={"missing": "error", "dir": str(tmp_path / "loras")},
-                        stages={"graph": "common.graph:default_graph"}, model={"path": str(tmp_path)})
+def test_a_lora_present_for_every_style_passes_the_launch_check(tmp_path, tiny_model_files):
+    path = write_config(tmp_path, lora={"missing": "error", "dir": str(tiny_model_files / "loras")},
+                        stages={"graph": "common.graph:default_graph"}, model={"path": str(tiny_model_files)})
     assert len(tasks_of(path)[1]) == 6
 
 

@@ -13,9 +13,9 @@ THIRD = {"stages": {"graph": "third_stage:graph"}}
 ENV = {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
 
 
-def test_the_default_graph_is_gen_then_sty_and_balances_that_pair(tmp_path):
+def test_the_default_graph_is_gen_then_sty_and_balances_that_pair(tmp_path, tiny_model_files):
     config, graph, nodes, q = graph_of(write_config(tmp_path, stages={"graph": "common.graph:default_graph"},
-                                                    model={"path": str(tmp_path)}))
+                                                    model={"path": str(tiny_model_files)}))
     assert graph.stages == ("gen", "sty") and graph.flow() == ("gen", "sty")
     assert [n.job.stage for n in nodes].count("gen") == 6 and all(n.published_by for n in nodes if n.job.stage == "sty")
 

@@ -10,8 +10,9 @@
   <stage>/claimed/<wid>/<id>.json       the owner is part of the path
   <stage>/retry/<id>.json   <stage>/done/<hh>/<id>.json   <stage>/failed/<id>.json (+ corrupt/ quarantine)
 """
+import os
 from pathlib import Path
-from typing import Mapping
+from typing import List, Mapping
 
 STATES = ("pending", "blocked", "claimed", "retry", "done", "failed")
 LIVE = ("pending", "blocked", "claimed", "retry")  # not finished: the run goes on while any exists
@@ -30,6 +31,23 @@ class Layout:
         self.manifest = self.root / "manifest.json"
         self.lock = self.root / "launcher.lock"
         self.holder = self.root / "launcher.json"
+
+    def links(self) -> List[Path]:
+        """Every symbolic link inside the queue folder (the folder itself may be one). The queue makes none;
+        recovery and --fresh delete what lies here, so a planted link would let them delete elsewhere."""
+        found, stack = [], [str(self.root)]
+        while stack:
+            try:
+                it = os.scandir(stack.pop())
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with it:
+                for e in it:
+                    if e.is_symlink():
+                        found.append(Path(e.path))
+                    elif e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+        return sorted(found)
 
     def make(self):
         for d in (self.tmp, self.workers, self.logs, self.scratch, self.handoff):

@@ -8,9 +8,11 @@ A needed node is queued now when what it reads is in place; while a node it read
 either waits in blocked/ (`after`) or, on a 1:1 edge, is published by that node's completion.
 Planning twice enqueues nothing new. It runs under the launcher lock, after recovery, before any worker.
 """
+import os
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
+from common.jobqueue import crash
 from common.jobqueue.job import CorruptJob, Job, read_job
 from common.jobqueue.layout import LIVE
 
@@ -31,6 +33,7 @@ class PlanReport:
     queued: Dict[str, int] = field(default_factory=dict)  # {stage: jobs enqueued now}
     in_queue: int = 0  # needed jobs already pending, blocked, retrying or claimed
     failed: List[Job] = field(default_factory=list)  # dead letters left alone (see --retry-failed)
+    retried: List[Job] = field(default_factory=list)  # dead letters requeued: their inputs changed since
     failed_results: int = 0  # final nodes that cannot finish because of them
     notes: List[str] = field(default_factory=list)
 
@@ -66,6 +69,7 @@ def plan(queue, nodes: List[Node], retry_failed: bool = False) -> PlanReport:
             report.finished += final
             if state in WAITING:  # nothing left to do: close a job still waiting
                 queue.move(path, queue.layout.done_path(job.stage, job.id))
+                crash.point("plan_step")
             continue
         for partial in queue.rules[job.stage].partial_outputs(job):
             partial.unlink()
@@ -75,10 +79,14 @@ def plan(queue, nodes: List[Node], retry_failed: bool = False) -> PlanReport:
             report.failed_results += final
             continue
         if state == "failed" and not retry_failed:
-            stuck.add(key)
-            report.failed_results += final
-            report.failed.append(_read(path, job))
-            continue
+            dead = _read(path, job)
+            if _worth_retrying(queue.rules[job.stage], dead, n.needs, stuck):
+                report.retried.append(dead)
+            else:
+                stuck.add(key)
+                report.failed_results += final
+                report.failed.append(dead)
+                continue
         remade = n.published_by is not None and needed[n.published_by]
         if state in LIVE and not (remade and state in WAITING):
             report.in_queue += 1
@@ -86,16 +94,37 @@ def plan(queue, nodes: List[Node], retry_failed: bool = False) -> PlanReport:
         if remade:  # the completion of what it reads publishes it again
             if state is not None:
                 path.unlink()
+                crash.point("plan_step")
             continue
         after = tuple(k for k in n.needs if needed[k])
         if state == "failed":
             queue.requeue(path, replace(_read(path, job).reset(), after=after))
             report.queued[job.stage] += 1
+            crash.point("plan_step")
             continue
         if state is not None:  # a stale done record: its outputs are gone
             path.unlink()
         report.queued[job.stage] += queue.enqueue(replace(job, after=after))
+        crash.point("plan_step")
     return report
+
+
+def _worth_retrying(rules, job: Job, needs, stuck) -> bool:
+    """A dead letter is requeued without --retry-failed when the user has since changed a file it reads
+    (a fixed style image or LoRA: the file's ctime is after the failure; ctime, as copies keep mtimes), or
+    when it died only because a job it waited for did, and that one runs again."""
+    last = job.last_error()
+    if last.get("kind") == "dependency":
+        return not any(k in stuck for k in needs)
+    failed_at = last.get("at") or 0
+    inputs = getattr(rules, "inputs", None)
+    for path in inputs(job) if inputs else ():
+        try:
+            if os.stat(path).st_ctime > failed_at:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _read(path, fallback: Job) -> Job:

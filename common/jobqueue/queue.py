@@ -18,6 +18,8 @@ flushes its data (auto_da_alloc), about 1 ms, which would dominate the queue's c
 claimed/<wid>/ folder; claim and finish times are the files' ctimes (a rename sets it).
 """
 import ctypes
+import errno
+import fnmatch
 import os
 import random
 import time
@@ -25,7 +27,7 @@ import uuid
 import zlib
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import Iterable, Mapping, Protocol
+from typing import Iterable, List, Mapping, Protocol
 
 from common.atomic import write_bytes
 from common.jobqueue import crash
@@ -62,6 +64,34 @@ def drop_temp_files(paths: Iterable[Path]):
                 tmp.unlink()
             except FileNotFoundError:
                 pass
+
+
+def remove_files(folder: Path, match=lambda name: True) -> List[Path]:
+    """Unlink the files of `folder` whose names `match`, never through a link: the folder is opened with
+    O_NOFOLLOW and each entry is removed relative to it (dir_fd), so a link planted in place of the folder
+    is refused (ELOOP) and one inside it loses only itself. Returns what was removed."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OSError(e.errno, "a symbolic link or a file where the queue keeps a folder; remove it",
+                          str(folder)) from None
+        raise
+    removed = []
+    try:
+        with os.scandir(fd) as it:
+            names = [e.name for e in it if match(e.name) and not e.is_dir(follow_symlinks=False)]
+        for name in names:
+            try:
+                os.unlink(name, dir_fd=fd)
+                removed.append(Path(folder) / name)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(fd)
+    return removed
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -290,8 +320,7 @@ class Queue:
         outcomes = []
         pid = wid.rsplit("-", 1)[-1]
         if pid.isdigit():  # its half-written queue records (common.atomic puts the pid in temp names)
-            for tmp in self.layout.tmp.glob(f".*.{pid}.*.tmp"):
-                tmp.unlink()
+            remove_files(self.layout.tmp, lambda name: fnmatch.fnmatchcase(name, f".*.{pid}.*.tmp"))
         for stage in self.stages:
             folder = self.layout.claimed_dir(stage, wid)
             entries = list(_files(folder))

@@ -11,8 +11,9 @@ import signal
 import time
 from pathlib import Path
 
-from common.jobqueue import lease
+from common.jobqueue import crash, lease
 from common.jobqueue.job import CorruptJob, read_job
+from common.jobqueue.queue import remove_files
 
 
 def stop_leftover_workers(queue, grace: float) -> list:
@@ -47,11 +48,8 @@ def recover(queue, output_dirs, grace: float) -> list:
             got = queue.reclaim(wid, counted=False, reason="launcher restarted; released unrun")
             if got:
                 notes.append(f"reclaimed {len(got)} {stage} job(s) of {wid}")
-    for path in layout.workers.glob("*"):
-        path.unlink()
-    stray = list(layout.tmp.iterdir()) if layout.tmp.is_dir() else []
-    for path in stray:
-        path.unlink()
+    remove_files(layout.workers)
+    stray = remove_files(layout.tmp)
     if stray:
         notes.append(f"removed {len(stray)} partial queue write(s) from {layout.tmp}")
     for stage in queue.stages:
@@ -76,6 +74,18 @@ OWN_FILES = ("tmp", "workers", "logs", "scratch", "handoff")
 LEGACY = ("content", "gen", "sty")  # what queues of the first layout made
 
 
+def foreign_entries(queue) -> list:
+    """Entries of the queue folder whose names the queue never makes (a queue with a manifest may hold
+    some: --fresh leaves them alone and says so)."""
+    lay = queue.layout
+    ours = set(OWN_FILES) | set(queue.stages) | set(LEGACY) | {lay.lock.name, lay.holder.name, lay.manifest.name,
+                                                                "README.md"}
+    try:
+        return sorted(name for name in os.listdir(lay.root) if name not in ours)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def clear_queue(queue, grace: float) -> list:
     """--fresh: delete what the queue made (jobs, leases, logs, working files, hand-offs), the manifest
     last; never the outputs, the lock, or a file the queue does not know (named in the returned notes).
@@ -91,7 +101,8 @@ def clear_queue(queue, grace: float) -> list:
         if entry.name in keep:
             continue
         if entry.name in own and entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
+            shutil.rmtree(entry)  # fd-based on Linux: a link inside is removed, never followed
+            crash.point("fresh_step")
         else:
             notes.append(f"--fresh left {entry} alone: the queue did not make it")
     try:

@@ -46,6 +46,18 @@ class Slot:
     jobs_done: int = 0
 
 
+def last_line(log: Path, limit: int = 300) -> str:
+    """The last non-empty line of a worker's log (a traceback's last line is the error), shortened."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return lines[-1][:limit] if lines else ""
+
+
 def describe_exit(rc: int) -> str:
     if rc < 0:
         try:
@@ -77,6 +89,14 @@ class Supervisor:
             self._signal_all(signal.SIGTERM)
         else:
             self._signal_all(signal.SIGKILL)
+
+    def abort(self, code: int, why: str):
+        """Stop as a first Ctrl-C would (workers release their jobs), ending the run with `code`."""
+        self.log(why)
+        if not self.stopping:
+            self.signals, self.signal_code = 1, code
+            self.stop_deadline = time.monotonic() + self.config.queue.stop_grace_s
+            self._signal_all(signal.SIGTERM)
 
     def _signal_all(self, sig):
         for slot in self.slots:
@@ -126,8 +146,12 @@ class Supervisor:
         crashed = rc != 0 or slot.hung
         reason = f"worker {slot.wid} " + ("hung (lease expired) and was killed" if slot.hung else describe_exit(rc))
         counted = crashed and not self.stopping
-        for stage, jid, outcome in self.q.reclaim(slot.wid, counted=counted, reason=reason, **self.backoff):
-            self.log(f"reclaimed {stage} {jid} from {slot.wid}: {outcome}")
+        try:
+            for stage, jid, outcome in self.q.reclaim(slot.wid, counted=counted, reason=reason, **self.backoff):
+                self.log(f"reclaimed {stage} {jid} from {slot.wid}: {outcome}")
+        except OSError as e:  # e.g. a full disk: its jobs stay claimed; the next launch reclaims them
+            self.abort(2, f"cannot reclaim the jobs of {slot.wid} ({e.filename or 'queue'}: {e.strerror or e}); "
+                          "stopping: free space and rerun the same command, which reclaims them")
         try:
             self.q.layout.lease_path(slot.wid).unlink()
         except FileNotFoundError:
@@ -136,7 +160,8 @@ class Supervisor:
         if not crashed:
             slot.done = True
             return
-        self.log(f"{reason}")
+        error = last_line(self.q.layout.log_path(slot.wid)) if rc != 0 and not slot.hung else ""
+        self.log(f"{reason}" + (f"; its log ends: {error}" if error else ""))
         if self.stopping:
             return
         slot.failures.append(now)

@@ -206,7 +206,7 @@ def main(argv=None) -> int:
         return 2
     if args.log:
         worker.q.layout.logs.mkdir(parents=True, exist_ok=True)
-        fd = os.open(worker.q.layout.log_path(worker.wid), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(worker.q.layout.log_path(worker.wid), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
     signal.signal(signal.SIGTERM, worker.request_stop)

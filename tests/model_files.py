@@ -1,0 +1,30 @@
+"""The tiny model folder of `common.devkit.tiny_model`, written without Jittor, for tests of the launch checks.
+
+The devkit writes the tiny model over the shapes of our Jittor modules; here the shapes come from
+`common.model_check`, which tests/test_model_check.py proves equal to the modules', so the files are the
+same and a test of the launcher's checks needs no Jittor import.
+"""
+from pathlib import Path
+
+from safetensors.numpy import save_file
+
+from common.devkit import tiny_model, tiny_weights
+from common.model_check import text_encoder_params, unet_params, vae_params
+
+
+def shapes(family: str = "sd21") -> dict:
+    configs = tiny_model.FAMILIES[family]
+    return {"unet": unet_params(configs["unet"]), "vae": vae_params(tiny_weights.VAE),
+            "text_encoder": text_encoder_params(configs["text_encoder"])}
+
+
+def write_model(folder: Path, lora_styles=(), family: str = "sd21") -> Path:
+    """The tiny model at `folder`, with a diffusers-format LoRA per style in `folder/loras/style_NN/`."""
+    folder = Path(folder)
+    found = shapes(family)
+    tiny_model._write_base(folder, found, family)
+    for style in lora_styles:
+        target = folder / "loras" / f"style_{style}"
+        target.mkdir(parents=True, exist_ok=True)
+        save_file(tiny_model.lora_state(found["unet"], style), str(target / "pytorch_lora_weights.safetensors"))
+    return folder
