@@ -115,7 +115,7 @@ def torch_worker(part, batches, dtype, warmup, runs, latent, threads, device, ar
     unet_cfg, vae_cfg, text_cfg, attention_cases = arch(arch_name)
     tdtype = torch.float16 if dtype == "fp16" else torch.float32
 
-    def wait():
+    def wait(_result):
         if device == "cuda":
             torch.cuda.synchronize()
 
