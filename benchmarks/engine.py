@@ -258,6 +258,8 @@ def main():
                     continue
                 for key, value in run_worker(python, side, part, args).items():
                     results[key] = min(value, results.get(key, value))
+                if args.json:  # after every worker: a run cut short keeps what it measured
+                    Path(args.json).write_text(json.dumps(add_ratios(dict(results)), indent=2) + "\n")
     print_table(add_ratios(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

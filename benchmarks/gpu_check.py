@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -125,16 +126,23 @@ def write_json(path: Path, data):
 
 
 def run_step(name, timeout, cmd, env, log):
-    """(status, seconds, last stderr line): ok, failed (exit N), or timeout."""
+    """(status, seconds): ok, failed (exit N), or timeout; the step and its children end here either way."""
     log.write(f"\n===== {name}: {' '.join(cmd)} (timeout {timeout:.0f} s)\n")
     log.flush()
     t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=timeout)
-        status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+        rc = proc.wait(timeout=timeout)
+        status = "ok" if rc == 0 else f"failed (exit {rc})"
     except subprocess.TimeoutExpired:
         status = f"timeout after {timeout:.0f} s"
+    finally:  # the step's own subprocesses (benchmark workers) too: none may hold the GPU into the next step
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
     log.flush()
     return status, time.time() - t0
 

@@ -255,6 +255,8 @@ def main():
         result, _ = run_part(a, part)
         figures.update(result)
         print(f"{part}: {result}", file=sys.stderr, flush=True)
+        if a.json:  # a run cut short keeps the parts it finished
+            a.json.write_text(json.dumps({"complete": False, **figures}, indent=1))
     if a.per_image > 1:  # a smoke run's single process keeps its compile time
         run_part(a, "per-image", sty_steps=1)  # compiles the doubled-batch shapes
     walls, results = [], []
