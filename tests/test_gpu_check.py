@@ -31,3 +31,30 @@ def test_cpu_smoke_runs_every_step_and_writes_what_a_device_run_brings_back(tmp_
     assert stages["consumer_speedup_vs_per_image"] > 0 and stages["producer_s_per_image_step_b4"] > 0
     vae_text = json.loads((out / "5_vae_text.json").read_text())["engine_vae_text"]
     assert vae_text["vae_decode_fp32_b1_jittor_s"] > 0 and vae_text["text_encode_fp32_b1_jittor_s"] > 0
+
+
+def test_a_step_past_its_timeout_ends_with_its_children(tmp_path):
+    """A benchmark's workers must not keep the GPU busy into the next step."""
+    import os
+    import time
+
+    from benchmarks.gpu_check import run_step
+    marker = tmp_path / "child.pid"
+    code = ("import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+            f"open({str(marker)!r}, 'w').write(str(child.pid))\ntime.sleep(120)")
+    with open(tmp_path / "log.txt", "w") as log:
+        status, seconds = run_step("slow", 3, [sys.executable, "-c", code], {}, log)
+    assert status == "timeout after 3 s" and seconds < 60
+    child = int(marker.read_text())
+    for _ in range(100):  # killed; reaped by init once its parent is gone
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break
+        if state in ("Z", "X"):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        raise AssertionError("the step's child outlived its timeout")
