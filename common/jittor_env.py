@@ -262,7 +262,12 @@ def tune_cuda(jt) -> None:
     do: the VAE's convs, in fp32, have other shapes than the UNet's).
     """
     jt.flags.use_tensorcore = 0
-    jt.compile_extern.cudnn.set_algorithm_cache_size(CONV_ALGO_CACHE)
+    resize = getattr(jt.compile_extern.cudnn, "set_algorithm_cache_size", None)
+    if resize is None:  # not in this Jittor: each conv shape past the 100th re-chooses its algorithm per call
+        warnings.warn("jstyleid: this Jittor cannot resize cuDNN's algorithm cache (100 entries); convolutions "
+                      "beyond it are slower", stacklevel=2)
+    else:
+        resize(CONV_ALGO_CACHE)
 
 
 def wait_device(results=None) -> None:
