@@ -200,9 +200,10 @@ def load_jittor(use_cuda=None):
         with _default_signals(), _without_torch():
             import jittor as jt
     _close_compile_pool()
-    if not have_onednn or jt.compile_extern.mkl_ops is None:
+    on_cuda = bool(use_cuda and jt.has_cuda)
+    if not on_cuda and (not have_onednn or jt.compile_extern.mkl_ops is None):  # a GPU process needs no oneDNN
         warnings.warn(SLOW_CPU_WARNING, stacklevel=2)
-    jt.flags.use_cuda = 1 if (use_cuda and jt.has_cuda) else 0
+    jt.flags.use_cuda = 1 if on_cuda else 0
     _jt = jt
     return jt
 
