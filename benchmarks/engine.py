@@ -7,7 +7,8 @@ process (torch and jittor never share one), so peak memory is per side and part.
 sides on the GPU. The VAE always runs in float32, as the pipeline runs it. Every timed run ends by
 waiting for the device (benchmarks/timing.py). Warm-up runs (Jittor compiles on the first call) are
 excluded; the figure is the median of --runs (the best of --rounds worker pairs, which alternate, when
-the machine is shared). Float32 on a GPU runs with TF32 off on both sides (NVIDIA_TF32_OVERRIDE=0).
+the machine is shared). On a GPU, float32 work (the VAE) runs with TF32 off on both sides
+(NVIDIA_TF32_OVERRIDE=0).
 
     .venv/bin/python benchmarks/engine.py --threads 2 --json /tmp/engine.json
 """
@@ -167,8 +168,8 @@ def torch_worker(part, batches, dtype, warmup, runs, latent, threads, device, ar
 # ---------------------------------------------------------------- driver
 def run_worker(python, side, part, args):
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    if args.device == "cuda" and args.dtype == "fp32":
-        env["NVIDIA_TF32_OVERRIDE"] = "0"  # cuBLAS and cuDNN: no TF32 in float32 (Jittor's cuDNN would use it)
+    if args.device == "cuda":  # float32 (the VAE always) without TF32 on both sides: Jittor's cuDNN convs
+        env["NVIDIA_TF32_OVERRIDE"] = "0"  # would use it by default, PyTorch's matmuls would not
     if side == "torch" and args.torch_path is not None:
         env["PYTHONPATH"] = args.torch_path  # the reference's packages, not the Jittor side's
     cmd = [python, __file__, "--worker", side, "--parts", part, "--batches", args.batches, "--dtype", args.dtype,
