@@ -189,6 +189,20 @@ def set_up(gpu: bool) -> dict:
     return notes
 
 
+HEADLINE = ("unet", "text_encoder", "vae_", "conv_fp16", "_ratio_vs_torch", "_jittor_s", "_step", "speedup", "_error",
+            "gpu_pool", "problems")
+
+
+def headline(out: Path):
+    """The figures worth reading first, one per line (a device run's reply shows the end of the output)."""
+    for path in sorted(out.glob("[0-9]_*.json")):
+        for step, figures in json.loads(path.read_text()).items():
+            for key, value in figures.items():
+                if any(h in key for h in HEADLINE) and not key.endswith(("_cpu_s", "_rss_mib")):
+                    shown = f"{value:.4g}" if isinstance(value, float) else value
+                    print(f"{step}.{key} = {shown}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help="the results folder (created; at most 8 files)")
@@ -237,6 +251,7 @@ def main():
     summary["finished"] = time.strftime("%F %T")
     write_json(a.out / "summary.json", summary)
     shutil.rmtree(work, ignore_errors=True)
+    headline(a.out)
     for name, step in summary["steps"].items():
         print(f"{name:18} {step['status']:28} {step.get('seconds', 0):7.1f} s  "
               f"peak {step.get('peak_memory_mib', float('nan')):8.0f} MiB")

@@ -234,7 +234,7 @@ def use_device(device: str) -> None:
         if problems:
             jt.flags.use_cuda = 0
             raise DeviceUnavailable("a GPU was asked for but Jittor's GPU path is not whole: " + "; ".join(problems)
-                                    + "; fix the CUDA set-up (README: GPU run), or run with --gpus cpu "
+                                    + "; fix the CUDA set-up (README: The first GPU run), or run with --gpus cpu "
                                     "(log_silent=0 shows Jittor's own messages)")
         tune_cuda(jt)
     _device = device
