@@ -49,7 +49,8 @@ def steps(smoke: bool, work: Path, torch_args: list) -> list:
         engine = py + ["benchmarks/engine.py", *device, "--arch", "tiny", "--batches", "1", "--runs", "1",
                        "--warmup", "1", *torch_args]
         stages = py + ["benchmarks/stages.py", *device, "--arch", "tiny", "--size", "64", "--gen-steps", "1",
-                       "--sty-steps", "1", "--per-image", "1", "--repeat", "1", "--dtype", "float32"]
+                       "--sty-steps", "1", "--per-image", "1", "--repeat", "1", "--dtype", "float32"]  # the tiny
+        # model is written once into stages.py's default folder and reused
         conv = ["--conv-channels", "32"]
         unet, vae_text = [], []
     else:
@@ -57,7 +58,8 @@ def steps(smoke: bool, work: Path, torch_args: list) -> list:
         engine = py + ["benchmarks/engine.py", *device, "--dtype", "fp16", "--warmup", "2", "--runs", "5",
                        *torch_args]
         stages = py + ["benchmarks/stages.py", *device, "--arch", "sd21", "--size", "512", "--gen-steps", "4",
-                       "--sty-steps", "4", "--per-image", "1", "--repeat", "1", "--dtype", "float16"]
+                       "--sty-steps", "4", "--per-image", "1", "--repeat", "1", "--dtype", "float16",
+                       "--workdir", str(work / "bench")]  # the random SD 2.1 folder (2.6 GB) goes with the run
         conv = []
         unet, vae_text = ["--batches", "1,2,4,8"], ["--batches", "1,4"]
     parity = py + ["benchmarks/parity.py", *device, *conv]
@@ -72,8 +74,7 @@ def steps(smoke: bool, work: Path, torch_args: list) -> list:
                             {}),
                            ("engine_attention", 90, engine + ["--parts", "attention", "--json",
                                                               str(work / "engine_attention.json")], {})]),
-        ("4_stages.json", [("stages", 300, stages + ["--workdir", str(work / "bench"), "--json",
-                                                     str(work / "stages.json")], {})]),
+        ("4_stages.json", [("stages", 300, stages + ["--json", str(work / "stages.json")], {})]),
         ("5_vae_text.json", [("engine_vae_text", 150, engine + ["--parts", "vae_decode,text_encode", *vae_text,
                                                                 "--json", str(work / "engine_vae_text.json")], {})]),
     ]
