@@ -1,17 +1,19 @@
-"""Stage costs: producer and consumer seconds per image, style inversion, peak memory, and the seed-style reference.
+"""Stage costs: producer and consumer seconds per image, style inversion, peak memory, and a per-image design.
 
     .venv/bin/python benchmarks/stages.py --json stages.json
 
-Each measurement runs in its own process (its peak RSS is that stage's alone). The reference is the
-predecessor's ("seed 000") consumer design, run here in the same session: a fresh process per content image
-that loads the model, re-inverts the style, and runs every UNet call on a guidance-doubled batch (same
-steps). `consumer_speedup_vs_seed_style` = its seconds per image / ours with the style cached, batch 4.
+Each measurement runs in its own process (its peak RSS is that stage's alone). The reference is the plain
+per-image consumer design, run here in the same session: a fresh process per content image that loads the
+model, re-inverts the style, and runs every UNet call on a guidance-doubled batch (same steps).
+`consumer_speedup_vs_per_image` = its seconds per image / ours with the style cached, batch 4.
 
 On a GPU: SD 2.1's architecture with random weights (or the real model when `--model` names one), 512x512
-float16, 25 producer and 50 consumer steps. On a CPU (2 cores: the full SD 2.1 UNet takes ~8 s per call at
-256x256): `--arch half` (SD 2.1's layout with every width halved, heads 64 wide, a 12-layer 512-wide text
-encoder) at 256x256 float32, 5 steps each way. Random weights cost the same time as trained ones; Jittor
-compiles each new shape once, so every part warms up first.
+float16, 25 producer and 50 consumer steps (fewer with --gen-steps/--sty-steps; the `*_per_step` figures
+divide by the step count, fixed costs included). On a CPU (2 cores: the full SD 2.1 UNet takes ~8 s per
+call at 256x256): `--arch half` (SD 2.1's layout with every width halved, heads 64 wide, a 12-layer
+512-wide text encoder) at 256x256 float32, 5 steps each way; `--arch tiny` is the test model (a smoke run).
+Random weights cost the same time as trained ones; Jittor compiles each new shape once, so every part
+warms up first. Every timing ends by waiting for the device (common.jittor_env.wait_device).
 """
 import argparse
 import json
@@ -40,9 +42,14 @@ def arch_configs(arch: str):
     return unet, vae, text
 
 
-def write_random_model(folder: Path, arch: str):
-    """A diffusers folder with SD-2.1-shaped components and random weights (Jittor's default init, seed 0)."""
+def write_random_model(folder: Path, arch: str, weight_dtype: str = "float32"):
+    """A diffusers folder with SD-2.1-shaped components and random weights (Jittor's default init, seed 0),
+    stored as `weight_dtype` (loading casts them; float16 halves the writing on a GPU machine)."""
     if (folder / "model_index.json").is_file():
+        return
+    from common.devkit.tiny_model import write_tiny_model
+    if arch == "tiny":
+        write_tiny_model(folder, lora_styles=())
         return
     from safetensors.numpy import save_file
 
@@ -50,7 +57,6 @@ def write_random_model(folder: Path, arch: str):
     from common.sd.clip import CLIPTextModel
     from common.sd.unet import UNet2DConditionModel
     from common.sd.vae import AutoencoderKL
-    from common.devkit.tiny_model import write_tiny_model
     jt = load_jittor()
     jt.set_global_seed(0)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -63,7 +69,7 @@ def write_random_model(folder: Path, arch: str):
         for old in (tmp / sub).glob("*"):
             old.unlink()
         (tmp / sub / "config.json").write_text(json.dumps(cfg, indent=1))
-        state = {k: v.numpy().astype("float32") for k, v in cls(cfg).state_dict().items()}
+        state = {k: v.numpy().astype(weight_dtype) for k, v in cls(cfg).state_dict().items()}
         save_file(state, str(tmp / sub / weights))
         del state
     shutil.rmtree(tmp / "loras", ignore_errors=True)
@@ -72,6 +78,15 @@ def write_random_model(folder: Path, arch: str):
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def memory(prefix: str) -> dict:
+    """Peak RSS, and on CUDA Jittor's GPU pool (its allocator keeps what it took: the pool is its peak)."""
+    out = {f"{prefix}peak_rss_mb": peak_rss_mb()}
+    jt = jittor()
+    if jt.flags.use_cuda:
+        out[f"{prefix}gpu_pool_mb"] = jt.get_mem_info().total_cuda_used / 2 ** 20
+    return out
 
 
 def drawn_image(size: int, seed: int):
@@ -83,6 +98,7 @@ def drawn_image(size: int, seed: int):
 # ---------------------------------------------------------------- parts (each in its own process)
 
 def part_producer(a) -> dict:
+    from common.jittor_env import wait_device
     from producer.generate import generate
     sd = load_model(a)
     prompts = ["a dolphin", "a lighthouse", "a mountain", "a bicycle"]
@@ -90,11 +106,12 @@ def part_producer(a) -> dict:
     def run(batch, steps):
         t0 = time.perf_counter()
         generate(sd, prompts[:batch], list(range(batch)), size=a.size, steps=steps, guidance=7.5)
+        wait_device()
         return time.perf_counter() - t0
 
     run(1, 1), run(4, 1)  # compile every shape once
     return {"producer_s_per_image_b1": best(a, lambda: run(1, a.gen_steps)),
-            "producer_s_per_image_b4": best(a, lambda: run(4, a.gen_steps)) / 4, "producer_peak_rss_mb": peak_rss_mb()}
+            "producer_s_per_image_b4": best(a, lambda: run(4, a.gen_steps)) / 4, **memory("producer_")}
 
 
 def styleid(sd, a, steps):
@@ -117,6 +134,7 @@ def latents(sd, images):
 
 
 def part_consumer(a) -> dict:
+    from common.jittor_env import wait_device
     jt = jittor()
     sd = load_model(a)
     style = latents(sd, [drawn_image(a.size, 0)])
@@ -128,7 +146,7 @@ def part_consumer(a) -> dict:
             feats = cached or engine.invert_style(style)
             if batch:
                 sd.decode_latents(engine.stylize(contents[:batch], feats))
-        jt.sync_all()
+        wait_device()
         return time.perf_counter() - t0, feats
 
     warm = styleid(sd, a, 1)
@@ -139,11 +157,12 @@ def part_consumer(a) -> dict:
     b1 = best(a, lambda: run(engine, 1, feats)[0])
     b4 = best(a, lambda: run(engine, 4, feats)[0]) / 4
     return {"style_inversion_s": inversion, "consumer_s_per_image_b1_cached": b1,
-            "consumer_s_per_image_b4_cached": b4, "consumer_peak_rss_mb": peak_rss_mb()}
+            "consumer_s_per_image_b4_cached": b4, **memory("consumer_")}
 
 
-def part_seed_image(a) -> dict:
-    """One content image the predecessor's way: load, invert the style, guidance-doubled batches."""
+def part_per_image(a) -> dict:
+    """One content image the plain per-image way: load, invert the style, guidance-doubled batches."""
+    from common.jittor_env import wait_device
     jt = jittor()
     t0 = time.perf_counter()
     sd = load_model(a)
@@ -155,8 +174,8 @@ def part_seed_image(a) -> dict:
         feats = engine.invert_style(jt.concat([style, style], dim=0))
         out = engine.stylize(jt.concat([content, content], dim=0), feats)[:1]
         sd.decode_latents(out)
-    jt.sync_all()
-    return {"peak_rss_mb": peak_rss_mb(), "load_s": load, "work_s": time.perf_counter() - t0 - load}
+    wait_device()
+    return {**memory(""), "load_s": load, "work_s": time.perf_counter() - t0 - load}
 
 
 def best(a, measure) -> float:
@@ -164,7 +183,7 @@ def best(a, measure) -> float:
     return min(measure() for _ in range(a.repeat))
 
 
-PARTS = {"producer": part_producer, "consumer": part_consumer, "seed-image": part_seed_image}
+PARTS = {"producer": part_producer, "consumer": part_consumer, "per-image": part_per_image}
 
 
 def jittor():
@@ -198,12 +217,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", type=Path, help="write the figures here")
     p.add_argument("--model", help="a diffusers folder (default: a random SD-2.1-shaped one)")
-    p.add_argument("--arch", choices=("sd21", "half"), help="random model's shapes (default: sd21 on a GPU, "
-                   "half on a CPU)")
+    p.add_argument("--arch", choices=("sd21", "half", "tiny"), help="random model's shapes (default: sd21 on a "
+                   "GPU, half on a CPU; tiny: the test model)")
     p.add_argument("--size", type=int)
     p.add_argument("--gen-steps", type=int)
     p.add_argument("--sty-steps", type=int)
-    p.add_argument("--seed-images", type=int, default=2, help="content images timed for the seed-style reference")
+    p.add_argument("--per-image", type=int, default=2, help="content images timed for the per-image design "
+                   "(1: no warm-up process, so the figure includes compiling)")
     p.add_argument("--repeat", type=int, default=2, help="timings are the fastest of this many runs")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "jstyleid-bench")
     p.add_argument("--dtype"), p.add_argument("--device")
@@ -223,9 +243,10 @@ def main():
     a.sty_steps = a.sty_steps or (50 if gpu else 5)
     a.arch = a.arch or ("sd21" if gpu else "half")
     if a.model is None:
-        a.model = a.workdir / f"random-{a.arch}"
+        weight_dtype = "float16" if a.dtype == "float16" else "float32"
+        a.model = a.workdir / f"random-{a.arch}-{weight_dtype}"
         t0 = time.perf_counter()
-        write_random_model(a.model, a.arch)
+        write_random_model(a.model, a.arch, weight_dtype)
         print(f"model: random {a.arch} weights in {a.model} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     model_name = str(a.model) if "random-" not in str(a.model) else f"random {a.arch} (SD 2.1 shapes)"
 
@@ -234,24 +255,33 @@ def main():
         result, _ = run_part(a, part)
         figures.update(result)
         print(f"{part}: {result}", file=sys.stderr, flush=True)
-    run_part(a, "seed-image", sty_steps=1)  # compiles the doubled-batch shapes
-    walls, loads, works, rss = [], [], [], []
-    for i in range(a.seed_images):
-        result, wall = run_part(a, "seed-image", index=i)
-        walls.append(wall), loads.append(result["load_s"]), works.append(result["work_s"])
-        rss.append(result["peak_rss_mb"])
+        if a.json:  # a run cut short keeps the parts it finished
+            a.json.write_text(json.dumps({"complete": False, **figures}, indent=1))
+    if a.per_image > 1:  # a smoke run's single process keeps its compile time
+        run_part(a, "per-image", sty_steps=1)  # compiles the doubled-batch shapes
+    walls, results = [], []
+    for i in range(a.per_image):
+        result, wall = run_part(a, "per-image", index=i)
+        walls.append(wall), results.append(result)
     # the fastest, as every other timing; the process wall splits into start-up (Python, Jittor), model load,
     # and the work itself (encodes, doubled inversions, decode; a fresh process also loads each kernel once)
-    figures["seed_style_s_per_image"] = min(walls)
-    figures["seed_style_load_s"] = min(loads)
-    figures["seed_style_work_s"] = min(works)
-    figures["seed_style_peak_rss_mb"] = max(rss)
-    figures["consumer_speedup_vs_seed_style"] = figures["seed_style_s_per_image"] / figures[
+    figures["per_image_s_per_image"] = min(walls)
+    figures["per_image_load_s"] = min(r["load_s"] for r in results)
+    figures["per_image_work_s"] = min(r["work_s"] for r in results)
+    for key in ("peak_rss_mb", "gpu_pool_mb"):
+        if key in results[0]:
+            figures[f"per_image_{key}"] = max(r[key] for r in results)
+    figures["consumer_speedup_vs_per_image"] = figures["per_image_s_per_image"] / figures[
         "consumer_s_per_image_b4_cached"]
-    figures["consumer_speedup_vs_seed_style_b1"] = figures["seed_style_s_per_image"] / figures[
+    figures["consumer_speedup_vs_per_image_b1"] = figures["per_image_s_per_image"] / figures[
         "consumer_s_per_image_b1_cached"]
+    for key in list(figures):  # seconds per image per step (fixed costs such as the decode spread over steps)
+        steps = a.gen_steps if key.startswith("producer_s") else a.sty_steps
+        if key.startswith(("producer_s_per_image", "consumer_s_per_image", "style_inversion_s")):
+            figures[key.replace("_s_per_image", "_s_per_image_step").replace("inversion_s", "inversion_s_per_step")
+                    ] = figures[key] / steps
     setup = {"device": a.device, "dtype": a.dtype, "model": model_name, "size": a.size,
-             "producer_steps": a.gen_steps, "consumer_steps": a.sty_steps, "seed_images": a.seed_images,
+             "producer_steps": a.gen_steps, "consumer_steps": a.sty_steps, "per_image_images": a.per_image,
              "repeat": a.repeat,
              "cpu_count": os.cpu_count()}
 

@@ -9,10 +9,19 @@ Jittor reads its environment once, at first import, so every process imports it 
 - the first import compiles Jittor's core for minutes: say so, once.
 
 The device is chosen once per process too (`use_device`): Jittor's `flags.use_cuda` is process-global, so
-nothing else sets it; the engine only checks it (`require_device`).
+nothing else sets it; the engine only checks it (`require_device`). Choosing CUDA checks, once, that the
+GPU path is whole (`gpu_path_problems`): Jittor runs with `log_silent=1` (its info lines would flood every
+worker's log), which also drops its warnings and even its fatal errors, so a cuDNN or cuBLAS that failed
+to load would otherwise mean silently slow generic kernels.
+
+Several processes may start at once on a cold cache (one worker per GPU). Jittor serialises its per-op
+compiles with a file lock, but not the first steps of its import (recording $JITTOR_HOME in a config file)
+nor our oneDNN links: `load_jittor` runs those under a lock of its own. Jittor's caches live in
+`jittor_cache()`, found as Jittor finds it ($JITTOR_HOME honoured).
 """
 import atexit
 import ctypes
+import json
 import os
 import platform
 import shutil
@@ -21,7 +30,10 @@ import subprocess
 import sys
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock
 
 # The folder name Jittor's installer looks for; if it holds lib/libmkldnn.so, Jittor downloads nothing.
 _JITTOR_DNNL_DIR = {"x86_64": "dnnl_lnx_2.2.0_cpu_gomp", "aarch64": "dnnl_lnx_2.2.0_cpu_gomp_aarch64"}
@@ -32,6 +44,9 @@ SLOW_CPU_WARNING = (
 _jt = None
 _device = None
 DEVICES = ("cpu", "cuda")
+# cuDNN convolution algorithms Jittor remembers per process (its default, 100, is less than one worker needs:
+# ~33 UNet conv shapes per batch size, several batch sizes, the VAE; past it every call re-chooses).
+CONV_ALGO_CACHE = 4096
 
 
 class DeviceUnavailable(RuntimeError):
@@ -49,6 +64,24 @@ def gpu_present() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return out.returncode == 0 and "GPU" in out.stdout
+
+
+def jittor_home() -> Path:
+    """The folder whose .cache/jittor holds Jittor's caches, decided as Jittor decides it: $JITTOR_HOME, else
+    the JITTOR_HOME Jittor recorded in ~/.cache/jittor/config.json (it records any JITTOR_HOME it is given,
+    and that one stays the default for later processes), else the user's home."""
+    if os.environ.get("JITTOR_HOME"):
+        return Path(os.environ["JITTOR_HOME"]).absolute()
+    try:
+        recorded = json.loads((Path.home() / ".cache" / "jittor" / "config.json").read_text()).get("JITTOR_HOME")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return Path(recorded) if isinstance(recorded, str) and recorded else Path.home()
+
+
+def jittor_cache() -> Path:
+    """Jittor's cache folder: compiled core and ops (jt*/), its oneDNN folder (mkl/)."""
+    return jittor_home() / ".cache" / "jittor"
 
 
 def onednn_prefix():
@@ -69,7 +102,7 @@ def _link_onednn_for_jittor() -> bool:
     if found is None or platform.machine() not in _JITTOR_DNNL_DIR:
         return False
     lib, include = found
-    mkl_root = Path.home() / ".cache" / "jittor" / "mkl"
+    mkl_root = jittor_cache() / "mkl"
     home = mkl_root / _JITTOR_DNNL_DIR[platform.machine()]
     (home / "lib").mkdir(parents=True, exist_ok=True)
     for link, target in ((home / "lib" / "libmkldnn.so", lib), (home / "include", include)):
@@ -90,8 +123,31 @@ def _link_onednn_for_jittor() -> bool:
 
 
 def _first_compile_pending() -> bool:
-    cache = Path.home() / ".cache" / "jittor"
-    return not any(cache.glob("jt*/**/jittor_core*.so"))
+    return not any(jittor_cache().glob("jt*/**/jittor_core*.so"))
+
+
+@contextmanager
+def _import_lock():
+    """One process at a time links oneDNN and imports Jittor on this cache: Jittor's import locks its own
+    compiles, but rewrites its config file and we re-point links before that lock is taken."""
+    cache = jittor_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / "jstyleid-import.lock")):
+        yield
+
+
+@contextmanager
+def _without_torch():
+    """Jittor's import imports torch when it can (to patch how the two share a process). Our processes never
+    mix them: PyTorch only runs as a reference in processes of its own, so Jittor's import must not see it."""
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which Jittor catches
+    try:
+        yield
+    finally:
+        if blocked and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
 
 
 class _default_signals:
@@ -133,19 +189,21 @@ def load_jittor(use_cuda=None):
     if not use_cuda:
         os.environ["nvcc_path"] = ""
     os.environ.setdefault("use_mkl", "1")
-    os.environ.setdefault("log_silent", "1")
-    have_onednn = os.environ["use_mkl"] == "1" and _link_onednn_for_jittor()
-    if not have_onednn:
-        os.environ["use_mkl"] = "0"
-    if _first_compile_pending():
-        print("jstyleid: compiling Jittor's core for this machine; this takes 2-4 minutes once "
-              "(cached in ~/.cache/jittor)", file=sys.stderr, flush=True)
-    with _default_signals():
-        import jittor as jt
+    os.environ.setdefault("log_silent", "1")  # use_device("cuda") checks what its dropped warnings would say
+    with _import_lock():
+        have_onednn = os.environ["use_mkl"] == "1" and _link_onednn_for_jittor()
+        if not have_onednn:
+            os.environ["use_mkl"] = "0"
+        if _first_compile_pending():
+            print(f"jstyleid: compiling Jittor's core for this machine; this takes 2-4 minutes once "
+                  f"(cached in {jittor_cache()})", file=sys.stderr, flush=True)
+        with _default_signals(), _without_torch():
+            import jittor as jt
     _close_compile_pool()
-    if not have_onednn or jt.compile_extern.mkl_ops is None:
+    on_cuda = bool(use_cuda and jt.has_cuda)
+    if not on_cuda and (not have_onednn or jt.compile_extern.mkl_ops is None):  # a GPU process needs no oneDNN
         warnings.warn(SLOW_CPU_WARNING, stacklevel=2)
-    jt.flags.use_cuda = 1 if (use_cuda and jt.has_cuda) else 0
+    jt.flags.use_cuda = 1 if on_cuda else 0
     _jt = jt
     return jt
 
@@ -158,7 +216,7 @@ def fast_cpu_path() -> bool:
 
 def use_device(device: str) -> None:
     """Run this process's Jittor on `device` ("cpu" or "cuda"). Idempotent; asking for the other device
-    later, or for CUDA where Jittor has none, raises DeviceUnavailable."""
+    later, or for CUDA where Jittor has none or its GPU path is not whole, raises DeviceUnavailable."""
     global _device
     if device not in DEVICES:
         raise ValueError(f"device {device!r} is unknown; use one of {DEVICES}")
@@ -171,7 +229,64 @@ def use_device(device: str) -> None:
     if device == "cuda" and not jt.has_cuda:
         raise DeviceUnavailable(_no_cuda_message())
     jt.flags.use_cuda = 1 if device == "cuda" else 0
+    if device == "cuda":
+        problems = gpu_path_problems(jt)
+        if problems:
+            jt.flags.use_cuda = 0
+            raise DeviceUnavailable("a GPU was asked for but Jittor's GPU path is not whole: " + "; ".join(problems)
+                                    + "; fix the CUDA set-up (README: The first GPU run), or run with --gpus cpu "
+                                    "(log_silent=0 shows Jittor's own messages)")
+        tune_cuda(jt)
     _device = device
+
+
+def gpu_path_problems(jt) -> list:
+    """What keeps `jt` (Jittor with use_cuda set) from running our models at full speed on the GPU; [] if
+    nothing. Each missing library would otherwise be a silent fallback to Jittor's generic kernels."""
+    problems = []
+    if not jt.flags.use_cuda:
+        problems.append("jt.flags.use_cuda did not stay on (Jittor sees no usable GPU)")
+    extern = jt.compile_extern
+    if getattr(extern, "cudnn", None) is None or getattr(extern, "cudnn_ops", None) is None:
+        problems.append("cuDNN is not loaded (convolutions would run as generic kernels)")
+    if getattr(extern, "cublas_ops", None) is None:
+        problems.append("cuBLAS is not loaded (matrix products would run as generic kernels)")
+    return problems
+
+
+def tune_cuda(jt) -> None:
+    """Settings every CUDA process needs: room for every conv's cuDNN algorithm, and fp32 accumulation.
+
+    `use_tensorcore` is forced off: Jittor's flag turns fp16 matrix products to fp16 accumulation (without
+    it cuBLAS already uses tensor cores with fp32 accumulation). cuDNN's algorithm cache is keyed by shapes
+    alone, not dtype, so one process should not run the same conv shapes in two dtypes (the stages never
+    do: the VAE's convs, in fp32, have other shapes than the UNet's).
+    """
+    jt.flags.use_tensorcore = 0
+    resize = getattr(jt.compile_extern.cudnn, "set_algorithm_cache_size", None)
+    if resize is None:  # not in this Jittor: each conv shape past the 100th re-chooses its algorithm per call
+        warnings.warn("jstyleid: this Jittor cannot resize cuDNN's algorithm cache (100 entries); convolutions "
+                      "beyond it are slower", stacklevel=2)
+    else:
+        resize(CONV_ALGO_CACHE)
+
+
+def wait_device(results=None) -> None:
+    """Compute `results` (a Var, or a list/tuple of Vars; None: every live Var) and wait until the device
+    has finished. Jittor's `sync()`/`sync_all()` without `device_sync=True` only hand the kernels to CUDA,
+    and a Var nobody evaluates is never computed: a timing must end with this."""
+    jt = load_jittor()
+    if results is None:
+        jt.sync_all(True)
+        return
+    stack, found = [results], []
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, jt.Var):
+            found.append(item)
+    jt.sync(found, True)
 
 
 def require_device(device: str) -> None:

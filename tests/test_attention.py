@@ -95,3 +95,23 @@ def test_attention_module_keys_and_processor_hook():
     assert len(attn.state_dict()) == 5
     np.testing.assert_array_equal(attn(x, ctx).numpy(), plain)
     assert seen == [True]
+
+
+def test_generic_path_without_upcast_matches_reference():
+    q, k, v = inputs(2, 200, 2, 77)
+    out = _attention_generic(jt.array(q), jt.array(k), jt.array(v), HEADS, 0.3, upcast=False).numpy()
+    np.testing.assert_allclose(out, reference(q, k, v, HEADS, 0.3), atol=2e-5)
+
+
+def test_fp16_logits_are_scaled_before_they_are_rounded():
+    """Without upcast (SD 2.1-base), fp16 logits must hold scale · q·kᵀ: here q·kᵀ ≈ 64 · 40 · 40 = 102400
+    overflows fp16 (max 65504) while an eighth of it does not, so an unscaled product gives inf and NaN."""
+    d, m = 64, 8
+    q = np.full((1, 6, d), 40, np.float16)
+    k = (np.full((1, m, d), 40, np.float32) * (1 + 0.01 * np.arange(m))[None, :, None]).astype(np.float16)
+    v = np.random.default_rng(0).standard_normal((1, m, d)).astype(np.float16)
+    out = _attention_generic(jt.array(q), jt.array(k), jt.array(v), 1, d ** -0.5, upcast=False)
+    assert out.dtype == "float16"
+    out = out.float32().numpy()
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, reference(q, k, v, 1, d ** -0.5), atol=2e-3)  # the last key wins

@@ -175,12 +175,36 @@ class Supervisor:
         delay = min(self.config.queue.restart_base_s * 2 ** (len(slot.failures) - 1), 60.0)
         slot.restart_at = now + delay * random.uniform(0.8, 1.2)
 
+    def warm_up(self):
+        """Several workers would start on a cold kernel cache at once: first one process fills it
+        (common.warmup). None to go on, else the exit code (a signal, or the warm-up failed: no job run)."""
+        if len(self.slots) < 2:
+            return None
+        from common.warmup import EXIT_NO_DEVICE as WARM_NO_DEVICE, WarmUp
+        gpu = self.slots[0].gpu
+        self.log(f"warming the kernel cache on gpu {gpu} before starting {len(self.slots)} workers")
+        warm = WarmUp(self.config, self.config_path, gpu, self.q.layout.logs / "warmup.log", REPO)
+        while (rc := warm.poll()) is None:
+            if self.stopping:
+                warm.stop(signal.SIGKILL if self.signals > 1 else signal.SIGTERM)
+            time.sleep(self.tick)
+        if self.stopping:
+            return self.signal_code
+        if rc == 0:
+            return None
+        self.log(f"warm-up on gpu {gpu} failed ({describe_exit(rc)}): {warm.last_line()}; no job was run; "
+                 f"see {warm.log_path}")
+        return EXIT_NO_DEVICE if rc == WARM_NO_DEVICE else 1
+
     # -- the loop -------------------------------------------------------------------------------------
     def run(self) -> int:
         """Supervise until no work is left (0), every slot is parked (3 or 1), or a stop (130/143)."""
         old = {s: signal.signal(s, self.handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         last_promote = 0.0
         try:
+            code = self.warm_up()
+            if code is not None:
+                return code
             for slot in self.slots:
                 self.spawn(slot)
             while True:

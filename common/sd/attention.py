@@ -8,6 +8,10 @@ passes), so `attention()` runs one fused kernel: per (batch, head, block of quer
 the logits, an in-place softmax, and a second sgemm into the output. Heads are read in place with a
 leading dimension (no transposes), the logits buffer is one block per thread (bounded memory), and K/V
 with batch 1 are broadcast by a zero stride.
+
+Elsewhere (CUDA) the generic path runs: two batched matmuls (cuBLAS) around one softmax kernel (Jittor's
+CUB softmax, fp32 inside whatever the logits' dtype). q is scaled before the first product, so fp16
+logits hold scale · q·kᵀ (as diffusers computes them) rather than values √d times larger.
 """
 import numpy as np
 
@@ -76,7 +80,8 @@ def _attention_fused_cpu(q, k, v, heads, scale, causal):
 
 
 def _attention_generic(q, k, v, heads, scale, upcast, causal=False):
-    """Batched-matmul attention (cuBLAS on CUDA); logits and softmax in fp32 when upcast or fp32 input."""
+    """Batched-matmul attention (cuBLAS on CUDA). Logits are fp32 when upcast (q and k cast first) or fp32
+    input, else in the input dtype; the softmax computes in fp32 either way and gives probabilities in v's."""
     b, n, c = q.shape
     m, d = k.shape[1], c // heads
     if k.shape[0] != b:
@@ -88,12 +93,10 @@ def _attention_generic(q, k, v, heads, scale, upcast, causal=False):
     qh, kh, vh = split(q), split(k), split(v)
     if upcast:
         qh, kh = qh.float32(), kh.float32()
-    logits = nn.bmm_transpose(qh, kh).float32() * scale
+    logits = nn.bmm_transpose(qh * scale, kh)  # scaled first: an fp16 product must not hold q·kᵀ unscaled
     if causal:  # query i sees keys <= i
-        logits = logits + jt.array(np.triu(np.full((n, m), -1e30, dtype=np.float32), k=1))
-    logits = logits - logits.max(dim=-1, keepdims=True)
-    probs = logits.exp()
-    probs = (probs / probs.sum(dim=-1, keepdims=True)).cast(v.dtype)
+        logits = logits.float32() + jt.array(np.triu(np.full((n, m), -1e30, dtype=np.float32), k=1))
+    probs = nn.softmax(logits, dim=-1).cast(v.dtype)  # on CUDA one kernel; elsewhere fp32 max/exp/sum ops
     out = nn.bmm(probs, vh)
     return out.reshape((b, heads, n, d)).transpose((0, 2, 1, 3)).reshape((b, n, c))
 
