@@ -2,6 +2,7 @@
 
     python launch.py --gpus 0,1,2,3 [--config configs/NAME.yaml] [--producers K] [--fresh] [--retry-failed]
     python launch.py --gpus cpu            # one CPU worker doing both stages (also when no GPU is found)
+    python launch.py --ray auto [--workers N] --config ...  # one worker per GPU of a Ray cluster (README)
     python launch.py status [--config ...]  # counts, failures, throughput, ETA
     python launch.py --demo [--workdir DIR] # tiny CPU demo (default DIR: demo_run); prints its contact sheets
 
@@ -10,7 +11,7 @@ Every start re-plans from the dataset and the outputs (finished tasks are skippe
 the outputs; it is needed when pixel settings changed since the queue was planned.
 Exit codes: 0 done, 1 some jobs dead-lettered (listed), 2 usage/config/dataset/manifest error,
 3 no usable device, 75 queue folder locked by another launcher, 130/143 interrupted.
-The launcher never imports Jittor.
+The launcher never imports Jittor, nor Ray without --ray.
 """
 import argparse
 import json
@@ -32,7 +33,8 @@ from common.jobqueue.planner import plan
 from common.jobqueue.queue import Queue
 from common.jobqueue.recovery import clear_queue, recover
 from common.jobqueue.status import collect, format_failures, format_status
-from common.jobqueue.supervisor import Supervisor
+from common.jobqueue.lease import table as lease_table
+from common.jobqueue.supervisor import LocalWorker, Supervisor
 from common.naming import NamingError
 from common.scheduling import split_gpus
 
@@ -58,6 +60,10 @@ def parse_args(argv):
     p.add_argument("--retry-failed", action="store_true", help="give dead-lettered jobs another max_attempts")
     p.add_argument("--demo", action="store_true", help="run the tiny CPU demo and print its contact sheets")
     p.add_argument("--workdir", default="demo_run", help="with --demo: the folder for its model, data and outputs")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the workers on a Ray cluster: 'auto' (the one `ray start` "
+                   "made here) or ray://HOST:PORT; every node must mount the queue, data and outputs at the same paths")
+    p.add_argument("--workers", type=int, help="with --ray: at most N GPU workers, or N CPU workers on a cluster "
+                   "without GPUs (default: one per GPU, or one per node)")
     return p.parse_args(argv)
 
 
@@ -101,11 +107,28 @@ def assign_roles(gpus: list, graph, producers) -> list:
     return [(g, up if i < n_up else down) for i, g in enumerate(gpus)]
 
 
-def acquire_lock(queue: Queue) -> FileLock:
+def open_cluster(args):
+    """--ray: the launcher becomes the Ray driver (docs/queue.md §9); Ray is imported only here."""
+    if args.gpus is not None:
+        raise UsageError("--gpus with --ray: a cluster's workers take its GPUs; --workers N caps how many")
+    try:
+        from common.jobqueue.ray_slots import RayCluster
+    except ImportError as e:
+        raise UsageError(f"--ray needs Ray ({e}); install it with pip install -e '.[ray]'") from None
+    return RayCluster(args.ray, log=say)
+
+
+def acquire_lock(queue: Queue, cluster=None) -> FileLock:
+    """The flock, and with --ray the cluster-wide lock too, before launcher.json names this launcher."""
     queue.layout.root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(queue.layout.lock))
     try:
         lock.acquire(timeout=0)
+        held_by = cluster.lock(queue.layout.root) if cluster else None
+        if held_by:
+            lock.release()
+            print(f"error: {held_by}", file=sys.stderr)
+            raise SystemExit(EXIT_LOCKED)
     except Timeout:
         try:
             h = json.loads(queue.layout.holder.read_text())
@@ -153,7 +176,8 @@ def summary(queue: Queue, sup: Supervisor, progress: Progress, wall: float) -> l
     lines = [f"done in {wall:.1f} s: {images} image(s), {images / wall * 3600 if wall else 0:.1f} images/hour; "
              + ", ".join(f"{progress.done(s)} {s} job(s)" for s in reversed(earlier))]
     for s in sup.slots:
-        lines.append(f"  gpu {s.gpu} ({s.role}): busy {s.busy_s / wall if wall else 0:.0%}, {s.jobs_done} job(s)"
+        where = f"slot {s.gpu} ({s.role}) on {s.node}" if s.node else f"gpu {s.gpu} ({s.role})"
+        lines.append(f"  {where}: busy {s.busy_s / wall if wall else 0:.0%}, {s.jobs_done} job(s)"
                      + (f", parked: {s.parked}" if s.parked else ""))
     fails = queue.failures()
     if fails:
@@ -167,16 +191,23 @@ def run(args) -> int:
     if args.demo:  # the development kit's demo: a tiny model and dataset written first
         from common.devkit.demo import prepare_demo
         config_path = prepare_demo(Path(args.workdir))
-        args.gpus = "cpu"
+        if not args.ray:
+            args.gpus = "cpu"
     config = load_config(config_path)
     require_path(config.dataset, "dataset", config.source)
     graph = build_graph(config)
     styles = read_dataset(graph.dataset)
     graph.check(styles)
-    slots = assign_roles(parse_gpus(args.gpus), graph, args.producers)
+    if args.workers is not None and not args.ray:
+        raise UsageError("--workers is for --ray; on one machine --gpus names the workers")
+    cluster = open_cluster(args) if args.ray else None
+    slots = assign_roles(cluster.slot_labels(args.workers) if cluster else parse_gpus(args.gpus), graph,
+                         args.producers)
     queue = Queue(config.queue_dir, graph.rules(), fsync=config.queue.fsync == "all")
-    lock = acquire_lock(queue)
+    lock = acquire_lock(queue, cluster)
     try:
+        if cluster:
+            cluster.attach(queue, work_left=queue.in_flight, kill_grace=config.queue.kill_grace_s)
         if args.fresh:
             for note in clear_queue(queue, grace=config.queue.kill_grace_s):
                 say(note)
@@ -185,6 +216,8 @@ def run(args) -> int:
         queue.layout.make()
         nodes = graph.nodes(styles)
         write_manifest(queue, graph.plan, sum(len(s.prompts) for s in styles))  # before any job is queued
+        if cluster and cluster.stop_leftovers(grace=config.queue.kill_grace_s):
+            say("stopped worker(s) left on other nodes by a previous launcher")
         for note in recover(queue, graph.output_dirs(), grace=config.queue.kill_grace_s):
             say(note)
         report = plan(queue, nodes, retry_failed=args.retry_failed)
@@ -197,7 +230,8 @@ def run(args) -> int:
         say(f"{report.total} task(s): {report.finished} finished, {queued}, {report.in_queue} already queued, "
             f"{report.failed_results} failed; workers: {', '.join(f'{g}:{r}' for g, r in slots)}")
         progress = Progress(queue, graph, open_jobs(queue, graph, nodes, report))
-        sup = Supervisor(config, config_path, slots, queue, log=say, on_tick=progress)
+        sup = Supervisor(config, config_path, slots, queue, log=say, on_tick=progress,
+                         start_worker=cluster.start_worker if cluster else LocalWorker)
         t0 = time.monotonic()
         code = sup.run() if queue.in_flight() else EXIT_OK
         progress.close()
@@ -216,6 +250,8 @@ def run(args) -> int:
         except FileNotFoundError:
             pass
         lock.release()
+        if cluster:
+            cluster.close()
 
 
 def open_jobs(queue: Queue, graph, nodes, report) -> dict:
@@ -235,6 +271,9 @@ def status(args) -> int:
         print(f"{queue.layout.root}: no queue planned yet (run python launch.py first)")
         return EXIT_OK
     print(format_status(collect(queue)))
+    workers = lease_table(queue.layout.workers)
+    if workers:
+        print(f"workers ({len(workers)}):", *workers, sep="\n")
     return EXIT_OK
 
 

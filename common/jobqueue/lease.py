@@ -119,14 +119,15 @@ class Watch:
     underestimated). Starts counting when created: a lease not yet written is silent since the spawn."""
 
     def __init__(self, path: Path):
-        self.path, self.token, self.since = Path(path), None, time.monotonic()
+        self.path, self.token, self.since, self.info = Path(path), None, time.monotonic(), {}
 
     def poll(self) -> dict:
-        info = read(self.path) or {}
-        token = (info.get("seq"), info.get("beat_at"), info.get("phase"))
-        if info and token != self.token:
+        """Read the lease (the last one read stays in `info`)."""
+        self.info = read(self.path) or {}
+        token = (self.info.get("seq"), self.info.get("beat_at"), self.info.get("phase"))
+        if self.info and token != self.token:
             self.token, self.since = token, time.monotonic()
-        return info
+        return self.info
 
     def silent_for(self) -> float:
         return time.monotonic() - self.since

@@ -10,7 +10,8 @@
 - How a slot's process is started is pluggable (`start_worker`): here a child process, on a cluster a Ray
   actor that runs the same command on its node (common/jobqueue/ray_slots.py, docs/queue.md §9). Either
   returns a handle like subprocess.Popen's (poll, send_signal, terminate, kill) that also names its
-  worker (`wid`, `node`): a cluster worker names itself once it is placed.
+  worker (`wid`, `node`): a cluster worker names itself once it is placed (`placed`), and its lease is
+  watched from then on.
 """
 import os
 import random
@@ -55,7 +56,7 @@ class Slot:
 
 class LocalWorker(subprocess.Popen):
     """A worker process on this host; its wid is known at once."""
-    node = None
+    node, placed = None, True
 
     def __init__(self, slot: "Slot", cmd: list, env: dict):
         super().__init__(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -191,7 +192,7 @@ class Supervisor:
                         rc = slot.proc.poll()
                         self._named(slot)
                         if rc is None:
-                            if not self.stopping:
+                            if not self.stopping and slot.proc.placed:
                                 self._check_lease(slot, now)
                             continue
                         self._reap(slot, rc, now)
