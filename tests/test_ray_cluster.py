@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -167,28 +166,33 @@ DRIVER = textwrap.dedent("""
     import ray
     from common.jobqueue.ray_slots import RayCluster, SlotActor
     cluster = RayCluster(sys.argv[1], log=lambda m: None)
-    held = cluster.lock(Path(sys.argv[2]))
     blind = ray.get(SlotActor.options(num_cpus=0).remote().start.remote(
         ["python"], {}, "/", sys.argv[2] + "/launcher.json", b"not what this node sees"))
-    print(json.dumps({"held": held, "blind": blind.get("error")}), flush=True)
-    if held is None:
-        sys.stdin.read()  # hold the lock until killed
+    for _ in sys.stdin:  # a line: try to take the lock, say who holds it (null: we do now)
+        print(json.dumps({"held": cluster.lock(Path(sys.argv[2])), "blind": blind.get("error")}), flush=True)
 """)
 
 
 def test_the_cluster_lock_names_its_holder_goes_with_it_and_a_blind_node_says_so(cluster, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    args = [sys.executable, "-c", DRIVER, cluster.address, str(tmp_path)]
-    holder = subprocess.Popen(args, env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    first = json.loads(holder.stdout.readline())
+    drivers = [subprocess.Popen([sys.executable, "-c", DRIVER, cluster.address, str(tmp_path)], env=env, cwd=REPO,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+
+    def ask(driver) -> dict:
+        driver.stdin.write("lock\n")
+        driver.stdin.flush()
+        return json.loads(driver.stdout.readline())
+
+    holder, other = drivers
+    first = ask(holder)
     assert first["held"] is None
     assert "cannot see the queue folder" in first["blind"] and "node " in first["blind"]
-    second = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=60, input="")
-    assert f"in use by pid {holder.pid} on host" in json.loads(second.stdout)["held"], second.stderr
+    assert f"in use by pid {holder.pid} on host" in ask(other)["held"]
     holder.kill()
     holder.wait()
-    third = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=90, input="")
-    assert json.loads(third.stdout)["held"] is None, third.stderr  # gone with its driver
+    assert ask(other)["held"] is None  # gone with its driver
+    other.stdin.close()
+    assert other.wait(30) == 0
 
 
 def test_without_ray_flag_the_launcher_never_imports_ray():

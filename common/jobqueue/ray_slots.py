@@ -287,7 +287,10 @@ class RayCluster:
             if n > n_cpus:
                 raise ClusterError(f"--workers {n}: the cluster has {n_cpus} CPU(s) and no GPU; one worker "
                                    f"takes a CPU")
-        return [str(i) for i in range(n)]
+        labels = [str(i) for i in range(n)]
+        for label in labels:  # placed (their processes started) while the launcher plans
+            self.actor_for(SimpleNamespace(gpu=label))
+        return labels
 
     def lock(self, root: Path):
         """The queue folder's lock on the cluster, taken after the local flock: a named actor, derived from
@@ -296,9 +299,8 @@ class RayCluster:
         name = "queue-" + hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:
-            try:
+            try:  # a named actor is registered before .remote() returns: the name is ours, or ValueError
                 self.lock_actor = QueueLock.options(name=name, lifetime=None).remote(holder)
-                ray.get(self.lock_actor.who.remote())
                 return None
             except ValueError:  # the name is taken: by a live launcher, or by one Ray has not buried yet
                 pass
