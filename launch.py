@@ -28,12 +28,12 @@ from common.config import ConfigError, load_config, require_path
 from common.dataset import DatasetError, read_dataset
 from common.graph import build_graph
 from common.jittor_env import gpu_present
+from common.jobqueue.lease import table as lease_table
 from common.jobqueue.manifest import ManifestError, check_manifest, write_manifest
 from common.jobqueue.planner import plan
 from common.jobqueue.queue import Queue
 from common.jobqueue.recovery import clear_queue, recover
 from common.jobqueue.status import collect, format_failures, format_status
-from common.jobqueue.lease import table as lease_table
 from common.jobqueue.supervisor import LocalWorker, Supervisor
 from common.naming import NamingError
 from common.scheduling import split_gpus
@@ -208,6 +208,8 @@ def run(args) -> int:
     try:
         if cluster:
             cluster.attach(queue, work_left=queue.in_flight, kill_grace=config.queue.kill_grace_s)
+            if cluster.stop_leftovers(grace=config.queue.kill_grace_s):  # this host's: recovery, below
+                say("stopped worker(s) a previous launcher left on other nodes")
         if args.fresh:
             for note in clear_queue(queue, grace=config.queue.kill_grace_s):
                 say(note)
@@ -216,8 +218,6 @@ def run(args) -> int:
         queue.layout.make()
         nodes = graph.nodes(styles)
         write_manifest(queue, graph.plan, sum(len(s.prompts) for s in styles))  # before any job is queued
-        if cluster and cluster.stop_leftovers(grace=config.queue.kill_grace_s):
-            say("stopped worker(s) left on other nodes by a previous launcher")
         for note in recover(queue, graph.output_dirs(), grace=config.queue.kill_grace_s):
             say(note)
         report = plan(queue, nodes, retry_failed=args.retry_failed)

@@ -8,7 +8,8 @@ same work. A worker that changes stage pays `--switch` (adapter swap), a gen job
 Compared in the same run: a fixed split of 1 producer : 3 consumers on 4 GPUs (no elastic roles,
 unbounded queue). An idle worker re-asks the policy at the next completion (the real one polls at 0.2-2 s).
 
-    python benchmarks/scheduling.py --json scheduling.json
+    python benchmarks/scheduling.py --json scheduling.json            # N = 1, 2, 4, 8 and 16, 32, 64 (a cluster)
+    python benchmarks/scheduling.py --workers 8,16,32,64 --prompts 100   # a cluster-sized dataset
 """
 from __future__ import annotations
 
@@ -150,7 +151,8 @@ def simulate(work: Work, n_workers: int, policy: str = "elastic", burst: int = 8
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", type=Path, help="write the figures here")
-    p.add_argument("--workers", default="1,2,4,8", help="comma-separated worker counts")
+    p.add_argument("--workers", default="1,2,4,8,16,32,64", help="comma-separated worker counts (GPUs; beyond "
+                   "one machine's, a Ray cluster's)")
     p.add_argument("--ratio", type=float, default=0.5, help="gen duration / sty duration")
     p.add_argument("--styles", type=int, default=28)
     p.add_argument("--prompts", type=int, default=25)

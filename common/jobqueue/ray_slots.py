@@ -11,8 +11,9 @@ finish only what is missing.
 
 How a worker's death is known:
 - its actor's waitpid: the exit status, as on one machine (a hung worker is killed by its actor);
-- Ray: the actor or its node died (the pending `wait` call fails), and then the worker's lease: it says
-  the worker exited (the child stops when its actor dies), or it has not changed for its TTL;
+- Ray: the actor died (the pending `wait` call fails). A task on the worker's node then stops it, if it
+  still runs, and confirms it is gone (pid, start time and boot id); if the node is gone too, the
+  worker's lease decides: it says the worker exited, or it has not changed for its TTL;
 - a worker that outlives all that (a node cut off from Ray but not from the files) is fenced: it stops
   at its next beat past the TTL, and what it writes late can replace nothing (lease.py, queue.py).
 
@@ -109,10 +110,6 @@ class SlotActor:
     async def signal(self, sig: int):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-
-    async def pids(self) -> dict:
-        """This actor's process and its worker's (for the fault tests)."""
-        return {"actor": os.getpid(), "worker": self.proc.pid if self.proc else None}
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
