@@ -245,6 +245,18 @@ class RaySlot:
             self.cluster.forget(self.slot, self.actor, kill=kill_actor)
 
 
+def _check_reachable(address: str):
+    """Fail in one line, at once, when HOST:PORT does not answer (Ray itself retries for minutes)."""
+    if address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise ClusterError(f"--ray {address}: no Ray cluster answers there ({e}); start one with `ray start --head` "
+                           f"(and `ray start --address HEAD:6379` on each node), or pass --ray auto on a node") from None
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:200]
@@ -255,6 +267,7 @@ class RayCluster:
 
     def __init__(self, address: str, log=print):
         self.say = log
+        _check_reachable(address)
         env = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
         try:
             ray.init(address=address, namespace=NAMESPACE, runtime_env={"env_vars": env}, log_to_driver=False,
