@@ -10,6 +10,7 @@ as on a real cluster, while every node sees this machine's files (the shared fil
 `--gpus-per-node` declares stand-in GPUs (Ray only counts them: the stand-in stages need none).
 """
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from ray.cluster_utils import Cluster
 def start(nodes: int, cpus: int = 1, gpus: int = 0) -> Cluster:
     """A head node and `nodes - 1` more, each with `cpus` CPUs and `gpus` GPUs (the head: 0 GPUs, so a
     GPU worker always lives on a node that can be removed)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local trial reports nothing anywhere
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus, "num_gpus": 0 if nodes > 1 else gpus,
                                                             "include_dashboard": False})
     for _ in range(nodes - 1):
