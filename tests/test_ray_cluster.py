@@ -91,7 +91,7 @@ def test_a_cluster_run_places_a_worker_per_gpu_shows_nodes_and_a_rerun_does_noth
     assert_once(path)
     assert err.count(" on ") >= 2 and "slot 0" in err and "slot 1" in err
     logs = list((tmp_path / "q" / "logs").glob("*.log"))
-    assert len(logs) == 2 and all("no job left" in p.read_text() for p in logs)
+    assert sum("no job left" in p.read_text() for p in logs) == 2  # each worker's log, in the queue folder
     again = ray_launch(path, cluster.address)
     assert again.returncode == 0 and f"{TASKS} finished, 0 to generate" in again.stderr, again.stderr
 

@@ -253,8 +253,9 @@ def _check_reachable(address: str):
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except (OSError, ValueError) as e:
-        raise ClusterError(f"--ray {address}: no Ray cluster answers there ({e}); start one with `ray start --head` "
-                           f"(and `ray start --address HEAD:6379` on each node), or pass --ray auto on a node") from None
+        raise ClusterError(f"--ray {address}: no Ray cluster answers there ({e}); start one with `ray start "
+                           f"--head` (and `ray start --address HEAD:6379` on each node), or pass --ray auto on a "
+                           f"node") from None
 
 
 def _first_line(e: Exception) -> str:
