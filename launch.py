@@ -4,6 +4,7 @@
     python launch.py --gpus cpu            # one CPU worker doing both stages (also when no GPU is found)
     python launch.py status [--config ...]  # counts, failures, throughput, ETA
     python launch.py --demo [--workdir DIR] # tiny CPU demo (default DIR: demo_run); prints its contact sheets
+    python launch.py --ray auto [--workers N] --config ...  # one worker per GPU of a Ray cluster (README)
 
 Every start re-plans from the dataset and the outputs (finished tasks are skipped, so a rerun resumes).
 --fresh deletes the queue folder's contents (jobs, leases, logs, hand-off latents, manifest) and never
@@ -11,7 +12,7 @@ the outputs; it is needed when pixel settings changed since the queue was planne
 Exit codes: 0 done, 1 some jobs dead-lettered or results missing (listed), 2 usage/config/dataset/
 manifest/queue-folder error (also a full disk), 3 no usable device, 75 queue or output folder in use by
 another launcher, 130/143 interrupted. What is refused at launch, and why: docs/inputs.md, docs/queue.md §9.
-The launcher never imports Jittor.
+The launcher never imports Jittor, nor Ray without --ray.
 """
 import argparse
 import errno
@@ -32,12 +33,13 @@ from common.dataset import DatasetError, read_dataset
 from common.graph import build_graph
 from common.jittor_env import gpu_present
 from common.jobqueue import crash
+from common.jobqueue.lease import table as lease_table
 from common.jobqueue.manifest import ManifestError, check_manifest, write_manifest
 from common.jobqueue.planner import plan
 from common.jobqueue.queue import Queue
 from common.jobqueue.recovery import clear_queue, foreign_entries, recover
 from common.jobqueue.status import collect, format_failures, format_status
-from common.jobqueue.supervisor import Supervisor
+from common.jobqueue.supervisor import LocalWorker, Supervisor
 from common.naming import NamingError
 from common.scheduling import split_gpus
 
@@ -72,6 +74,10 @@ def parse_args(argv):
     p.add_argument("--retry-failed", action="store_true", help="give dead-lettered jobs another max_attempts")
     p.add_argument("--demo", action="store_true", help="run the tiny CPU demo and print its contact sheets")
     p.add_argument("--workdir", default="demo_run", help="with --demo: the folder for its model, data and outputs")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the workers on a Ray cluster: 'auto' (the one `ray start` "
+                   "made here) or ray://HOST:PORT; every node must mount the queue, data and outputs at the same paths")
+    p.add_argument("--workers", type=int, help="with --ray: at most N GPU workers, or N CPU workers on a cluster "
+                   "without GPUs (default: one per GPU, or one per node)")
     return p.parse_args(argv)
 
 
@@ -132,9 +138,10 @@ def check_queue_folder(queue: Queue):
                                "made, and recovery or --fresh would delete through it: remove the link(s)")
 
 
-def _take(lock_path: Path, holder_path: Path, what: str, info: dict) -> FileLock:
+def _take(lock_path: Path, holder_path: Path, what: str, info: dict, also=None) -> FileLock:
     """Take `lock_path` (a flock, dropped by the kernel when its holder dies) or exit 75 naming the holder
-    that `holder_path` records; then record ourselves there. Neither file is opened through a link."""
+    that `holder_path` records; then record ourselves there. Neither file is opened through a link.
+    `also()`: a second lock taken after the flock (the cluster's), returning who holds it, or None."""
     for path in (lock_path, holder_path):
         if path.is_symlink():
             raise QueueFolderError(f"{path} is a symbolic link; a lock file is ours alone: remove the link")
@@ -151,6 +158,10 @@ def _take(lock_path: Path, holder_path: Path, what: str, info: dict) -> FileLock
             who = "another launcher"
         raise Locked(f"{what} is in use by {who}; wait for it or stop it (python launch.py status shows "
                      "progress)") from None
+    held_by = also() if also else None
+    if held_by:
+        lock.release()
+        raise Locked(held_by)
     write_bytes(holder_path, json.dumps(info).encode(), fsync=False)  # a rename: replaces, never follows
     return lock
 
@@ -168,10 +179,23 @@ def holder_info(queue: Queue) -> dict:
             "queue_dir": str(queue.layout.root.resolve())}
 
 
-def acquire_lock(queue: Queue) -> FileLock:
-    """The one launcher of a queue folder (docs/queue.md §5)."""
+def open_cluster(args):
+    """--ray: the launcher becomes the Ray driver (docs/queue.md §10); Ray is imported only here."""
+    if args.gpus is not None:
+        raise UsageError("--gpus with --ray: a cluster's workers take its GPUs; --workers N caps how many")
+    try:
+        from common.jobqueue.ray_slots import RayCluster
+    except ImportError as e:
+        raise UsageError(f"--ray needs Ray ({e}); install it with pip install -e '.[ray]'") from None
+    return RayCluster(args.ray, log=say)
+
+
+def acquire_lock(queue: Queue, cluster=None) -> FileLock:
+    """The one launcher of a queue folder (docs/queue.md §5): the flock, and with --ray the cluster-wide
+    lock too, before launcher.json names this launcher."""
     queue.layout.root.mkdir(parents=True, exist_ok=True)
-    return _take(queue.layout.lock, queue.layout.holder, str(queue.layout.root), holder_info(queue))
+    also = (lambda: cluster.lock(queue.layout.root)) if cluster else None
+    return _take(queue.layout.lock, queue.layout.holder, str(queue.layout.root), holder_info(queue), also)
 
 
 def acquire_output_lock(output: Path, queue: Queue) -> FileLock:
@@ -214,7 +238,8 @@ def summary(queue: Queue, sup: Supervisor, progress: Progress, wall: float) -> l
     lines = [f"done in {wall:.1f} s: {images} image(s), {images / wall * 3600 if wall else 0:.1f} images/hour; "
              + ", ".join(f"{progress.done(s)} {s} job(s)" for s in reversed(earlier))]
     for s in sup.slots:
-        lines.append(f"  gpu {s.gpu} ({s.role}): busy {s.busy_s / wall if wall else 0:.0%}, {s.jobs_done} job(s)"
+        where = f"slot {s.gpu} ({s.role}) on {s.node}" if s.node else f"gpu {s.gpu} ({s.role})"
+        lines.append(f"  {where}: busy {s.busy_s / wall if wall else 0:.0%}, {s.jobs_done} job(s)"
                      + (f", parked: {s.parked}" if s.parked else ""))
     fails = queue.failures()
     if fails:
@@ -228,27 +253,40 @@ def run(args) -> int:
     if args.demo:  # the development kit's demo: a tiny model and dataset written first
         from common.devkit.demo import prepare_demo
         config_path = prepare_demo(Path(args.workdir))
-        args.gpus = "cpu"
+        if not args.ray:
+            args.gpus = "cpu"
     config = load_config(config_path)
     require_path(config.dataset, "dataset", config.source)
     graph = build_graph(config)
     styles = read_dataset(graph.dataset)
     graph.check(styles)  # folders first (the queue's alone, no links in the output), then the stages'
-    slots = assign_roles(parse_gpus(args.gpus), graph, args.producers)
-    queue = Queue(config.queue_dir, graph.rules(), fsync=config.queue.fsync == "all")
-    check_queue_folder(queue)
-    lock = acquire_lock(queue)
+    if args.workers is not None and not args.ray:
+        raise UsageError("--workers is for --ray; on one machine --gpus names the workers")
+    cluster = open_cluster(args) if args.ray else None
     try:
-        out_lock = acquire_output_lock(graph.output, queue)
+        slots = assign_roles(cluster.slot_labels(args.workers) if cluster else parse_gpus(args.gpus), graph,
+                             args.producers)
+        queue = Queue(config.queue_dir, graph.rules(), fsync=config.queue.fsync == "all")
+        check_queue_folder(queue)
+        lock = acquire_lock(queue, cluster)
         try:
-            return _run_locked(args, config, config_path, graph, styles, slots, queue)
+            out_lock = acquire_output_lock(graph.output, queue)
+            try:
+                if cluster:
+                    cluster.attach(queue, work_left=queue.in_flight, kill_grace=config.queue.kill_grace_s)
+                    if cluster.stop_leftovers(grace=config.queue.kill_grace_s):  # this host's: recovery
+                        say("stopped worker(s) a previous launcher left on other nodes")
+                return _run_locked(args, config, config_path, graph, styles, slots, queue, cluster)
+            finally:
+                _release(out_lock, graph.output / OUTPUT_HOLDER)
         finally:
-            _release(out_lock, graph.output / OUTPUT_HOLDER)
+            _release(lock, queue.layout.holder)
     finally:
-        _release(lock, queue.layout.holder)
+        if cluster:
+            cluster.close()
 
 
-def _run_locked(args, config, config_path, graph, styles, slots, queue) -> int:
+def _run_locked(args, config, config_path, graph, styles, slots, queue, cluster=None) -> int:
     """Clear (--fresh), plan, supervise and summarise, holding the queue and the output locks."""
     if args.fresh:
         for note in clear_queue(queue, grace=config.queue.kill_grace_s):
@@ -273,7 +311,8 @@ def _run_locked(args, config, config_path, graph, styles, slots, queue) -> int:
     say(f"{report.total} task(s): {report.finished} finished, {queued}, {report.in_queue} already queued, "
         f"{report.failed_results} failed; workers: {', '.join(f'{g}:{r}' for g, r in slots)}")
     progress = Progress(queue, graph, open_jobs(queue, graph, nodes, report))
-    sup = Supervisor(config, config_path, slots, queue, log=say, on_tick=progress)
+    sup = Supervisor(config, config_path, slots, queue, log=say, on_tick=progress,
+                     start_worker=cluster.start_worker if cluster else LocalWorker)
     t0 = time.monotonic()
     code = sup.run() if queue.in_flight() else EXIT_OK
     progress.close()
@@ -321,6 +360,9 @@ def status(args) -> int:
         print(f"{queue.layout.root}: no queue planned yet (run python launch.py first)")
         return EXIT_OK
     print(format_status(collect(queue)))
+    workers = lease_table(queue.layout.workers)
+    if workers:
+        print(f"workers ({len(workers)}):", *workers, sep="\n")
     return EXIT_OK
 
 

@@ -14,7 +14,8 @@ RTX 4090, against a few seconds per StyleID image) and its gen jobs become claim
 real worker takes stages outside the balanced gen/sty pair first (common/jobqueue/worker.py); the
 baseline trains every style before any generation starts (a barrier).
 
-    python benchmarks/scheduling.py --json scheduling.json
+    python benchmarks/scheduling.py --json scheduling.json            # N = 1, 2, 4, 8 and 16, 32, 64 (a cluster)
+    python benchmarks/scheduling.py --workers 8,16,32,64 --prompts 100   # a cluster-sized dataset
 """
 from __future__ import annotations
 
@@ -190,7 +191,8 @@ def simulate(work: Work, n_workers: int, policy: str = "elastic", burst: int = 8
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", type=Path, help="write the figures here")
-    p.add_argument("--workers", default="1,2,4,8", help="comma-separated worker counts")
+    p.add_argument("--workers", default="1,2,4,8,16,32,64", help="comma-separated worker counts (GPUs; beyond "
+                   "one machine's, a Ray cluster's)")
     p.add_argument("--ratio", type=float, default=0.5, help="gen duration / sty duration")
     p.add_argument("--styles", type=int, default=28)
     p.add_argument("--prompts", type=int, default=25)

@@ -5,7 +5,8 @@ is updated in place (tmp/ + os.replace) before it moves, never copied and delete
   it runs after is not done.
 - claim: **rename** pending -> claimed/<wid>; ENOENT means another worker won, try the next entry.
 - complete: outputs are in place (the stage's rules say so); its follow-up jobs are published, then
-  **rename** claimed -> done; jobs blocked on it move on; the rules drop what it made useless.
+  **link** claimed -> done (then the claim is unlinked); jobs blocked on it move on; the rules drop what
+  it made useless.
 - fail / reclaim: update in place (attempts + 1, the error), **rename** to retry, failed or pending.
 - release (shutdown): **rename** claimed -> pending.
 
@@ -13,9 +14,14 @@ The queue knows nothing of what a job makes: each stage's `StageRules` says when
 half-written files its dead owner may leave, what to publish when it completes and what to clean up.
 
 `attempts` counts failed attempts (a crash or hang of the owner counts, a release does not), so the hot
-path, claim and complete, is one rename each and writes no record: on ext4 a rename over an existing file
-flushes its data (auto_da_alloc), about 1 ms, which would dominate the queue's cost. The owner is the
-claimed/<wid>/ folder; claim and finish times are the files' ctimes (a rename sets it).
+path writes no record (claim: one rename; complete: one link and one unlink): on ext4 a rename over an
+existing file flushes its data (auto_da_alloc), about 1 ms, which would dominate the queue's cost. The
+owner is the claimed/<wid>/ folder; claim and finish times are the files' ctimes (a rename or link sets it).
+
+The claim file is the worker's token (docs/queue.md §10): a worker whose job was taken away (its lease ran
+out on a cluster, where its death could not be proven) finds its claim gone and completes, fails or
+releases nothing ("lost"). A done record is created by `link`, which only one completion can win, so a
+job run twice is counted once.
 """
 import ctypes
 import errno
@@ -132,6 +138,13 @@ def _has_subdirs(folder: str) -> bool:
     except FileNotFoundError:
         return False
     return links > 2 or (links == 1 and bool(_subdirs(folder)))
+
+
+def _unlink(path: Path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def split_key(key: str):
@@ -265,18 +278,41 @@ class Queue:
     def claimer(self, stage: str, wid: str) -> "Claimer":
         return Claimer(self, stage, wid)
 
-    def complete(self, wid: str, job: Job):
-        """Mark a claimed job done (its outputs were checked): publish its follow-ups first."""
+    def complete(self, wid: str, job: Job) -> bool:
+        """Mark a claimed job done (its outputs were checked): publish its follow-ups first. False when the
+        claim was taken away (the job is another worker's now) or another completion of it was counted."""
         rules = self.rules[job.stage]
+        claim = self.layout.claimed_dir(job.stage, wid) / f"{job.id}.json"
+        if not claim.exists():
+            return False
         published = False
         for follow in rules.follow_ups(job):
             published = self.publish(follow) or published
         if published:
             crash.point("after_publish")
         crash.point("before_done")
-        self.move(self.layout.claimed_dir(job.stage, wid) / f"{job.id}.json", self.layout.done_path(job.stage, job.id))
-        self.release_waiters(job.key)
+        counted = self._finish(claim, self.layout.done_path(job.stage, job.id))
+        if counted is None:
+            return False
+        self.release_waiters(job.key)  # (again, for a duplicate: both steps are idempotent)
         rules.after_done(job)
+        return counted
+
+    def _finish(self, claim: Path, done: Path):
+        """claimed -> done, counted at most once per job: link, then drop the claim. True: this completion
+        counts; False: a done record was there (a duplicate, or our own link before a crash); None: the
+        claim was taken away. A crash between the link and the unlink leaves both; a reclaim ends it."""
+        self._mkdir(done.parent)
+        try:
+            os.link(claim, done)
+        except FileExistsError:
+            _unlink(claim)
+            return False
+        except FileNotFoundError:
+            return None
+        self._sync_dir(done.parent)
+        _unlink(claim)
+        return True
 
     def fail(self, wid: str, job: Job, kind: str, text: str, *, isolate: bool = False,
              backoff_base: float = 30.0, backoff_max: float = 600.0) -> str:
@@ -286,6 +322,8 @@ class Queue:
         counted and the job runs alone next time (a poison job then exhausts only its own attempts).
         """
         path = self.layout.claimed_dir(job.stage, wid) / f"{job.id}.json"
+        if not path.exists():
+            return "lost"  # taken away meanwhile: the failure is not ours to record
         job.add_error(wid, kind, text)
         if isolate:
             job.solo = True
@@ -308,9 +346,13 @@ class Queue:
         self.move(path, self.layout.retry_path(job.stage, job.id))
         return "retry"
 
-    def release(self, wid: str, job: Job):
-        """Give a claimed job back unrun (shutdown): the attempt does not count."""
-        self.move(self.layout.claimed_dir(job.stage, wid) / f"{job.id}.json", self.pending_path(job))
+    def release(self, wid: str, job: Job) -> bool:
+        """Give a claimed job back unrun (shutdown): the attempt does not count. False if it was taken."""
+        try:
+            self.move(self.layout.claimed_dir(job.stage, wid) / f"{job.id}.json", self.pending_path(job))
+        except FileNotFoundError:
+            return False
+        return True
 
     def reclaim(self, wid: str, counted: bool, reason: str, **backoff) -> list:
         """Recover the jobs of a worker known to be dead. Launcher only.
@@ -333,7 +375,7 @@ class Queue:
                 rules = self.rules[stage]
                 drop_temp_files(rules.temp_files(job))
                 if rules.done(job):
-                    self.complete(wid, job)
+                    self.complete(wid, job)  # (if not counted here, by its owner or before a crash)
                     outcomes.append((stage, job.id, "done"))
                 elif counted:
                     outcomes.append((stage, job.id, self.fail(wid, job, "exit", reason,
@@ -576,10 +618,13 @@ class Claimer:
             self.rng.shuffle(names)
             self.q._mkdir(self.dest)
             for name in names:
+                dst = os.path.join(self.dest, name)
                 try:
-                    os.rename(os.path.join(shard[1], name), os.path.join(self.dest, name))
+                    os.rename(os.path.join(shard[1], name), dst)
                     return self.dest / name
                 except FileNotFoundError:
+                    if os.path.exists(dst):  # a retried rename (NFS) whose first try won
+                        return self.dest / name
                     continue  # another worker won this one
 
     def claim(self, limit: int, prefer_group: str = None) -> list:

@@ -7,6 +7,11 @@
 - A worker whose lease is older than its TTL is hung: SIGTERM, grace, SIGKILL, reap, reclaim (counted).
 - First SIGINT/SIGTERM: stop restarting, SIGTERM every worker (they release their jobs and exit 0),
   SIGKILL stragglers after stop_grace_s. A second signal SIGKILLs everything at once.
+- How a slot's process is started is pluggable (`start_worker`): here a child process, on a cluster a Ray
+  actor that runs the same command on its node (common/jobqueue/ray_slots.py, docs/queue.md §10). Either
+  returns a handle like subprocess.Popen's (poll, send_signal, terminate, kill) that also names its
+  worker (`wid`, `node`): a cluster worker names itself once it is placed (`placed`), and its lease is
+  watched from then on.
 """
 import os
 import random
@@ -27,14 +32,17 @@ REPO = Path(__file__).resolve().parents[2]
 FAILURE_WINDOW_S = 600.0
 MAX_FAILURES = 5
 EXIT_NO_DEVICE = 3
+EXIT_LOST = 70  # a cluster slot's actor or node died; its worker is gone (its lease says so, or expired)
 
 
 @dataclass
 class Slot:
     gpu: str
     role: str
-    proc: subprocess.Popen = None
+    proc: subprocess.Popen = None  # or a cluster handle with the same methods
     wid: str = None
+    node: str = None  # where the worker runs, when not here
+    watch: lease.Watch = None  # the lease's last change, on this process's clock
     started: float = 0.0
     term_at: float = None  # when a hung worker got SIGTERM
     hung: bool = False
@@ -58,7 +66,18 @@ def last_line(log: Path, limit: int = 300) -> str:
     return lines[-1][:limit] if lines else ""
 
 
+class LocalWorker(subprocess.Popen):
+    """A worker process on this host; its wid is known at once."""
+    node, placed = None, True
+
+    def __init__(self, slot: "Slot", cmd: list, env: dict):
+        super().__init__(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self.wid = make_wid(slot.gpu, self.pid)
+
+
 def describe_exit(rc: int) -> str:
+    if rc == EXIT_LOST:
+        return "lost with its actor or node (seen by Ray; its lease says it exited, or expired)"
     if rc < 0:
         try:
             return f"killed by {signal.Signals(-rc).name}"
@@ -68,8 +87,10 @@ def describe_exit(rc: int) -> str:
 
 
 class Supervisor:
-    def __init__(self, config: RunConfig, config_path, slots: list, queue: Queue, log=print, on_tick=None):
+    def __init__(self, config: RunConfig, config_path, slots: list, queue: Queue, log=print, on_tick=None,
+                 start_worker=LocalWorker):
         self.config, self.config_path, self.q = config, config_path, queue
+        self.start_worker = start_worker  # (slot, cmd, env) -> a handle like Popen's
         self.slots = [Slot(str(g), r) for g, r in slots]
         self.log, self.on_tick = log, on_tick or (lambda: None)
         self.signals = 0
@@ -102,7 +123,7 @@ class Supervisor:
         for slot in self.slots:
             if slot.proc is not None and slot.proc.poll() is None:
                 try:
-                    os.kill(slot.proc.pid, sig)
+                    slot.proc.send_signal(sig)
                 except ProcessLookupError:
                     pass
 
@@ -118,10 +139,16 @@ class Supervisor:
             cmd += ["--config", str(self.config_path)]
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if slot.gpu == "cpu" else slot.gpu,
                    PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
-        slot.proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL)
-        slot.wid = make_wid(slot.gpu, slot.proc.pid)
+        slot.proc = self.start_worker(slot, cmd, env)
         slot.started, slot.term_at, slot.hung, slot.done = time.time(), None, False, False
+        self._named(slot)
+
+    def _named(self, slot: Slot):
+        """Follow the handle's worker id (a cluster worker names itself once placed): a new one gets a new
+        lease watch, which counts its silence from now."""
+        if slot.watch is None or slot.proc.wid != slot.wid:
+            slot.wid, slot.node = slot.proc.wid, slot.proc.node
+            slot.watch = lease.Watch(self.q.layout.lease_path(slot.wid))
 
     def _check_lease(self, slot: Slot, now: float):
         qc = self.config.queue
@@ -129,12 +156,12 @@ class Supervisor:
             if now - slot.term_at > qc.kill_grace_s:
                 slot.proc.kill()
             return
-        info = lease.read(self.q.layout.lease_path(slot.wid)) or {}
+        info = slot.watch.poll()
         phase = info.get("phase", "loading")
-        ttl = qc.ttl_loading_s if phase == "loading" else qc.ttl_working_s
-        last = max(info.get("beat_at", 0.0), slot.started)
-        if now - last > ttl:
-            self.log(f"worker {slot.wid} hung: no lease renewal for {now - last:.1f} s (phase {phase}, "
+        ttl = lease.ttl_of(phase, qc.ttl_loading_s, qc.ttl_working_s)
+        silent = slot.watch.silent_for()  # not beat_at: that is the worker host's clock
+        if silent > ttl:
+            self.log(f"worker {slot.wid} hung: no lease renewal for {silent:.1f} s (phase {phase}, "
                      f"TTL {ttl:g} s); terminating")
             slot.hung, slot.term_at = True, now
             slot.proc.terminate()
@@ -156,7 +183,7 @@ class Supervisor:
             self.q.layout.lease_path(slot.wid).unlink()
         except FileNotFoundError:
             pass
-        slot.proc = None
+        slot.proc, slot.watch = None, None
         if not crashed:
             slot.done = True
             return
@@ -178,8 +205,8 @@ class Supervisor:
     def warm_up(self):
         """Several workers would start on a cold kernel cache at once: first one process fills it
         (common.warmup). None to go on, else the exit code (a signal, or the warm-up failed: no job run)."""
-        if len(self.slots) < 2:
-            return None
+        if len(self.slots) < 2 or self.start_worker is not LocalWorker:
+            return None  # one worker warms its own cache; a cluster's nodes each have theirs, not this host's
         from common.warmup import EXIT_NO_DEVICE as WARM_NO_DEVICE, WarmUp
         gpu = self.slots[0].gpu
         self.log(f"warming the kernel cache on gpu {gpu} before starting {len(self.slots)} workers")
@@ -212,8 +239,9 @@ class Supervisor:
                 for slot in self.slots:
                     if slot.proc is not None:
                         rc = slot.proc.poll()
+                        self._named(slot)
                         if rc is None:
-                            if not self.stopping:
+                            if not self.stopping and slot.proc.placed:
                                 self._check_lease(slot, now)
                             continue
                         self._reap(slot, rc, now)

@@ -5,8 +5,11 @@ worker does both ends), claims a batch of one group, runs it, checks the outputs
 Stages outside the balanced pair (per-style work such as training, which later stages wait for) are
 taken first. SIGTERM (or the launcher's death, via PR_SET_PDEATHSIG) stops it at the next beat:
 unfinished jobs go back to pending uncounted and it exits 0. It exits 0 too when no job is left in flight.
+On a cluster (`--fenced`), a worker whose lease went unrenewed past its TTL (stopped, or stuck) may have
+lost its jobs to another worker (docs/queue.md §10): it stops at once without completing, failing or
+releasing anything (exit 4).
 
-    python -m common.jobqueue.worker --config CFG --gpu 0 --role ROLE --workers 4 --parent PID --log
+    python -m common.jobqueue.worker --config CFG --gpu 0 --role ROLE --workers 4 --parent PID --log [--fenced]
 """
 import argparse
 import ctypes
@@ -20,12 +23,13 @@ from common.config import ConfigError, RunConfig, load_config
 from common.graph import build_graph
 from common.jobqueue import crash
 from common.jobqueue.job import CorruptJob
-from common.jobqueue.lease import Lease, make_wid
+from common.jobqueue.lease import Fenced, Lease, make_wid
 from common.jobqueue.queue import Queue
 from common.scheduling import DOWN, UP, BurstPolicy, choose_stage
 from common.stage import DeviceError
 
 PR_SET_PDEATHSIG = 1
+EXIT_FENCED = 4
 
 
 class Stop(BaseException):
@@ -38,14 +42,16 @@ def log(msg: str):
 
 
 class Worker:
-    def __init__(self, config: RunConfig, gpu="cpu", role="both", n_workers=1, parent=None, wid=None, graph=None):
+    def __init__(self, config: RunConfig, gpu="cpu", role="both", n_workers=1, parent=None, wid=None, graph=None,
+                 fenced=False):
         self.config, self.n_workers, self.parent = config, n_workers, parent
         self.graph = graph or build_graph(config)
         qc = config.queue
         self.q = Queue(config.queue_dir, self.graph.rules(), fsync=qc.fsync == "all")
         self.wid = wid or make_wid(gpu)
         self.device = "cpu" if str(gpu) == "cpu" else "cuda"
-        self.lease = Lease(self.q.layout.lease_path(self.wid), gpu, role, qc.heartbeat_s, qc.fsync == "all")
+        ttls = (qc.ttl_loading_s, qc.ttl_working_s) if fenced else ()
+        self.lease = Lease(self.q.layout.lease_path(self.wid), gpu, role, qc.heartbeat_s, qc.fsync == "all", *ttls)
         self.claimers = {s: self.q.claimer(s, self.wid) for s in self.graph.stages}
         self.up, self.down = self.graph.flow()
         self.first = [s for s in self.graph.stages if s not in (self.up, self.down)]
@@ -161,11 +167,14 @@ class Worker:
         finally:
             self.lease.info["busy_s"] += time.monotonic() - t0
         crash.point("after_stage")
+        self.lease.check()  # silent past the TTL inside the stage: the jobs may be another worker's now
         rules = self.q.rules[kind]
         for job in jobs:
             if rules.done(job):
-                self.q.complete(self.wid, job)
-                self.lease.info["jobs_done"] += 1
+                if self.q.complete(self.wid, job):
+                    self.lease.info["jobs_done"] += 1
+                else:
+                    log(f"{kind} {job.id}: claim taken away or completed elsewhere; not counted")
             elif self.stopping and error is None:
                 self.q.release(self.wid, job)
             else:
@@ -194,13 +203,15 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--parent", type=int, default=None, help="launcher pid: exit when it is gone")
     p.add_argument("--log", action="store_true", help="write stdout/stderr to queue_dir/logs/<wid>.log")
+    p.add_argument("--fenced", action="store_true",
+                   help="on a cluster: stop without touching the queue once the lease has been silent past its TTL")
     args = p.parse_args(argv)
     _set_pdeathsig()
     if args.parent and os.getppid() != args.parent:
         return 0  # the launcher died before we could arm the death signal
     try:
         config = load_config(args.config)
-        worker = Worker(config, args.gpu, args.role, args.workers, args.parent)
+        worker = Worker(config, args.gpu, args.role, args.workers, args.parent, fenced=args.fenced)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -217,10 +228,13 @@ def main(argv=None) -> int:
     except DeviceError as e:  # exit 3: the supervisor parks this GPU slot, the others go on
         log(f"error: {e}")
         code = 3
+    except Fenced as e:
+        log(f"fenced: {e}; stopping without touching the queue")
+        code = EXIT_FENCED
     except Exception:
         log(f"worker crashed:\n{traceback.format_exc()}")
         code = 1
-    worker.lease.beat("exited", force=True)
+    worker.lease.exited(code, orphaned=bool(args.parent) and os.getppid() != args.parent)
     return code
 
 
