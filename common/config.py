@@ -129,6 +129,9 @@ class RunConfig:
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
 def _convert(value, hint, where: str):
     """Check/convert one YAML value against a type hint; raise ConfigError naming `where`."""
     origin = typing.get_origin(hint)
@@ -147,6 +150,8 @@ def _convert(value, hint, where: str):
         return tuple(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     if hint in (int, float, str, bool) and (type(value) is not hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
