@@ -11,8 +11,9 @@ Jittor never share one; peak RSS is per side). Figures:
   the image and a text encode of the prompt; we encode both once).
 - `*_peak_rss_mib` and `*_train_rss_mib` (peak minus the resident size once the model is loaded and the
   data prepared: what training itself adds, mostly saved activations).
-- With `--project`, our training RSS is also measured at half the size, and the two points give the
-  projected training memory of full SD 2.1 at 512 px (see `project()`).
+- With `--project`: `ours_train_var_mib`, the live Var bytes training adds over the weights (Jittor's
+  memory profiler, one extra step) at the size and at half of it, and from the two points the projected
+  memory of training full SD 2.1 at 512 px in float32 on a GPU (see `project()`).
 
 CPU default: `--arch half` (SD 2.1's layout, every width halved; `benchmarks/stages.py`) at 256 px.
 GPU: `--arch sd21 --size 512`.
@@ -45,6 +46,11 @@ def images(size: int):
     return np.random.default_rng(0).uniform(-1, 1, (2, 3, size, size)).astype(np.float32)
 
 
+def latents(size: int):
+    import numpy as np
+    return np.random.default_rng(1).standard_normal((2, 4, size // 8, size // 8)).astype(np.float32)
+
+
 def timed(step, warmup: int, steps: int) -> list:
     for i in range(warmup):
         step(i)
@@ -62,19 +68,31 @@ def part_jittor(a) -> dict:
     import numpy as np
 
     from common.config import TrainConfig
+    from common.jittor_env import load_jittor
     from common.sd.pipeline import StableDiffusion
     from producer.train_data import Draws
     from producer.train_loop import LoraTrainer
+    jt = load_jittor()
     sd = StableDiffusion.load(a.model, "float32", a.device)
     rng = np.random.default_rng(0)
     trainer = LoraTrainer(sd, TrainConfig(), rng, "bench")
-    trainer.set_data(images(a.size), "style_00")
+    # Posteriors as set_data would make them, without running the VAE here: its activations would sit in
+    # the allocator's cache and hide what training itself needs (the VAE is not timed either).
+    trainer.mean, trainer.std = latents(a.size), np.full((2, 4, a.size // 8, a.size // 8), 0.1, np.float32)
+    with jt.no_grad():
+        trainer.context = sd.encode_prompt(["style_00"]).numpy()
     draws = Draws(rng, 2, trainer.latent_shape, trainer.num_timesteps)
     trainer.lora.attach()
     base = rss_mib()
     times = timed(lambda i: trainer.step(draws.next()), a.warmup, a.steps)
     peak = peak_rss_mib()
-    return {"ours_s_per_step": min(times), "ours_peak_rss_mib": peak, "ours_train_rss_mib": peak - base}
+    out = {"ours_s_per_step": min(times), "ours_peak_rss_mib": peak, "ours_train_rss_mib": peak - base}
+    if a.profile_memory:  # one more step under Jittor's memory profiler: live Var bytes at the peak
+        weights = sum(int(np.prod(p.shape)) * 4 for m in (sd.unet, sd.vae, sd.text_encoder) for p in m.parameters())
+        jt.flags.profile_memory_enable = 1
+        trainer.step(draws.next())
+        out["ours_train_var_mib"] = (int(jt.get_max_memory_info().split("[!@#div1!@#]")[0]) - weights) / 2 ** 20
+    return out
 
 
 # ---------------------------------------------------------------- reference side (diffusers + peft on PyTorch)
@@ -84,13 +102,13 @@ def part_torch(a) -> dict:
     import torch.nn.functional as F
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from peft import LoraConfig
-    from transformers import CLIPTextModel, CLIPTokenizer
-    torch.set_num_threads(os.cpu_count())
+    from transformers import CLIPTokenizer
+    torch.set_num_threads(a.threads)
     device = "cuda" if a.device == "cuda" else "cpu"
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(a.model, subfolder="unet").to(device).requires_grad_(False)
     vae = AutoencoderKL.from_pretrained(a.model, subfolder="vae").to(device).requires_grad_(False)
-    text = CLIPTextModel.from_pretrained(a.model, subfolder="text_encoder").to(device).requires_grad_(False)
+    text = text_encoder(Path(a.model) / "text_encoder").to(device).requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(a.model, subfolder="tokenizer")
     scheduler = DDPMScheduler.from_pretrained(a.model, subfolder="scheduler")
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
@@ -100,8 +118,8 @@ def part_torch(a) -> dict:
     pixels = torch.from_numpy(images(a.size)).to(device)
     ids = tokenizer("style_00", padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     ids = ids.to(device)
+    z0 = torch.from_numpy(latents(a.size)[:1]).to(device)  # the UNet step first: no VAE activations yet
     with torch.no_grad():
-        z0 = vae.encode(pixels[:1]).latent_dist.sample() * vae.config.scaling_factor
         context = text(ids)[0]
 
     def sync():
@@ -128,8 +146,8 @@ def part_torch(a) -> dict:
 
     base = rss_mib()
     unet_times = timed(lambda i: unet_step(z0, context), a.warmup, a.steps)
-    script_times = timed(script_step, 0, a.steps)
     peak = peak_rss_mib()
+    script_times = timed(script_step, 0, a.steps)
     out = {"torch_unet_step_s_per_step": min(unet_times), "torch_script_step_s_per_step": min(script_times),
            "torch_peak_rss_mib": peak, "torch_train_rss_mib": peak - base}
     if device == "cuda":
@@ -137,13 +155,25 @@ def part_torch(a) -> dict:
     return out
 
 
+def text_encoder(folder: Path):
+    """transformers' CLIPTextModel from a folder whose safetensors carry no metadata (from_pretrained
+    insists on it; the random benchmark model is written without)."""
+    from safetensors.torch import load_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+    model = CLIPTextModel(CLIPTextConfig.from_pretrained(folder))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model.eval()
+
+
 PARTS = {"jittor": part_jittor, "torch": part_torch}
 
 
-def run_part(a, python: str, part: str, size: int) -> dict:
+def run_part(a, python: str, part: str, size: int, profile_memory: bool = False) -> dict:
     args = [python, __file__, "--part", part, "--model", str(a.model), "--size", str(size), "--steps", str(a.steps),
-            "--warmup", str(a.warmup), "--device", a.device]
-    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+            "--warmup", str(a.warmup), "--device", a.device, "--threads", str(a.threads)]
+    args += ["--profile-memory"] if profile_memory else []
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode != 0:
         sys.exit(f"benchmarks/train.py: part {part} at {size}px failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -155,24 +185,25 @@ SD21_FP32_WEIGHTS_MIB = (865.9e6 + 83.7e6 + 340.4e6) * 4 / 2 ** 20  # UNet, VAE,
 
 
 def project(small: float, large: float, size: int, arch: str) -> dict:
-    """Projected training memory of full SD 2.1 at 512 px, float32, from two measured points.
+    """Projected memory of training full SD 2.1 at 512 px in float32 on a GPU, from two measured points.
 
-    Training memory (saved activations) is a·p + b·p² in the pixel count p: convolutions, norms and
-    projections save tensors proportional to p (and to the channel width), self-attention saves
-    (heads x tokens x tokens) logits/probabilities, proportional to p². Two sizes give a and b. Going
-    from `half` to SD 2.1 doubles the widths (a x2) and doubles the heads at the two lower attention
-    levels; the top level (tokens = p/64, 16x the tokens² of the next) keeps 5 heads, so b grows by
-    (1 + 2/16 + 2/256) / (1 + 1/16 + 1/256) = 1.06. Weights (fp32 UNet, VAE, text encoder) are added.
+    `small`/`large`: the live Var bytes training adds over the weights (Jittor's memory profiler) at half
+    the size and at `size`. No attention matrix is kept (common.sd.attention_grad), so what training
+    keeps is c + a·p in the pixel count p: saved inputs of norms, activations and projections, proportional
+    to p and to the channel widths; two sizes give c and a. From `half` to SD 2.1 the widths double
+    (x2). The GPU path recomputes one attention's probabilities at a time in the backward pass: a
+    transient 3 x heads x N² float32 (P, dP, dS) at the top level, N = p/64 tokens, 5 heads. The fp32
+    UNet, VAE and text encoder weights are added.
     """
     p1, p2 = (size // 2) ** 2, size ** 2
-    b = (large - small * p2 / p1) / (p2 * p2 - p1 * p2)
-    a = (small - b * p1 * p1) / p1
-    if arch == "half":
-        a, b = 2 * a, b * (1 + 2 / 16 + 2 / 256) / (1 + 1 / 16 + 1 / 256)
+    a = (large - small) / (p2 - p1)
+    c = large - a * p2
+    width = 2 if arch == "half" else 1
     p = 512 ** 2
-    activations = a * p + b * p * p
-    return {"projected_sd21_512_train_mib": activations, "projected_sd21_512_attention_mib": b * p * p,
-            "projected_sd21_512_total_mib": activations + SD21_FP32_WEIGHTS_MIB}
+    kept = width * (c + a * p)
+    transient = 3 * 5 * (p / 64) ** 2 * 4 / 2 ** 20
+    return {"projected_sd21_512_kept_mib": kept, "projected_sd21_512_attention_transient_mib": transient,
+            "projected_sd21_512_total_mib": kept + transient + SD21_FP32_WEIGHTS_MIB}
 
 
 def main():
@@ -183,11 +214,15 @@ def main():
     p.add_argument("--size", type=int, help="training resolution (default 512 on a GPU, 256 on a CPU)")
     p.add_argument("--steps", type=int, default=3, help="timed steps; the figure is the fastest")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of both sides")
+    p.add_argument("--rounds", type=int, default=1, help="alternate the two sides this many times; keep the "
+                   "fastest of each (other processes on a shared machine only ever add time)")
     p.add_argument("--project", action="store_true", help="also measure at half the size for the memory projection")
     p.add_argument("--torch-python", default=str(ROOT / ".venv-ref" / "bin" / "python"))
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "jstyleid-bench")
     p.add_argument("--device")
     p.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
+    p.add_argument("--profile-memory", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.part:
         print(json.dumps(PARTS[a.part](a)))
@@ -204,19 +239,23 @@ def main():
         a.model = a.workdir / f"random-{a.arch}"
         write_random_model(a.model, a.arch)
     figures = {}
-    for python, part in ((sys.executable, "jittor"), (a.torch_python, "torch")):
-        result = run_part(a, python, part, a.size)
-        figures.update(result)
-        print(f"{part}: {result}", file=sys.stderr, flush=True)
+    for _ in range(a.rounds):
+        for python, part in ((sys.executable, "jittor"), (a.torch_python, "torch")):
+            result = run_part(a, python, part, a.size)
+            print(f"{part}: {result}", file=sys.stderr, flush=True)
+            for key, value in result.items():
+                figures[key] = min(value, figures.get(key, value)) if key.endswith("_s_per_step") else value
     figures["ours_vs_torch_unet_step"] = figures["ours_s_per_step"] / figures["torch_unet_step_s_per_step"]
     figures["ours_vs_torch_script_step"] = figures["ours_s_per_step"] / figures["torch_script_step_s_per_step"]
     if a.project:
-        small = run_part(a, sys.executable, "jittor", a.size // 2)["ours_train_rss_mib"]
-        figures["ours_train_rss_mib_half_size"] = small
-        figures.update(project(small, figures["ours_train_rss_mib"], a.size, a.arch))
+        quick = argparse.Namespace(**{**vars(a), "steps": 1, "warmup": 1})
+        small = run_part(quick, sys.executable, "jittor", a.size // 2, profile_memory=True)["ours_train_var_mib"]
+        large = run_part(quick, sys.executable, "jittor", a.size, profile_memory=True)["ours_train_var_mib"]
+        figures.update(ours_train_var_mib_half_size=small, ours_train_var_mib=large)
+        figures.update(project(small, large, a.size, a.arch))
     setup = {"device": a.device, "model": f"random {a.arch} (SD 2.1 shapes)" if "random-" in str(a.model) else str(a.model),
              "size": a.size, "batch": 1, "rank": 4, "dtype": "float32", "steps": a.steps, "warmup": a.warmup,
-             "cpu_count": os.cpu_count()}
+             "rounds": a.rounds, "threads": a.threads, "cpu_count": os.cpu_count()}
     width = max(map(len, figures))
     print(" ".join(f"{k}={v}" for k, v in setup.items()))
     print(f"{'figure':<{width}}  value")

@@ -43,11 +43,10 @@ def train_style(sd, train, style: str, style_dir, lora_file, scratch_dir, *, siz
         log(f"train style {style}: {lora_file} exists, skipping")
         return "skipped"
     files, images = load_images(style_dir, size, train.resize)
-    beat("train prepare")
     rng = np.random.default_rng(train.seed)
     sd.set_lora(None)  # train on the base weights, whatever LoRA this process merged before
     trainer = LoraTrainer(sd, train, rng, style)
-    trainer.set_data(images, train.prompt.format(style=style))
+    trainer.set_data(images, train.prompt.format(style=style), beat)
     draws = Draws(rng, len(images), trainer.latent_shape, trainer.num_timesteps)
     mark = fingerprint(train, size, images, f"{sd.folder}:{sd.dtype}")
     losses = _resume(trainer, draws, scratch_dir, mark, style, log)

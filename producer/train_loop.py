@@ -45,14 +45,15 @@ class LoraTrainer:
 
     # ------------------------------------------------------------------ data
 
-    def set_data(self, images: np.ndarray, prompt: str) -> None:
+    def set_data(self, images: np.ndarray, prompt: str, beat=lambda phase: None) -> None:
         """Encode the images' posteriors (float32 (N, 3, S, S) in [-1, 1]) and the instance prompt, once."""
         means, stds = [], []
         with jt.no_grad():
-            for image in images:  # one at a time: the VAE encoder's activations are the largest
+            for i, image in enumerate(images):  # one at a time: the VAE encoder's activations are the largest
                 mean, logvar = self.sd.vae.encode(jt.array(image[None].astype(np.float32)))
                 means.append(mean.numpy()[0])
                 stds.append(jt.exp(logvar * 0.5).numpy()[0])
+                beat(f"train encode {i + 1}/{len(images)}")
             self.context = self.sd.encode_prompt([prompt]).float32().numpy()
         self.mean, self.std = np.stack(means).astype(np.float32), np.stack(stds).astype(np.float32)
 

@@ -5,6 +5,7 @@ test_train_parity.py.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,7 +142,8 @@ def test_stage_beats_every_step_and_writes_the_lora(stage_config, style_dir, tmp
     phases = []
     t = task(style_dir, tmp_path)
     stage.run([t], phases.append)
-    assert [p for p in phases if p.startswith("train ") and "/" in p] == ["train 1/2", "train 2/2"]
+    assert [p for p in phases if re.fullmatch(r"train \d+/\d+", p)] == ["train 1/2", "train 2/2"]
+    assert [p for p in phases if p.startswith("train encode")] == [f"train encode {i}/4" for i in (1, 2, 3, 4)]
     assert t.lora_file.is_file() and (t.lora_file.parent / LOSS_CURVE).is_file()
     assert not t.scratch_dir.exists()
     assert stage.sd.unet.attention_layers()["mid_block.attentions.0.transformer_blocks.0.attn1"].processor \
