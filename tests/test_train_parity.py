@@ -130,10 +130,12 @@ def test_written_lora_reads_back_in_diffusers_and_ours(sd, tmp_path):
         merger.apply(LoraSet.read(path, sd.unet), 1.0)  # the producer's loader, merged into the weights
         merged = sd.unet(x, t, cond).numpy()
         merger.remove()
-        lora = UNetLora.from_state(sd.unet, read_weights(path))  # the trainer's separate low-rank path
+        lora = UNetLora(sd.unet, read_weights(path))  # the trainer's separate low-rank path
         lora.attach()
         separate = sd.unet(x, t, cond).numpy()
         lora.detach()
+    with pytest.raises(ValueError, match="1 keys missing"):
+        UNetLora(sd.unet, {k: v for k, v in state.items() if k != KEYS[-1]})
     assert rel(base, GOLDEN["file_base"]) <= TOL
     assert rel(merged, GOLDEN["file_out"]) <= TOL
     assert rel(separate, GOLDEN["file_out"]) <= TOL

@@ -64,41 +64,33 @@ def _linear(attn, target: str):
 class UNetLora:
     """Rank-r LoRA on every attention's to_q/to_k/to_v/to_out.0 (self and cross) of one UNet.
 
-    `params` (A then B of each projection, in key order) are float32 Vars the optimiser updates; the
-    scale is α/r. Build with `create` (peft's "gaussian" init: A ~ N(0, (1/r)²), B = 0, drawn from a
-    NumPy Generator) or `from_state` (a saved LoRA or checkpoint).
+    `state` is {diffusers key: array}, e.g. a saved LoRA file's tensors or a checkpoint's; `params` are
+    its float32 Vars in sorted key order (A then B of each projection), which the optimiser updates.
+    The scale is α/r (α defaults to r: scale 1). `create` makes a fresh one.
     """
 
-    def __init__(self, unet, state: dict, alpha: float):
+    def __init__(self, unet, state: dict, alpha: float = None):
         self.unet = unet
-        self.keys = sorted(state)
         layers = unet.attention_layers()
-        self.params = []
-        by_key = {}
-        for key in self.keys:
-            var = jt.array(np.ascontiguousarray(state[key], dtype=np.float32))
-            by_key[key] = var
-            self.params.append(var)
-        self.rank = int(next(v.shape[0] for k, v in state.items() if k.endswith(".down.weight")))
-        self.scale = float(alpha) / self.rank
-        self._processors = {}
-        for name, attn in layers.items():
-            halves = [(by_key.get(lora_key(name, t, "down")), by_key.get(lora_key(name, t, "up"))) for t in TARGETS]
-            if any(d is None or u is None for d, u in halves):
-                raise ValueError(f"LoRA state lacks the projections of attention {name}; "
-                                 f"it needs {', '.join(TARGETS)} (down and up) of every attention")
-            self._processors[name] = LoraAttnProcessor(
-                {t: LoraLinear(_linear(attn, t), d, u, self.scale) for t, (d, u) in zip(TARGETS, halves)})
-        expected = 2 * len(TARGETS) * len(layers)
-        if len(self.keys) != expected:
-            extra = sorted(set(self.keys) - {lora_key(n, t, h) for n in layers for t in TARGETS for h in ("down", "up")})
-            raise ValueError(f"LoRA state has {len(self.keys)} tensors, the UNet needs {expected}; "
-                             f"unknown keys such as {extra[:2]}")
+        expected = {lora_key(n, t, h) for n in layers for t in TARGETS for h in ("down", "up")}
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"LoRA state does not fit this UNet: {len(missing)} keys missing {missing[:2]}, "
+                             f"{len(extra)} unknown {extra[:2]}")
+        self.keys = sorted(state)
+        self.params = [jt.array(np.ascontiguousarray(state[k], dtype=np.float32)) for k in self.keys]
+        by_key = dict(zip(self.keys, self.params))
+        self.rank = int(state[self.keys[0]].shape[0])  # the first key is a down (A) half: (r, in)
+        self.scale = (self.rank if alpha is None else float(alpha)) / self.rank
+        self._processors = {
+            name: LoraAttnProcessor({t: LoraLinear(_linear(attn, t), by_key[lora_key(name, t, "down")],
+                                                   by_key[lora_key(name, t, "up")], self.scale) for t in TARGETS})
+            for name, attn in layers.items()}
         self._saved = None
 
     @classmethod
     def create(cls, unet, rank: int, rng: np.random.Generator, alpha: float = None) -> "UNetLora":
-        """A fresh LoRA: A ~ N(0, (1/rank)²) drawn from `rng` in key order, B = 0."""
+        """A fresh LoRA (peft's "gaussian" init): A ~ N(0, (1/rank)²) drawn from `rng` in key order, B = 0."""
         shapes = {}
         for name, attn in unet.attention_layers().items():
             for target in TARGETS:
@@ -107,13 +99,7 @@ class UNetLora:
                 shapes[lora_key(name, target, "up")] = (out_features, rank)
         state = {key: (rng.standard_normal(shape) / rank).astype(np.float32) if key.endswith(".down.weight")
                  else np.zeros(shape, np.float32) for key, shape in sorted(shapes.items())}
-        return cls(unet, state, float(rank) if alpha is None else alpha)
-
-    @classmethod
-    def from_state(cls, unet, state: dict, alpha: float = None) -> "UNetLora":
-        """A LoRA holding `state` ({diffusers key: array}); α defaults to the rank (scale 1)."""
-        rank = next(v.shape[0] for k, v in state.items() if k.endswith(".down.weight"))
-        return cls(unet, state, float(rank) if alpha is None else alpha)
+        return cls(unet, state, alpha)
 
     def attach(self) -> None:
         """Install the LoRA processors; the ones in place are kept for `detach`."""
