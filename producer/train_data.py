@@ -51,7 +51,7 @@ def load_image(path, size: int, resize: str = "crop") -> np.ndarray:
         nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
         if (nw, nh) != (w, h):
             image = image.resize((nw, nh), Image.BILINEAR)
-        left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+        left, top = round((nw - size) / 2.0), round((nh - size) / 2.0)
         image = image.crop((left, top, left + size, top + size))
     x = np.asarray(image, dtype=np.float32) / 255.0
     return ((x - 0.5) / 0.5).transpose(2, 0, 1).copy()

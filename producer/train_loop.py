@@ -108,9 +108,9 @@ class LoraTrainer:
     def state(self) -> dict:
         """Everything the optimiser carries: {"lora": {...}, "m": {...}, "v": {...}, "step": k}."""
         group = self.optimizer.param_groups[0]
-        as_dict = lambda vars_: {k: v.numpy().astype(np.float32) for k, v in zip(self.lora.keys, vars_)}
-        return {"lora": self.lora.state(), "m": as_dict(group["m"]), "v": as_dict(group["values"]),
-                "step": self.step_count}
+        moments = {name: {k: v.numpy().astype(np.float32) for k, v in zip(self.lora.keys, group[key])}
+                   for name, key in (("m", "m"), ("v", "values"))}  # Jittor names the second moment "values"
+        return {"lora": self.lora.state(), **moments, "step": self.step_count}
 
     def restore(self, state: dict) -> None:
         """Put back a `state()`: LoRA values, both moments and the step count, bit for bit."""

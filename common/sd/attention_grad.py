@@ -12,7 +12,7 @@ gradient and D = rowsum(dO ⊙ O):
 - elsewhere (CUDA): the same formulas in Jittor ops on one attention at a time (cuBLAS batched matmul).
 """
 from common.jittor_env import load_jittor
-from common.sd.attention import QUERY_BLOCK, _HEADER, _attention_generic, fused_cpu_available
+from common.sd.attention import _HEADER, QUERY_BLOCK, _attention_generic, fused_cpu_available
 
 jt = load_jittor()
 nn = jt.nn

@@ -8,6 +8,8 @@ the UNet already exposes for StyleID: the module tree and its state-dict keys st
 (`unet.<attention path>.to_q.lora.down.weight` = A, `.lora.up.weight` = B), so `common.sd.lora` and
 diffusers' `load_lora_weights` read what `state()` returns.
 """
+from typing import Optional
+
 import numpy as np
 
 from common.jittor_env import load_jittor
@@ -69,7 +71,7 @@ class UNetLora:
     The scale is α/r (α defaults to r: scale 1). `create` makes a fresh one.
     """
 
-    def __init__(self, unet, state: dict, alpha: float = None):
+    def __init__(self, unet, state: dict, alpha: Optional[float] = None):
         self.unet = unet
         layers = unet.attention_layers()
         expected = {lora_key(n, t, h) for n in layers for t in TARGETS for h in ("down", "up")}
@@ -89,7 +91,7 @@ class UNetLora:
         self._saved = None
 
     @classmethod
-    def create(cls, unet, rank: int, rng: np.random.Generator, alpha: float = None) -> "UNetLora":
+    def create(cls, unet, rank: int, rng: np.random.Generator, alpha: Optional[float] = None) -> "UNetLora":
         """A fresh LoRA (peft's "gaussian" init): A ~ N(0, (1/rank)²) drawn from `rng` in key order, B = 0."""
         shapes = {}
         for name, attn in unet.attention_layers().items():

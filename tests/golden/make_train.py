@@ -108,7 +108,7 @@ def train(prediction_type, init, images, draws, context, vae):
 
 def lora_file_check(out):
     """A LoRA written by our writer, read by diffusers: the UNet output with it."""
-    unet, lora = lora_unet()
+    _, lora = lora_unet()
     state = {k: tiny_param(k, tuple(v.shape), FILE_SEED) for k, v in lora.items()}
     rng = np.random.default_rng(5)
     x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
