@@ -5,7 +5,9 @@
 Both sides train the same model folder (random weights with SD 2.1's shapes), at the same resolution,
 batch 1, rank-4 LoRA on every to_q/to_k/to_v/to_out.0, AdamW, float32, each in its own process (torch and
 Jittor never share one; peak RSS is per side). Figures:
-- `*_s_per_step`: the fastest of --steps timed steps after --warmup (Jittor compiles on the first ones).
+- `*_s_per_step`: the fastest of --steps timed steps after --warmup (Jittor compiles on the first ones),
+  over --rounds alternating runs of the two sides; `*_cpu_s_per_step` the same in process CPU seconds
+  (less sensitive to other processes on a shared machine).
   `torch_unet_step` is what ours does per step (UNet forward + backward + AdamW on prepared inputs);
   `torch_script_step` adds what diffusers' and JDiffusion's scripts also run every step (VAE encode of
   the image and a text encode of the prompt; we encode both once).
@@ -51,15 +53,17 @@ def latents(size: int):
     return np.random.default_rng(1).standard_normal((2, 4, size // 8, size // 8)).astype(np.float32)
 
 
-def timed(step, warmup: int, steps: int) -> list:
+def timed(step, warmup: int, steps: int) -> tuple:
+    """(wall seconds, process CPU seconds) of each of `steps` steps after `warmup` untimed ones."""
     for i in range(warmup):
         step(i)
-    times = []
+    walls, cpus = [], []
     for i in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step(warmup + i)
-        times.append(time.perf_counter() - t0)
-    return times
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return walls, cpus
 
 
 # ---------------------------------------------------------------- our side (Jittor)
@@ -84,9 +88,10 @@ def part_jittor(a) -> dict:
     draws = Draws(rng, 2, trainer.latent_shape, trainer.num_timesteps)
     trainer.lora.attach()
     base = rss_mib()
-    times = timed(lambda i: trainer.step(draws.next()), a.warmup, a.steps)
+    walls, cpus = timed(lambda i: trainer.step(draws.next()), a.warmup, a.steps)
     peak = peak_rss_mib()
-    out = {"ours_s_per_step": min(times), "ours_peak_rss_mib": peak, "ours_train_rss_mib": peak - base}
+    out = {"ours_s_per_step": min(walls), "ours_cpu_s_per_step": min(cpus), "ours_peak_rss_mib": peak,
+           "ours_train_rss_mib": peak - base}
     if a.profile_memory:  # one more step under Jittor's memory profiler: live Var bytes at the peak
         weights = sum(int(np.prod(p.shape)) * 4 for m in (sd.unet, sd.vae, sd.text_encoder) for p in m.parameters())
         jt.flags.profile_memory_enable = 1
@@ -145,10 +150,11 @@ def part_torch(a) -> dict:
         unet_step(latents, hidden)
 
     base = rss_mib()
-    unet_times = timed(lambda i: unet_step(z0, context), a.warmup, a.steps)
+    unet_walls, unet_cpus = timed(lambda i: unet_step(z0, context), a.warmup, a.steps)
     peak = peak_rss_mib()
-    script_times = timed(script_step, 0, a.steps)
-    out = {"torch_unet_step_s_per_step": min(unet_times), "torch_script_step_s_per_step": min(script_times),
+    script_walls, script_cpus = timed(script_step, 0, a.steps)
+    out = {"torch_unet_step_s_per_step": min(unet_walls), "torch_unet_step_cpu_s_per_step": min(unet_cpus),
+           "torch_script_step_s_per_step": min(script_walls), "torch_script_step_cpu_s_per_step": min(script_cpus),
            "torch_peak_rss_mib": peak, "torch_train_rss_mib": peak - base}
     if device == "cuda":
         out["torch_peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
@@ -244,9 +250,10 @@ def main():
             result = run_part(a, python, part, a.size)
             print(f"{part}: {result}", file=sys.stderr, flush=True)
             for key, value in result.items():
-                figures[key] = min(value, figures.get(key, value)) if key.endswith("_s_per_step") else value
+                figures[key] = min(value, figures.get(key, value)) if key.endswith("_per_step") else value
     figures["ours_vs_torch_unet_step"] = figures["ours_s_per_step"] / figures["torch_unet_step_s_per_step"]
     figures["ours_vs_torch_script_step"] = figures["ours_s_per_step"] / figures["torch_script_step_s_per_step"]
+    figures["ours_vs_torch_unet_step_cpu"] = figures["ours_cpu_s_per_step"] / figures["torch_unet_step_cpu_s_per_step"]
     if a.project:
         quick = argparse.Namespace(**{**vars(a), "steps": 1, "warmup": 1})
         small = run_part(quick, sys.executable, "jittor", a.size // 2, profile_memory=True)["ours_train_var_mib"]
