@@ -1,21 +1,21 @@
 """LoRA training speed and memory: seconds per training step and peak RSS, ours against diffusers + peft.
 
-    .venv/bin/python benchmarks/train.py --json train.json [--torch-python .venv-ref/bin/python]
+    .venv/bin/python benchmarks/train.py --json train.json [--torch-python .venv-ref/bin/python] [--project]
 
 Both sides train the same model folder (random weights with SD 2.1's shapes), at the same resolution,
-batch 1, rank-4 LoRA on every to_q/to_k/to_v/to_out.0, AdamW, float32, each in its own process (torch and
-Jittor never share one; peak RSS is per side). Figures:
-- `*_s_per_step`: the fastest of --steps timed steps after --warmup (Jittor compiles on the first ones),
-  over --rounds alternating runs of the two sides; `*_cpu_s_per_step` the same in process CPU seconds
-  (less sensitive to other processes on a shared machine).
-  `torch_unet_step` is what ours does per step (UNet forward + backward + AdamW on prepared inputs);
-  `torch_script_step` adds what diffusers' and JDiffusion's scripts also run every step (VAE encode of
-  the image and a text encode of the prompt; we encode both once).
-- `*_peak_rss_mib` and `*_train_rss_mib` (peak minus the resident size once the model is loaded and the
-  data prepared: what training itself adds, mostly saved activations).
-- With `--project`: `ours_train_var_mib`, the live Var bytes training adds over the weights (Jittor's
-  memory profiler, one extra step) at the size and at half of it, and from the two points the projected
-  memory of training full SD 2.1 at 512 px in float32 on a GPU (see `project()`).
+batch 1, rank-4 LoRA on every to_q/to_k/to_v/to_out.0, AdamW, float32, each in its own worker process
+(torch and Jittor never share one; peak RSS is per side) with the same thread count. The workers take
+turns step by step, one computing while the other waits, so a busy shared machine slows both alike;
+`ours_vs_torch_*` is the median of the per-pair ratios.
+- `ours_s_per_step` / `torch_unet_step_s_per_step`: the fastest step after --warmup ones (Jittor compiles
+  on the first). Ours and `torch_unet_step` do the same work (UNet forward + backward + AdamW on prepared
+  inputs); `torch_script_step` adds what diffusers' and JDiffusion's scripts also run every step (a VAE
+  encode of the image and a text encode of the prompt; we encode both once). `*_cpu_*`: process CPU seconds.
+- `*_peak_rss_mib`, and `*_train_rss_mib`: peak minus the resident size once the model is loaded (what
+  training adds: saved activations, the allocator's cache).
+- `--project`: `ours_train_var_mib`, the live Var bytes training adds over the weights at its peak
+  (Jittor's memory profiler, one extra step), at the size and at half of it, and from the two points
+  the projected memory of training full SD 2.1 at 512 px in float32 on a GPU (see `project()`).
 
 CPU default: `--arch half` (SD 2.1's layout, every width halved; `benchmarks/stages.py`) at 256 px.
 GPU: `--arch sd21 --size 512`.
@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,22 +54,23 @@ def latents(size: int):
     return np.random.default_rng(1).standard_normal((2, 4, size // 8, size // 8)).astype(np.float32)
 
 
-def timed(step, warmup: int, steps: int) -> tuple:
-    """(wall seconds, process CPU seconds) of each of `steps` steps after `warmup` untimed ones."""
-    for i in range(warmup):
-        step(i)
-    walls, cpus = [], []
-    for i in range(steps):
+def serve(commands: dict, base_rss: float) -> None:
+    """Answer one JSON line per command read from stdin: a step's {"wall", "cpu"}, or what a command returns."""
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        name = line.strip()
+        if name == "done":
+            peak = peak_rss_mib()
+            print(json.dumps({"peak_rss_mib": peak, "train_rss_mib": peak - base_rss}), flush=True)
+            return
         t0, c0 = time.perf_counter(), time.process_time()
-        step(warmup + i)
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
-    return walls, cpus
+        result = commands[name]()
+        print(json.dumps(result or {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}), flush=True)
 
 
 # ---------------------------------------------------------------- our side (Jittor)
 
-def part_jittor(a) -> dict:
+def worker_jittor(a) -> None:
     import numpy as np
 
     from common.config import TrainConfig
@@ -87,22 +89,23 @@ def part_jittor(a) -> dict:
         trainer.context = sd.encode_prompt(["style_00"]).numpy()
     draws = Draws(rng, 2, trainer.latent_shape, trainer.num_timesteps)
     trainer.lora.attach()
-    base = rss_mib()
-    walls, cpus = timed(lambda i: trainer.step(draws.next()), a.warmup, a.steps)
-    peak = peak_rss_mib()
-    out = {"ours_s_per_step": min(walls), "ours_cpu_s_per_step": min(cpus), "ours_peak_rss_mib": peak,
-           "ours_train_rss_mib": peak - base}
-    if a.profile_memory:  # one more step under Jittor's memory profiler: live Var bytes at the peak
-        weights = sum(int(np.prod(p.shape)) * 4 for m in (sd.unet, sd.vae, sd.text_encoder) for p in m.parameters())
+    weights = sum(int(np.prod(p.shape)) * 4 for m in (sd.unet, sd.vae, sd.text_encoder) for p in m.parameters())
+
+    def memory():  # one step under Jittor's memory profiler: live Var bytes at the peak, less the weights
         jt.flags.profile_memory_enable = 1
         trainer.step(draws.next())
-        out["ours_train_var_mib"] = (int(jt.get_max_memory_info().split("[!@#div1!@#]")[0]) - weights) / 2 ** 20
-    return out
+        jt.flags.profile_memory_enable = 0
+        return {"train_var_mib": (int(jt.get_max_memory_info().split("[!@#div1!@#]")[0]) - weights) / 2 ** 20}
+
+    def step():
+        trainer.step(draws.next())
+
+    serve({"step": step, "memory": memory}, rss_mib())
 
 
 # ---------------------------------------------------------------- reference side (diffusers + peft on PyTorch)
 
-def part_torch(a) -> dict:
+def worker_torch(a) -> None:
     import torch
     import torch.nn.functional as F
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -123,19 +126,20 @@ def part_torch(a) -> dict:
     pixels = torch.from_numpy(images(a.size)).to(device)
     ids = tokenizer("style_00", padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     ids = ids.to(device)
-    z0 = torch.from_numpy(latents(a.size)[:1]).to(device)  # the UNet step first: no VAE activations yet
+    z0 = torch.from_numpy(latents(a.size)[:1]).to(device)
     with torch.no_grad():
         context = text(ids)[0]
+    state = {"image": 0}
 
     def sync():
         if device == "cuda":
             torch.cuda.synchronize()
 
-    def unet_step(latents, hidden):
-        noise = torch.randn_like(latents)
+    def unet_step(latents_=z0, hidden=context):
+        noise = torch.randn_like(latents_)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), device=device)
-        noisy = scheduler.add_noise(latents, noise, t)
-        target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" \
+        noisy = scheduler.add_noise(latents_, noise, t)
+        target = scheduler.get_velocity(latents_, noise, t) if scheduler.config.prediction_type == "v_prediction" \
             else noise
         loss = F.mse_loss(unet(noisy, t, hidden).sample.float(), target.float())
         loss.backward()
@@ -143,22 +147,17 @@ def part_torch(a) -> dict:
         optimizer.zero_grad()
         sync()
 
-    def script_step(i):
+    def script_step():
+        i = state["image"] = 1 - state["image"]
         with torch.no_grad():  # the script's frozen modules build no graph either
-            latents = vae.encode(pixels[i % 2:i % 2 + 1]).latent_dist.sample() * vae.config.scaling_factor
+            latents_ = vae.encode(pixels[i:i + 1]).latent_dist.sample() * vae.config.scaling_factor
             hidden = text(ids)[0]
-        unet_step(latents, hidden)
+        unet_step(latents_, hidden)
 
-    base = rss_mib()
-    unet_walls, unet_cpus = timed(lambda i: unet_step(z0, context), a.warmup, a.steps)
-    peak = peak_rss_mib()
-    script_walls, script_cpus = timed(script_step, 0, a.steps)
-    out = {"torch_unet_step_s_per_step": min(unet_walls), "torch_unet_step_cpu_s_per_step": min(unet_cpus),
-           "torch_script_step_s_per_step": min(script_walls), "torch_script_step_cpu_s_per_step": min(script_cpus),
-           "torch_peak_rss_mib": peak, "torch_train_rss_mib": peak - base}
-    if device == "cuda":
-        out["torch_peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
-    return out
+    def gpu_peak():
+        return {"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else None}
+
+    serve({"unet": unet_step, "script": script_step, "gpu_peak": gpu_peak}, rss_mib())
 
 
 def text_encoder(folder: Path):
@@ -171,18 +170,38 @@ def text_encoder(folder: Path):
     return model.eval()
 
 
-PARTS = {"jittor": part_jittor, "torch": part_torch}
+WORKERS = {"jittor": worker_jittor, "torch": worker_torch}
 
 
-def run_part(a, python: str, part: str, size: int, profile_memory: bool = False) -> dict:
-    args = [python, __file__, "--part", part, "--model", str(a.model), "--size", str(size), "--steps", str(a.steps),
-            "--warmup", str(a.warmup), "--device", a.device, "--threads", str(a.threads)]
-    args += ["--profile-memory"] if profile_memory else []
-    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
-    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env)
-    if done.returncode != 0:
-        sys.exit(f"benchmarks/train.py: part {part} at {size}px failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class Worker:
+    """A worker process; `ask(command)` sends one command and waits for its JSON answer."""
+
+    def __init__(self, a, python: str, side: str, size: int):
+        args = [python, __file__, "--worker", side, "--model", str(a.model), "--size", str(size),
+                "--device", a.device, "--threads", str(a.threads)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
+        self.side = side
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                        text=True, cwd=ROOT, env=env)
+        self.read()
+
+    def read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            self.log.seek(0)
+            sys.exit(f"benchmarks/train.py: the {self.side} worker failed:\n{self.log.read()[-3000:]}")
+        return json.loads(line)
+
+    def ask(self, command: str) -> dict:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def close(self) -> dict:
+        result = self.ask("done")
+        self.process.wait()
+        return result
 
 
 # ---------------------------------------------------------------- memory projection
@@ -218,20 +237,17 @@ def main():
     p.add_argument("--model", help="a diffusers folder (default: a random SD-2.1-shaped one)")
     p.add_argument("--arch", choices=("sd21", "half"), help="random model's shapes (default: sd21 on a GPU, half on a CPU)")
     p.add_argument("--size", type=int, help="training resolution (default 512 on a GPU, 256 on a CPU)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps; the figure is the fastest")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
+    p.add_argument("--steps", type=int, default=4, help="timed step pairs")
+    p.add_argument("--warmup", type=int, default=2, help="untimed step pairs first (compilation)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of both sides")
-    p.add_argument("--rounds", type=int, default=1, help="alternate the two sides this many times; keep the "
-                   "fastest of each (other processes on a shared machine only ever add time)")
-    p.add_argument("--project", action="store_true", help="also measure at half the size for the memory projection")
+    p.add_argument("--project", action="store_true", help="also the SD 2.1 512 px memory projection")
     p.add_argument("--torch-python", default=str(ROOT / ".venv-ref" / "bin" / "python"))
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "jstyleid-bench")
     p.add_argument("--device")
-    p.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
-    p.add_argument("--profile-memory", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.part:
-        print(json.dumps(PARTS[a.part](a)))
+    if a.worker:
+        WORKERS[a.worker](a)
         return
 
     from common.jittor_env import gpu_present
@@ -244,25 +260,41 @@ def main():
         from stages import write_random_model  # the SD 2.1 configs live there until they move to common/devkit
         a.model = a.workdir / f"random-{a.arch}"
         write_random_model(a.model, a.arch)
-    figures = {}
-    for _ in range(a.rounds):
-        for python, part in ((sys.executable, "jittor"), (a.torch_python, "torch")):
-            result = run_part(a, python, part, a.size)
-            print(f"{part}: {result}", file=sys.stderr, flush=True)
-            for key, value in result.items():
-                figures[key] = min(value, figures.get(key, value)) if key.endswith("_per_step") else value
-    figures["ours_vs_torch_unet_step"] = figures["ours_s_per_step"] / figures["torch_unet_step_s_per_step"]
-    figures["ours_vs_torch_script_step"] = figures["ours_s_per_step"] / figures["torch_script_step_s_per_step"]
-    figures["ours_vs_torch_unet_step_cpu"] = figures["ours_cpu_s_per_step"] / figures["torch_unet_step_cpu_s_per_step"]
+
+    ours, ref = Worker(a, sys.executable, "jittor", a.size), Worker(a, a.torch_python, "torch", a.size)
+    for _ in range(a.warmup):
+        ours.ask("step"), ref.ask("unet")
+    pairs = [(ours.ask("step"), ref.ask("unet")) for _ in range(a.steps)]
+    figures = {
+        "ours_s_per_step": min(o["wall"] for o, _ in pairs),
+        "torch_unet_step_s_per_step": min(r["wall"] for _, r in pairs),
+        "ours_cpu_s_per_step": min(o["cpu"] for o, _ in pairs),
+        "torch_unet_step_cpu_s_per_step": min(r["cpu"] for _, r in pairs),
+        "ours_vs_torch_unet_step": statistics.median(o["wall"] / r["wall"] for o, r in pairs),
+        "ours_vs_torch_unet_step_cpu": statistics.median(o["cpu"] / r["cpu"] for o, r in pairs),
+    }
     if a.project:
-        quick = argparse.Namespace(**{**vars(a), "steps": 1, "warmup": 1})
-        small = run_part(quick, sys.executable, "jittor", a.size // 2, profile_memory=True)["ours_train_var_mib"]
-        large = run_part(quick, sys.executable, "jittor", a.size, profile_memory=True)["ours_train_var_mib"]
-        figures.update(ours_train_var_mib_half_size=small, ours_train_var_mib=large)
-        figures.update(project(small, large, a.size, a.arch))
+        figures["ours_train_var_mib"] = ours.ask("memory")["train_var_mib"]
+    end = ours.close()
+    figures.update(ours_peak_rss_mib=end["peak_rss_mib"], ours_train_rss_mib=end["train_rss_mib"])
+    script = [ref.ask("script") for _ in range(max(2, a.steps // 2))]
+    figures["torch_script_step_s_per_step"] = min(s["wall"] for s in script)
+    figures["ours_vs_torch_script_step"] = figures["ours_s_per_step"] / figures["torch_script_step_s_per_step"]
+    gpu_peak = ref.ask("gpu_peak")["peak_gpu_mib"]
+    end = ref.close()
+    figures.update(torch_peak_rss_mib=end["peak_rss_mib"], torch_train_rss_mib=end["train_rss_mib"])
+    if gpu_peak is not None:
+        figures["torch_peak_gpu_mib"] = gpu_peak
+    if a.project:
+        small = Worker(a, sys.executable, "jittor", a.size // 2)
+        small.ask("step")
+        figures["ours_train_var_mib_half_size"] = small.ask("memory")["train_var_mib"]
+        small.close()
+        figures.update(project(figures["ours_train_var_mib_half_size"], figures["ours_train_var_mib"], a.size, a.arch))
+
     setup = {"device": a.device, "model": f"random {a.arch} (SD 2.1 shapes)" if "random-" in str(a.model) else str(a.model),
              "size": a.size, "batch": 1, "rank": 4, "dtype": "float32", "steps": a.steps, "warmup": a.warmup,
-             "rounds": a.rounds, "threads": a.threads, "cpu_count": os.cpu_count()}
+             "threads": a.threads, "cpu_count": os.cpu_count()}
     width = max(map(len, figures))
     print(" ".join(f"{k}={v}" for k, v in setup.items()))
     print(f"{'figure':<{width}}  value")

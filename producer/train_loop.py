@@ -5,8 +5,7 @@ Per step, on one image (batch 1), prior preservation off:
   z_t = √ā_t·z₀ + √(1−ā_t)·ε               DDPM's add_noise, ā from the model's scheduler config
   target = √ā_t·ε − √(1−ā_t)·z₀ (v_prediction) or ε (epsilon)
   loss = mean((UNet(z_t, t, text(prompt)) − target)²) in float32
-then AdamW with decoupled weight decay (PyTorch's update; Jittor's `jt.optim.AdamW` computes the same,
-but its default weight decay is 0, so it is always passed). Only the LoRA (common.sd.lora_layers) is
+then AdamW with decoupled weight decay (`AdamW` below). Only the LoRA (common.sd.lora_layers) is
 trained; the UNet, VAE and text encoder are frozen. The VAE is deterministic, so each image's posterior
 (μ, σ) is computed once; the sample is drawn per step in NumPy, which is what encoding every step gives.
 """
@@ -25,6 +24,36 @@ class TrainingDiverged(ValueError):
     """The loss became NaN or infinite (the message names the style and the step)."""
 
 
+class AdamW:
+    """PyTorch's AdamW: for step k (from 1), p ← p·(1 − lr·wd) − lr/(1−β1^k) · m / (√(v/(1−β2^k)) + eps) with
+    m ← β1·m + (1−β1)·g and v ← β2·v + (1−β2)·g².
+
+    Jittor's `jt.optim.AdamW` has the same formula (with weight decay 0 unless passed) but its fused
+    update, compiled with fast math, returns NaN for the square root of a subnormal v: an entry whose
+    gradient is ~1e-21 (the q/k of a self-attention over a single token get exactly such gradients)
+    poisons its weight. Here v is floored at 1e-30 inside the square root, which changes the denominator
+    by less than 1e-6 of eps.
+    """
+
+    def __init__(self, params: list, lr: float, betas: tuple, eps: float, weight_decay: float):
+        self.params, self.lr, self.betas, self.eps, self.weight_decay = params, lr, betas, eps, weight_decay
+        self.m = [jt.zeros(p.shape, "float32").stop_grad() for p in params]
+        self.v = [jt.zeros(p.shape, "float32").stop_grad() for p in params]
+        self.step_count = 0
+
+    def step(self, grads: list) -> None:
+        self.step_count += 1
+        (b1, b2), k = self.betas, self.step_count
+        step_size, root_bc2 = self.lr / (1 - b1 ** k), math.sqrt(1 - b2 ** k)
+        decay = 1 - self.lr * self.weight_decay
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            m.update(b1 * m + (1 - b1) * g)
+            v.update(b2 * v + (1 - b2) * g * g)
+            denom = jt.sqrt(jt.maximum(v, 1e-30)) / root_bc2 + self.eps
+            p.update(p * decay - step_size * m / denom)
+        jt.sync(list(self.params) + self.m + self.v)
+
+
 class LoraTrainer:
     """One style's LoRA on a loaded `StableDiffusion`: data, step, optimiser, and their exact state."""
 
@@ -33,15 +62,14 @@ class LoraTrainer:
         for model in (sd.unet, sd.vae, sd.text_encoder):
             freeze(model)
         self.lora = UNetLora.create(sd.unet, train.rank, rng)
-        self.optimizer = jt.optim.AdamW(self.lora.params, lr=train.lr, eps=train.adam_epsilon,
-                                        betas=(train.adam_beta1, train.adam_beta2),
-                                        weight_decay=train.adam_weight_decay)
+        self.optimizer = AdamW(self.lora.params, lr=train.lr, betas=(train.adam_beta1, train.adam_beta2),
+                               eps=train.adam_epsilon, weight_decay=train.adam_weight_decay)
+        self._grads = None
         scheduler = sd.scheduler
         self.alphas_cumprod = np.asarray(scheduler.alphas_cumprod, dtype=np.float32)
         self.prediction_type = scheduler.prediction_type
         self.num_timesteps = scheduler.num_train_timesteps
         self.mean = self.std = self.context = None
-        self.step_count = 0  # optimiser steps taken
 
     # ------------------------------------------------------------------ data
 
@@ -82,46 +110,46 @@ class LoraTrainer:
         diff = pred - jt.array(target)
         return (diff * diff).mean()
 
+    @property
+    def step_count(self) -> int:
+        """Optimiser steps taken."""
+        return self.optimizer.step_count
+
     def step(self, draw: Draw) -> float:
         """One optimiser step on `draw`; returns the loss. A NaN/inf loss raises before the update."""
         loss = self.loss(draw)
-        self.optimizer.backward(loss)
-        grads = self.optimizer.param_groups[0]["grads"]
-        jt.sync([loss] + list(grads))
+        grads = jt.grad(loss, self.lora.params)
+        jt.sync([loss] + grads)
         value = float(loss.item())
         if not math.isfinite(value):
             raise TrainingDiverged(f"style {self.style}: training diverged at step {self.step_count + 1} "
                                    f"(loss {value}); lower train.lr or check the style's images")
-        self.optimizer.step()
-        group = self.optimizer.param_groups[0]
-        jt.sync(list(self.lora.params) + list(group["m"]) + list(group["values"]))
-        self.step_count += 1
+        self.optimizer.step(grads)
+        self._grads = grads
         return value
 
     def gradients(self) -> dict:
         """{key: float32 array}: the LoRA gradients of the last step."""
-        grads = self.optimizer.param_groups[0]["grads"]
-        return {k: g.numpy().astype(np.float32) for k, g in zip(self.lora.keys, grads)}
+        return {k: g.numpy().astype(np.float32) for k, g in zip(self.lora.keys, self._grads)}
 
     # ------------------------------------------------------------------ exact state
 
     def state(self) -> dict:
         """Everything the optimiser carries: {"lora": {...}, "m": {...}, "v": {...}, "step": k}."""
-        group = self.optimizer.param_groups[0]
-        moments = {name: {k: v.numpy().astype(np.float32) for k, v in zip(self.lora.keys, group[key])}
-                   for name, key in (("m", "m"), ("v", "values"))}  # Jittor names the second moment "values"
-        return {"lora": self.lora.state(), **moments, "step": self.step_count}
+        def arrays(vars_):
+            return {k: v.numpy().astype(np.float32) for k, v in zip(self.lora.keys, vars_)}
+
+        return {"lora": arrays(self.lora.params), "m": arrays(self.optimizer.m), "v": arrays(self.optimizer.v),
+                "step": self.step_count}
 
     def restore(self, state: dict) -> None:
         """Put back a `state()`: LoRA values, both moments and the step count, bit for bit."""
-        group = self.optimizer.param_groups[0]
         keys = self.lora.keys
         for name in ("lora", "m", "v"):
             if sorted(state[name]) != keys:
                 raise ValueError(f"checkpoint {name} keys do not match this model's LoRA")
-        for key, p, m, v in zip(keys, self.lora.params, group["m"], group["values"]):
-            p.update(jt.array(np.ascontiguousarray(state["lora"][key], np.float32)))
-            m.update(jt.array(np.ascontiguousarray(state["m"][key], np.float32)))
-            v.update(jt.array(np.ascontiguousarray(state["v"][key], np.float32)))
-        self.step_count = self.optimizer.n_step = int(state["step"])
-        jt.sync(list(self.lora.params) + list(group["m"]) + list(group["values"]))
+        for name, vars_ in (("lora", self.lora.params), ("m", self.optimizer.m), ("v", self.optimizer.v)):
+            for key, var in zip(keys, vars_):
+                var.update(jt.array(np.ascontiguousarray(state[name][key], np.float32)))
+        self.optimizer.step_count = int(state["step"])
+        jt.sync(list(self.lora.params) + self.optimizer.m + self.optimizer.v)

@@ -95,7 +95,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_model_dir, tmp_path):
 
 
 def test_killed_run_resumes_from_its_checkpoint_to_the_same_lora_bit_for_bit(tiny_model_dir, style_dir, tmp_path):
-    config = write_config(tmp_path, tiny_model_dir, steps=5, safetensors=True)
+    config = write_config(tmp_path, tiny_model_dir, steps=6, safetensors=True)
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     code, _, stderr = finish(cli("--config", config, "--style-dir", style_dir, "--out", whole))
     assert code == 0, stderr
@@ -113,7 +113,7 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_same_lora_bit_for_bit(tin
         time.sleep(0.05)
     os.kill(victim.pid, signal.SIGKILL)
     victim.communicate()
-    assert progress.get("steps") == 5 and 3 <= progress["step"] < 5, progress
+    assert progress.get("steps") == 6 and 3 <= progress["step"] < 6, progress
     assert not (resumed / LORA_BIN).exists()
     code, stdout, stderr = finish(cli("--config", config, "--style-dir", style_dir, "--out", resumed))
     assert code == 0, stderr
