@@ -68,6 +68,25 @@ class ConsumerConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """DreamBooth-LoRA training of one style, with the values JDiffusion's train_all.sh passes."""
+    steps: int = 500
+    lr: float = 1e-4  # constant, no warm-up
+    rank: int = 4  # LoRA alpha = rank (scale 1), as peft is configured there
+    size: Optional[int] = None  # training resolution; None: producer.size
+    resize: str = "crop"  # crop: shorter side to size, centre crop | stretch: straight to size x size
+    prompt: str = "style_{style}"  # the instance prompt; producer.prompt_template puts it after the prompt
+    seed: int = 0  # LoRA init, image order, noise and timesteps all come from NumPy seeded by this
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    checkpoint_every: int = 50  # steps between resumable checkpoints
+    log_every: int = 10  # steps between loss lines in the log
+    safetensors: bool = False  # also write pytorch_lora_weights.safetensors beside the .bin
+
+
+@dataclass(frozen=True)
 class QueueConfig:
     max_attempts: int = 3
     fsync: str = "all"  # all | none (tmpfs, CI)
@@ -109,6 +128,7 @@ class RunConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     producer: ProducerConfig = field(default_factory=ProducerConfig)
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
@@ -124,7 +144,13 @@ class RunConfig:
                          if k not in ("batch", "cached_styles")},
             "stages": [self.stages.graph, self.stages.train, self.stages.gen, self.stages.sty],
         }
+        if self.lora.missing == "train":  # LoRAs trained here: their settings change the pixels too
+            relevant["train"] = {k: v for k, v in dataclasses.asdict(self.train).items()
+                                 if k not in ("checkpoint_every", "log_every", "safetensors")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
 def _convert(value, hint, where: str):
@@ -145,6 +171,8 @@ def _convert(value, hint, where: str):
         return tuple(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     if hint in (int, float, str, bool) and (type(value) is not hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
@@ -276,6 +304,7 @@ def _check_values(c: RunConfig, source: str):
     for name in c.lora.names:
         if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
             bad("lora.names", f"has {name!r}, which is not a plain file name; list file names inside lora.subdir")
+    _check_train(c.train, bad)
     qc = c.queue
     for key in ("heartbeat_s", "ttl_loading_s", "ttl_working_s"):
         if not getattr(qc, key) > 0:  # 0 would make the supervisor spin, < 0 kill every worker at once
@@ -297,6 +326,29 @@ def _check_fields(key: str, template: str, allowed: tuple, bad):
     for name in names:
         if name not in allowed:
             bad(key, f"uses {{{name}}}; only {', '.join('{' + a + '}' for a in allowed)} can be filled in")
+
+
+def _check_train(t: TrainConfig, bad):
+    for key, value in (("steps", t.steps), ("rank", t.rank), ("checkpoint_every", t.checkpoint_every),
+                       ("log_every", t.log_every)):
+        if value < 1:
+            bad(f"train.{key}", f"must be at least 1, not {value}")
+    for key, value in (("lr", t.lr), ("adam_epsilon", t.adam_epsilon)):
+        if not value > 0:
+            bad(f"train.{key}", f"must be positive, not {value}")
+    for key, value in (("adam_beta1", t.adam_beta1), ("adam_beta2", t.adam_beta2)):
+        if not 0.0 <= value < 1.0:
+            bad(f"train.{key}", f"must lie in [0, 1), not {value}")
+    if not t.adam_weight_decay >= 0:
+        bad("train.adam_weight_decay", f"must be 0 or more, not {t.adam_weight_decay}")
+    if t.size is not None and (t.size < 8 or t.size % 8):
+        bad("train.size", f"must be a multiple of 8 (or unset for producer.size), not {t.size}")
+    if t.resize not in ("crop", "stretch"):
+        bad("train.resize", f"must be 'crop' or 'stretch', not {t.resize!r}")
+    try:
+        t.prompt.format(style="00")
+    except (KeyError, IndexError, ValueError) as e:
+        bad("train.prompt", f"{t.prompt!r} is not a template with only {{style}} in it ({type(e).__name__}: {e})")
 
 
 def require_path(path, key: str, source: str) -> Path:

@@ -1,0 +1,54 @@
+"""Train one style's DreamBooth LoRA, without the queue.
+
+    python -m producer.train --config C --style-dir DATASET/STYLE --out style/style_STYLE
+
+Trains on every image in STYLE/images/ with the config's `train:` settings (JDiffusion's train_all.sh
+values by default) and writes OUT/pytorch_lora_weights.bin and OUT/loss_curve.png. Checkpoints go to
+OUT/.checkpoint/ (or --checkpoint-dir): rerun the same command after a crash and it resumes from the
+last one. An existing LoRA is kept and the run skipped.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from common.config import ConfigError, load_config
+from producer.train_data import image_files
+from producer.train_files import LORA_BIN
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m producer.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="the run's YAML config (model, train settings)")
+    parser.add_argument("--style-dir", required=True, type=Path, help="a style folder holding images/")
+    parser.add_argument("--out", required=True, type=Path, help="the LoRA's folder, e.g. style/style_00")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="default: OUT/.checkpoint")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when a GPU is visible)")
+    args = parser.parse_args(argv)
+    lora_file = args.out / LORA_BIN
+    try:
+        config = load_config(args.config)
+        if lora_file.is_file():
+            print(f"train: {lora_file} exists; delete it to train again")
+            return 0
+        image_files(args.style_dir)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from common.jittor_env import gpu_present
+    device = args.device or ("cuda" if gpu_present() else "cpu")
+    from producer.train_loop import TrainingDiverged
+    from producer.train_stage import TrainStage
+    try:
+        stage = TrainStage(config, device)
+        stage.train(args.style_dir.name, args.style_dir, lora_file, args.checkpoint_dir or args.out / ".checkpoint")
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as e:  # unreadable images or model files
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""A style's training images, and the random draws of each training step.
+
+Images: every file with an image suffix in STYLE/images/, in sorted order, RGB (EXIF orientation
+applied), resized with its shorter side to the resolution (bilinear) and centre-cropped (`crop`), or
+resized straight to a square (`stretch`, what JDiffusion's Jittor `transform.Resize(int)` does), then
+scaled to [-1, 1].
+
+Draws: one NumPy Generator seeded by `train.seed` makes every random choice, so a run is a function of
+the seed, and a checkpoint that saves the Generator's state (and the epoch's order) resumes the exact
+sequence. The rule for which image a step uses, as a data loader that shuffles each epoch: at every
+epoch start (step 0, N, 2N, ... for N images) a fresh permutation of the N images is drawn, and step k
+trains on image order[k mod N]. Then, per step and in this order: the VAE posterior's noise, the
+diffusion noise (both standard normal, the latent's shape), and the timestep, uniform in
+{0, ..., num_train_timesteps - 1}.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.style_files import IMAGE_SUFFIXES
+
+RESIZE_MODES = ("crop", "stretch")
+
+
+def image_files(style_dir) -> list:
+    """STYLE/images/* with an image suffix, sorted; a one-line error when there are none."""
+    folder = Path(style_dir) / "images"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder; a style folder must hold images/ with its training images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no training images ({', '.join(IMAGE_SUFFIXES)}); add some or fix the path")
+    return files
+
+
+def load_image(path, size: int, resize: str = "crop") -> np.ndarray:
+    """One image as float32 (3, size, size) in [-1, 1]; an unreadable file is a one-line ValueError."""
+    from PIL import Image, ImageOps
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize mode {resize!r}: use one of {RESIZE_MODES}")
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image).convert("RGB")
+    except Exception as e:  # PIL raises many kinds for truncated or foreign files
+        raise ValueError(f"{path}: cannot read the image ({type(e).__name__}: {e}); replace or remove it") from e
+    w, h = image.size
+    if resize == "stretch":
+        image = image.resize((size, size), Image.BILINEAR)
+    else:
+        nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        if (nw, nh) != (w, h):
+            image = image.resize((nw, nh), Image.BILINEAR)
+        left, top = round((nw - size) / 2.0), round((nh - size) / 2.0)
+        image = image.crop((left, top, left + size, top + size))
+    x = np.asarray(image, dtype=np.float32) / 255.0
+    return ((x - 0.5) / 0.5).transpose(2, 0, 1).copy()
+
+
+def load_images(style_dir, size: int, resize: str = "crop") -> tuple:
+    """(files, float32 (N, 3, size, size)) of a style's training images."""
+    files = image_files(style_dir)
+    return files, np.stack([load_image(p, size, resize) for p in files])
+
+
+@dataclass(frozen=True)
+class Draw:
+    """The random inputs of one training step."""
+    image: int  # index into the style's images
+    posterior_noise: np.ndarray  # float32 latent shape: z0 = mean + std · this
+    noise: np.ndarray  # float32 latent shape: the diffusion noise ε
+    timestep: int
+
+
+class Draws:
+    """Every step's draws from one seeded Generator; `state()` / `restore()` carry it through checkpoints."""
+
+    def __init__(self, rng: np.random.Generator, n_images: int, latent_shape: tuple, num_timesteps: int):
+        self.rng, self.n, self.shape, self.num_timesteps = rng, n_images, tuple(latent_shape), num_timesteps
+        self.step = 0
+        self.order = None
+
+    def next(self) -> Draw:
+        if self.step % self.n == 0:
+            self.order = self.rng.permutation(self.n)
+        image = int(self.order[self.step % self.n])
+        posterior = self.rng.standard_normal(self.shape, dtype=np.float32)
+        noise = self.rng.standard_normal(self.shape, dtype=np.float32)
+        timestep = int(self.rng.integers(0, self.num_timesteps))
+        self.step += 1
+        return Draw(image, posterior, noise, timestep)
+
+    def state(self) -> dict:
+        return {"step": self.step, "order": None if self.order is None else [int(i) for i in self.order],
+                "rng": self.rng.bit_generator.state}
+
+    def restore(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.order = None if state["order"] is None else np.array(state["order"], dtype=np.int64)
+        self.rng.bit_generator.state = state["rng"]

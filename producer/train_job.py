@@ -1,0 +1,104 @@
+"""Train one style's LoRA into its file, resumably: the loop around `LoraTrainer`.
+
+Every `train.checkpoint_every` steps the job saves, atomically, in its checkpoint folder: the LoRA, both
+Adam moments, the step, the draw Generator's state and epoch order, and the losses so far. A process
+killed at any moment restarts from its last checkpoint and, since every random draw comes from that
+Generator, ends with the same LoRA bit for bit as a run never interrupted (on the same device). A
+checkpoint made with other settings or other images is not resumed. progress.json in the same folder
+says {"step", "steps", "loss"} after every step. At the end the loss curve and the LoRA land beside each
+other (the .bin last) and the checkpoint folder is removed.
+"""
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from producer.train_data import Draws, load_images
+from producer.train_files import (CHECKPOINT, LOSS_CURVE, load_checkpoint, save_checkpoint, write_lora,
+                                  write_loss_curve, write_progress)
+
+# Settings that do not change the trained values.
+_NOT_IN_FINGERPRINT = ("checkpoint_every", "log_every", "safetensors", "size")
+
+
+def fingerprint(train, size: int, images: np.ndarray, model: str) -> str:
+    """A hash of everything the trained values depend on: settings, the prepared images, the model."""
+    settings = {k: v for k, v in dataclasses.asdict(train).items() if k not in _NOT_IN_FINGERPRINT}
+    digest = hashlib.sha256(json.dumps({"train": settings, "size": size, "model": model}, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(images, np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def train_style(sd, train, style: str, style_dir, lora_file, scratch_dir, *, size: int, fsync: bool,
+                beat=lambda phase: None, log=print) -> str:
+    """Train (or resume, or skip) the style's LoRA into `lora_file`; returns "trained" or "skipped"."""
+    from producer.train_loop import LoraTrainer, TrainingDiverged  # imports Jittor
+    lora_file, scratch_dir = Path(lora_file), Path(scratch_dir)
+    if lora_file.is_file():
+        shutil.rmtree(scratch_dir, ignore_errors=True)  # a job killed after the LoRA landed
+        log(f"train style {style}: {lora_file} exists, skipping")
+        return "skipped"
+    files, images = load_images(style_dir, size, train.resize)
+    rng = np.random.default_rng(train.seed)
+    sd.set_lora(None)  # train on the base weights, whatever LoRA this process merged before
+    trainer = LoraTrainer(sd, train, rng, style)
+    trainer.set_data(images, train.prompt.format(style=style), beat)
+    draws = Draws(rng, len(images), trainer.latent_shape, trainer.num_timesteps)
+    mark = fingerprint(train, size, images, f"{sd.folder}:{sd.dtype}")
+    losses = _resume(trainer, draws, scratch_dir, mark, style, log)
+    n = train.steps
+    if trainer.step_count == 0:
+        log(f"train style {style}: {len(files)} images at {size}px, {n} steps, prompt "
+            f"{train.prompt.format(style=style)!r}")
+    trainer.lora.attach()
+    started, first = time.perf_counter(), trainer.step_count
+    try:
+        while trainer.step_count < n:
+            loss = trainer.step(draws.next())
+            losses.append(loss)
+            k = trainer.step_count
+            beat(f"train {k}/{n}")
+            write_progress(scratch_dir, k, n, loss)
+            if k % train.log_every == 0 or k == n:
+                rate = (time.perf_counter() - started) / (k - first)
+                log(f"train style {style}: step {k}/{n} loss {loss:.5f} "
+                    f"(mean of last {min(train.log_every, len(losses))}: "
+                    f"{float(np.mean(losses[-train.log_every:])):.5f}; {rate:.2f} s/step)")
+            if k % train.checkpoint_every == 0 and k < n:
+                save_checkpoint(scratch_dir, trainer.state(), {"fingerprint": mark, "draws": draws.state(),
+                                                               "losses": losses}, fsync=fsync)
+    finally:
+        trainer.lora.detach()
+    state = trainer.lora.state()
+    bad = next((k for k, v in state.items() if not np.isfinite(v).all()), None)
+    if bad is not None:
+        raise TrainingDiverged(f"style {style}: training diverged by step {n} ({bad} is not finite); "
+                               "lower train.lr or check the style's images")
+    write_loss_curve(losses, lora_file.with_name(LOSS_CURVE), fsync=fsync, title=f"style {style}")
+    write_lora(state, lora_file, fsync=fsync, safetensors=train.safetensors)
+    shutil.rmtree(scratch_dir, ignore_errors=True)
+    log(f"train style {style}: wrote {lora_file}")
+    return "trained"
+
+
+def _resume(trainer, draws, scratch_dir: Path, mark: str, style: str, log) -> list:
+    """Load the folder's checkpoint into the trainer and draws if it fits; returns the losses so far."""
+    if not (scratch_dir / CHECKPOINT).exists():
+        return []
+    found = load_checkpoint(scratch_dir)
+    if found is None:
+        log(f"train style {style}: the checkpoint in {scratch_dir} is unreadable; starting from step 0")
+        return []
+    state, meta = found
+    if meta.get("fingerprint") != mark:
+        log(f"train style {style}: the checkpoint in {scratch_dir} was made with other settings, images or "
+            "model; starting from step 0")
+        return []
+    trainer.restore(state)
+    draws.restore(meta["draws"])
+    log(f"train style {style}: resuming from step {trainer.step_count} ({scratch_dir})")
+    return [float(x) for x in meta["losses"]]

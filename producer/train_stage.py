@@ -1,0 +1,40 @@
+"""Stage 0: train each style's DreamBooth LoRA where the producer looks for it.
+
+A task names its style, its style folder (DATASET/STYLE with images/), the LoRA's target file and a
+scratch folder inside the queue folder, which holds the job's checkpoint and progress.json: a worker
+killed mid-training resumes there. Training runs in float32 on the model `StableDiffusion.shared` gives
+this process (the producer on the CPU shares it); the LoRA processors are removed again afterwards.
+"""
+from typing import List
+
+from common.config import RunConfig
+from common.stage import style_of
+from producer.train_job import train_style
+
+
+class TrainStage:
+    """Trains the LoRA of each task (tasks of one style; a LoRA already written is skipped)."""
+    kind = "train"
+
+    def __init__(self, config: RunConfig, device: str):
+        from common.sd.pipeline import StableDiffusion
+        self.config = config
+        self.sd = StableDiffusion.shared(config.model.path, "float32", device)
+        self._fsync = config.queue.fsync == "all"
+
+    @property
+    def size(self) -> int:
+        train = self.config.train
+        return train.size if train.size is not None else self.config.producer.size
+
+    def run(self, tasks: List, beat) -> None:
+        if not tasks:
+            return
+        style_of(tasks)
+        for task in tasks:
+            self.train(task.style, task.style_dir, task.lora_file, task.scratch_dir, beat)
+
+    def train(self, style: str, style_dir, lora_file, scratch_dir, beat=lambda phase: None) -> str:
+        """Train (resume, or skip) one style's LoRA; returns "trained" or "skipped"."""
+        return train_style(self.sd, self.config.train, style, style_dir, lora_file, scratch_dir, size=self.size,
+                           fsync=self._fsync, beat=beat, log=lambda line: print(line, flush=True))

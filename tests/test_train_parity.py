@@ -1,0 +1,160 @@
+"""LoRA training steps equal diffusers + peft on PyTorch (golden from tests/golden/make_train.py): the loss,
+every LoRA gradient and the LoRA after 3 AdamW steps, for v-prediction and epsilon; a LoRA file we write
+reads back in diffusers and in our loader with the same UNet output."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.config import TrainConfig
+from common.devkit.tiny_weights import tiny_param
+from common.jittor_env import load_jittor
+from common.sd.lora import LoraMerger, LoraSet
+from common.sd.lora_layers import UNetLora
+from common.sd.pipeline import StableDiffusion
+from common.sd.weights import read_weights
+from producer.train_data import Draw
+from producer.train_files import write_lora
+from producer.train_loop import AdamW, LoraTrainer
+
+jt = load_jittor()
+GOLDEN = np.load(Path(__file__).parent / "golden" / "train.npz")
+KEYS = [str(k) for k in GOLDEN["keys"]]
+SHAPES = [tuple(int(n) for n in str(s).split(",")) for s in GOLDEN["shapes"]]
+TOL = 1e-4
+
+
+def rel(a, b):
+    return float(np.abs(np.asarray(a) - b).max() / np.abs(b).max())
+
+
+def unflatten(vector) -> dict:
+    sizes = np.cumsum([0] + [int(np.prod(s)) for s in SHAPES])
+    return {k: vector[a:b].reshape(s) for k, s, a, b in zip(KEYS, SHAPES, sizes[:-1], sizes[1:])}
+
+
+def flatten(state: dict) -> np.ndarray:
+    return np.concatenate([state[k].ravel() for k in KEYS])
+
+
+def golden_draws():
+    return [Draw(int(i), GOLDEN["posterior_noise"][s], GOLDEN["noise"][s], int(t))
+            for s, (i, t) in enumerate(zip(GOLDEN["image_order"], GOLDEN["timesteps"]))]
+
+
+@pytest.fixture(scope="module")
+def sd(tiny_model_dir):
+    return StableDiffusion.load(tiny_model_dir, "float32", "cpu")
+
+
+@pytest.fixture(scope="module")
+def prepared(sd):
+    """A trainer with the golden images and prompt encoded (its LoRA is reset per test)."""
+    trainer = LoraTrainer(sd, TrainConfig(), np.random.default_rng(0), style="00")
+    trainer.set_data(GOLDEN["images"], str(GOLDEN["prompt"]))
+    return trainer
+
+
+def fresh(sd, prepared, prediction_type):
+    trainer = LoraTrainer(sd, TrainConfig(), np.random.default_rng(0), style="00")
+    trainer.mean, trainer.std, trainer.context = prepared.mean, prepared.std, prepared.context
+    trainer.prediction_type = prediction_type
+    zeros = {k: np.zeros(s, np.float32) for k, s in zip(KEYS, SHAPES)}
+    trainer.restore({"lora": unflatten(GOLDEN["init"]), "m": zeros, "v": dict(zeros), "step": 0})
+    return trainer
+
+
+def test_lora_keys_are_the_ones_diffusers_saves(prepared):
+    assert prepared.lora.keys == KEYS
+    assert [tuple(p.shape) for p in prepared.lora.params] == SHAPES
+
+
+def test_data_posterior_and_prompt_match(prepared):
+    assert rel(prepared.mean, GOLDEN["posterior_mean"]) <= TOL
+    assert rel(prepared.std, GOLDEN["posterior_std"]) <= TOL
+    assert rel(prepared.context, GOLDEN["context"]) <= TOL
+    for s, draw in enumerate(golden_draws()):
+        z0 = (prepared.mean[draw.image] + prepared.std[draw.image] * draw.posterior_noise) * 0.18215
+        assert rel(z0, GOLDEN["v_prediction/latents"][s]) <= TOL
+
+
+def adamw_pytorch(p, g, m, v, k, t: TrainConfig):
+    """PyTorch's AdamW update of step k (from 1), in float64: decoupled decay, then bias-corrected Adam."""
+    p, g, m, v = (np.asarray(x, np.float64) for x in (p, g, m, v))
+    p = p * (1 - t.lr * t.adam_weight_decay)
+    m = t.adam_beta1 * m + (1 - t.adam_beta1) * g
+    v = t.adam_beta2 * v + (1 - t.adam_beta2) * g * g
+    denom = np.sqrt(v) / np.sqrt(1 - t.adam_beta2 ** k) + t.adam_epsilon
+    return p - t.lr / (1 - t.adam_beta1 ** k) * m / denom
+
+
+def test_adamw_is_pytorchs_even_for_subnormal_second_moments():
+    """Gradients of ~1e-21 (q/k of a self-attention over one token) make v subnormal; no NaN may follow."""
+    t = TrainConfig()
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal((4, 64)).astype(np.float32)
+    param = jt.array(p0)
+    optimizer = AdamW([param], lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
+                      weight_decay=t.adam_weight_decay)
+    expected, m, v = p0.astype(np.float64), np.zeros_like(p0), np.zeros_like(p0)
+    for k, scale in enumerate((0.0, 1.2e-21, 1e-3), start=1):
+        g = (scale * rng.standard_normal((4, 64))).astype(np.float32)
+        optimizer.step([jt.array(g)])
+        expected = adamw_pytorch(expected, g, m, v, k, t)
+        m = t.adam_beta1 * m + (1 - t.adam_beta1) * g.astype(np.float64)
+        v = t.adam_beta2 * v + (1 - t.adam_beta2) * g.astype(np.float64) ** 2
+        assert np.isfinite(param.numpy()).all(), f"step {k}"
+        assert np.abs(param.numpy() - expected).max() <= 1e-3 * t.lr + 1e-6
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_loss_gradients_and_three_adamw_steps_match(sd, prepared, prediction_type):
+    trainer = fresh(sd, prepared, prediction_type)
+    golden = {name: GOLDEN[f"{prediction_type}/{name}"] for name in ("loss", "grads", "weights")}
+    trainer.lora.attach()
+    try:
+        for s, draw in enumerate(golden_draws()):
+            before = trainer.state()
+            loss = trainer.step(draw)
+            assert abs(loss - golden["loss"][s]) <= TOL * abs(golden["loss"][s]), f"step {s + 1} loss"
+            grads = trainer.gradients()
+            assert rel(flatten(grads), golden["grads"][s]) <= TOL, f"step {s + 1} gradients"
+            after = trainer.state()["lora"]
+            for key in KEYS:  # Jittor's AdamW, given our gradients, makes PyTorch's update
+                expected = adamw_pytorch(before["lora"][key], grads[key], before["m"][key], before["v"][key],
+                                         s + 1, trainer.train)
+                ulps = np.spacing(np.abs(expected).astype(np.float32))  # float32 rounding of the new value
+                assert (np.abs(after[key] - expected) <= 1e-3 * trainer.train.lr + 2 * ulps).all(), key
+    finally:
+        trainer.lora.detach()
+    weights = flatten(trainer.lora.state())
+    assert rel(weights, golden["weights"]) <= TOL
+    # B starts at 0, so B after 3 steps is the update itself (~lr). Adam normalises each entry by its own
+    # gradient size, so an entry whose gradient is within float noise of 0 gets an arbitrary lr-sized
+    # step either way; compare the entries whose first gradient is at least 1% of the largest.
+    g1 = np.abs(golden["grads"][0])
+    up = np.concatenate([np.full(int(np.prod(s)), k.endswith(".up.weight")) for k, s in zip(KEYS, SHAPES)])
+    clear = up & (g1 >= 1e-2 * g1.max())
+    assert clear.sum() >= 0.2 * up.sum()
+    assert rel(weights[clear], golden["weights"][clear]) <= TOL
+
+
+def test_written_lora_reads_back_in_diffusers_and_ours(sd, tmp_path):
+    state = {k: tiny_param(k, s, int(GOLDEN["file_seed"])) for k, s in zip(KEYS, SHAPES)}
+    path = write_lora(state, tmp_path / "pytorch_lora_weights.bin", fsync=False)
+    x, cond, t = jt.array(GOLDEN["file_x"]), jt.array(GOLDEN["file_cond"]), int(GOLDEN["file_t"])
+    with jt.no_grad():
+        base = sd.unet(x, t, cond).numpy()
+        merger = LoraMerger(sd.unet)
+        merger.apply(LoraSet.read(path, sd.unet), 1.0)  # the producer's loader, merged into the weights
+        merged = sd.unet(x, t, cond).numpy()
+        merger.remove()
+        lora = UNetLora(sd.unet, read_weights(path))  # the trainer's separate low-rank path
+        lora.attach()
+        separate = sd.unet(x, t, cond).numpy()
+        lora.detach()
+    with pytest.raises(ValueError, match="1 keys missing"):
+        UNetLora(sd.unet, {k: v for k, v in state.items() if k != KEYS[-1]})
+    assert rel(base, GOLDEN["file_base"]) <= TOL
+    assert rel(merged, GOLDEN["file_out"]) <= TOL
+    assert rel(separate, GOLDEN["file_out"]) <= TOL
