@@ -33,6 +33,7 @@ from common.dataset import DatasetError, read_dataset
 from common.graph import build_graph
 from common.jittor_env import gpu_present
 from common.jobqueue import crash
+from common.jobqueue.job import CorruptJob, read_job
 from common.jobqueue.lease import table as lease_table
 from common.jobqueue.manifest import ManifestError, check_manifest, write_manifest
 from common.jobqueue.planner import plan
@@ -206,22 +207,32 @@ def acquire_output_lock(output: Path, queue: Queue) -> FileLock:
 
 
 class Progress:
-    """One tqdm bar per stage (rate and ETA), fed from the done/ counts about once a second."""
+    """One tqdm bar per stage (rate and ETA), fed from the done/ counts about once a second; a stage that
+    declares `steps` (training) counts steps, so its ETA is honest: finished jobs count whole, jobs in
+    flight by their progress."""
 
     def __init__(self, queue: Queue, graph, totals: dict):
         from tqdm import tqdm
-        self.q = queue
+        self.q, self.graph = queue, graph
         self.base = {s: queue.count_done(s) for s in graph.stages}
-        self.bars = {s: tqdm(total=totals[s], desc=s, unit=graph.spec(s).progress_unit, position=i, leave=True,
-                             disable=None, dynamic_ncols=True) for i, s in enumerate(graph.stages)}
+        self.bars = {s: tqdm(total=totals[s] * (graph.spec(s).steps or 1), desc=s, unit=graph.spec(s).progress_unit,
+                             position=i, leave=True, disable=None, dynamic_ncols=True)
+                     for i, s in enumerate(graph.stages)}
         self.last = 0.0
+
+    def count(self, stage: str) -> int:
+        spec = self.graph.spec(stage)
+        done = self.done(stage)
+        if not spec.steps:
+            return done
+        return done * spec.steps + sum(p["step"] for _, p in job_progress(self.q, self.graph, stage))
 
     def __call__(self, force=False):
         if not force and time.monotonic() - self.last < 1.0:
             return
         self.last = time.monotonic()
         for s, bar in self.bars.items():
-            bar.update(self.q.count_done(s) - self.base[s] - bar.n)
+            bar.update(min(self.count(s), bar.total) - bar.n)
 
     def done(self, stage: str) -> int:
         return self.q.count_done(stage) - self.base[stage]
@@ -230,6 +241,21 @@ class Progress:
         self(force=True)
         for bar in self.bars.values():
             bar.close()
+
+
+def job_progress(queue: Queue, graph, stage: str) -> list:
+    """[(job, {"step", "steps", "loss"})] of the stage's unfinished jobs that report progress (training)."""
+    spec, out = graph.spec(stage), []
+    for state in ("claimed", "pending", "retry", "blocked"):
+        for path in queue.scan(stage)[state].values():
+            try:
+                job = read_job(path)
+                progress = spec.progress(graph.task(job))
+            except (CorruptJob, FileNotFoundError):
+                continue
+            if progress:
+                out.append((job, dict(progress, state=state)))
+    return out
 
 
 def summary(queue: Queue, sup: Supervisor, progress: Progress, wall: float) -> list:
@@ -329,8 +355,8 @@ def _run_locked(args, config, config_path, graph, styles, slots, queue, cluster=
     if code == EXIT_OK and (failures or missing):
         code = EXIT_FAILED
     if args.demo and code == EXIT_OK:
-        from common.devkit.demo import make_contact_sheets
-        for path in make_contact_sheets(config):
+        from common.devkit.demo import loss_curves, make_contact_sheets
+        for path in make_contact_sheets(config) + loss_curves(config):
             print(path)
     return code
 
@@ -359,7 +385,11 @@ def status(args) -> int:
     if not queue.layout.manifest.exists():
         print(f"{queue.layout.root}: no queue planned yet (run python launch.py first)")
         return EXIT_OK
-    print(format_status(collect(queue)))
+    extra = {s: [f"  {job.group}: step {p['step']}/{p['steps']}"
+                 + (f", loss {p['loss']:.4g}" if isinstance(p.get("loss"), (int, float)) else "") + f" ({p['state']})"
+                 for job, p in job_progress(queue, graph, s)]
+             for s in graph.stages if graph.spec(s).steps}
+    print(format_status(collect(queue), extra))
     workers = lease_table(queue.layout.workers)
     if workers:
         print(f"workers ({len(workers)}):", *workers, sep="\n")

@@ -36,7 +36,7 @@ class LoraConfig:
     subdir: str = "style_{style}"
     names: tuple = ("pytorch_lora_weights.bin", "pytorch_lora_weights.safetensors")  # first existing wins
     scale: float = 1.0
-    missing: str = "error"  # error | warn (the base model generates: StyleID without DreamBooth) | train
+    missing: str = "train"  # train (the train stage writes it) | error | warn (the base model generates)
 
 
 MISSING_LORA = ("error", "warn", "train")

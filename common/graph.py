@@ -60,6 +60,8 @@ class StageSpec:
     checks: Tuple[Callable[[RunConfig], None], ...] = ()  # at launch, raising ConfigError
     style_checks: Tuple[Callable[[RunConfig, Style], None], ...] = ()  # at launch, raising DatasetError
     progress_unit: str = "img"
+    steps: int = 0  # > 0: the progress bar counts steps of `steps` per job (training), read by `progress`
+    progress: Callable[[Task], Optional[dict]] = lambda t: None  # a job in flight: {"step", "steps", "loss"}
     inputs: Callable[[Task], Tuple[Path, ...]] = lambda t: ()  # user files it reads: a fix requeues its failures
 
 
@@ -370,6 +372,16 @@ def _file_exists(path: Path) -> bool:
     return path.is_file()
 
 
+def scratch_progress(task: Task) -> Optional[dict]:
+    """A job's progress.json in its scratch folder ({"step", "steps", "loss"}), if it wrote one."""
+    try:
+        data = json.loads((task.scratch_dir / "progress.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(data, dict) and all(type(data.get(k)) is int for k in ("step", "steps"))
+    return data if ok else None
+
+
 def _style_inputs(config: RunConfig, task: Task) -> Tuple[Path, ...]:
     from common.style_files import style_image_path
     try:
@@ -387,7 +399,8 @@ def jstyleid_specs(config: RunConfig) -> List[StageSpec]:
         specs.append(StageSpec(
             name="train", unit=STYLE, impl=st.train, verb="train", cost=st.train_cost,
             outputs=lambda t: {t.lora_file: _file_exists}, scratch=lambda t: (t.scratch_dir,),
-            checks=(check_model,), progress_unit="style", inputs=lambda t: (t.style_dir / "images",)))
+            checks=(check_model,), progress_unit="step", inputs=lambda t: (t.style_dir / "images",),
+            steps=config.train.steps, progress=scratch_progress))
     specs.append(StageSpec(
         name="gen", unit=PROMPT, impl=st.gen, verb="generate", needs=("train",) if training else (),
         outputs=lambda t: {t.content_latent: npy_is_complete, t.content_png: png_is_complete},

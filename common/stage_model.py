@@ -18,13 +18,14 @@ def model_dtype(config: RunConfig, device: str) -> str:
     return "float32" if device == "cpu" else config.model.dtype
 
 
-def load_model(config: RunConfig, device: str):
-    """This process's shared StableDiffusion on `device` (selected here, once per process)."""
+def load_model(config: RunConfig, device: str, dtype: str = None):
+    """This process's shared StableDiffusion on `device` (selected here, once per process), in `dtype`
+    (default: model_dtype's rule)."""
     from common.jittor_env import DeviceUnavailable, use_device
     from common.sd.pipeline import StableDiffusion
     try:
         use_device(device)
-        return StableDiffusion.shared(config.model.path, model_dtype(config, device), device)
+        return StableDiffusion.shared(config.model.path, dtype or model_dtype(config, device), device)
     except DeviceUnavailable as e:
         raise DeviceError(str(e)) from e
 

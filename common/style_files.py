@@ -48,5 +48,5 @@ def missing_lora_message(config: RunConfig, style: str, fatal: bool = True) -> s
         return f"{missing}; using the base model (lora.missing: warn)"
     if config.lora.missing == "train":
         missing += " although lora.missing is train (the train stage writes it before generation)"
-    return (f"{missing}; train it with JDiffusion's dreambooth train.py into that folder, fix lora.dir "
-            f"in {config.source or 'the config'}, or set lora.missing: warn to use the base model")
+    return (f"{missing}; set lora.missing: train to train it here (python -m producer.train trains one style), "
+            f"fix lora.dir in {config.source or 'the config'}, or set lora.missing: warn to use the base model")

@@ -64,7 +64,7 @@ def write_loss_curve(losses, path, *, fsync: bool, title: str = "") -> Path:
                 draw.line(points, fill=colour, width=1 if series is losses else 2)
         draw.text((pad, 4), f"{title}  loss {lo:.4g} .. {hi:.4g}", fill="black")
         draw.text((pad, height - pad + 6), f"step 1 .. {len(losses)}", fill="black")
-    return write_png(path, image, fsync=fsync)
+    return write_png(path, image, fsync=fsync, replace=True)  # a retrained LoRA gets its own curve
 
 
 def write_progress(folder, step: int, steps: int, loss: float) -> Path:

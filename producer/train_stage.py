@@ -9,6 +9,7 @@ from typing import List
 
 from common.config import RunConfig
 from common.stage import style_of
+from common.stage_model import load_model
 from producer.train_job import train_style
 
 
@@ -17,9 +18,8 @@ class TrainStage:
     kind = "train"
 
     def __init__(self, config: RunConfig, device: str):
-        from common.sd.pipeline import StableDiffusion
         self.config = config
-        self.sd = StableDiffusion.shared(config.model.path, "float32", device)
+        self.sd = load_model(config, device, "float32")  # training runs in float32, as JDiffusion's does
         self._fsync = config.queue.fsync == "all"
 
     @property

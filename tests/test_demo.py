@@ -22,14 +22,15 @@ def snapshot(folder: Path) -> dict:
     return {p.relative_to(folder): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
 
 
-def test_prepare_demo_writes_a_valid_config_dataset_and_loras_once(tmp_path):
+def test_prepare_demo_writes_a_valid_config_and_dataset_once_and_leaves_the_loras_to_training(tmp_path):
     path = prepare_demo(tmp_path)
     config = load_config(path)
     for style, prompts in PROMPTS.items():
         folder = Path(config.dataset) / style
         assert list(json.loads((folder / "prompt.json").read_text()).values()) == prompts
         assert all(png_is_complete(p) for p in (folder / "images").glob("*.png"))
-        assert any((Path(config.lora.dir) / f"style_{style}").glob("pytorch_lora_weights.*"))
+        assert not any((Path(config.lora.dir) / f"style_{style}").glob("pytorch_lora_weights.*"))
+    assert config.lora.missing == "train" and config.train.steps >= 10
     assert (Path(config.model.path) / "model_index.json").is_file()
     assert config.producer.size == 128 and config.model.dtype == "float32"
     before = snapshot(tmp_path)
@@ -79,18 +80,9 @@ def worker_pids(queue_dir: Path) -> list:
     return pids
 
 
-def test_the_demo_killed_midway_completes_every_output_on_rerun(tmp_path):
-    """SIGKILL the launcher and its worker after the first content image, rerun: every output is whole."""
-    cmd = [sys.executable, "launch.py", "--demo", "--workdir", str(tmp_path)]
-    log = tmp_path / "first_run.log"
-    with open(log, "wb") as sink:
-        first = subprocess.Popen(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 600
-    while not list((tmp_path / "output").glob("*/content/*.png")):
-        assert first.poll() is None, f"the demo exited before writing any content image:\n{log.read_text()[-2000:]}"
-        assert time.monotonic() < deadline, "no content image within 10 minutes"
-        time.sleep(0.2)
-    victims = worker_pids(tmp_path / "queue_dir")
+def kill_run(first, queue_dir: Path):
+    """SIGKILL the launcher and its workers at once, as a power cut or `kill -9` would."""
+    victims = worker_pids(queue_dir)
     first.kill()
     for pid in victims:
         try:
@@ -98,11 +90,50 @@ def test_the_demo_killed_midway_completes_every_output_on_rerun(tmp_path):
         except ProcessLookupError:
             pass
     first.wait()
+
+
+def wait_until(condition, first, log: Path, what: str, timeout=600):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert first.poll() is None, f"the demo exited before {what}:\n{log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"not {what} within {timeout} s"
+        time.sleep(0.2)
+
+
+def trained_steps(queue_dir: Path) -> list:
+    steps = []
+    for p in (queue_dir / "scratch" / "train").glob("*/progress.json"):
+        try:
+            steps.append(json.loads(p.read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return steps
+
+
+def test_the_demo_killed_during_training_and_after_the_first_image_completes_every_output(tmp_path):
+    """train -> gen -> sty end to end: SIGKILL the launcher and its worker past the first training
+    checkpoint, rerun and kill again after the first content image, rerun: every output is whole, and the
+    killed training resumed from its checkpoint, not from step 0."""
+    cmd = [sys.executable, "launch.py", "--demo", "--workdir", str(tmp_path)]
+    queue_dir = tmp_path / "queue_dir"
+    log = tmp_path / "run.log"
+    with open(log, "wb") as sink:
+        first = subprocess.Popen(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    config = load_config(prepare_demo(tmp_path))
+    every = config.train.checkpoint_every
+    wait_until(lambda: any(s > every for s in trained_steps(queue_dir)), first, log, "a checkpoint was made")
+    kill_run(first, queue_dir)
+    assert not list((tmp_path / "output").glob("*/content/*.png"))
+    with open(log, "ab") as sink:
+        second = subprocess.Popen(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    wait_until(lambda: list((tmp_path / "output").glob("*/content/*.png")), second, log, "a content image")
+    kill_run(second, queue_dir)
+    logs = "".join(p.read_text() for p in (queue_dir / "logs").glob("*.log"))
+    assert f"resuming from step {every}" in logs
     assert not (tmp_path / "output" / "00" / "contact_sheet.png").exists()
 
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    config = load_config(tmp_path / "demo.yaml")
     out = Path(config.output)
     for style in PROMPTS:
         source = Path(config.dataset) / style / "prompt.json"
@@ -111,4 +142,7 @@ def test_the_demo_killed_midway_completes_every_output_on_rerun(tmp_path):
             assert png_is_complete(out / style / f"{name}.png"), (style, name)
         sheet = out / style / "contact_sheet.png"
         assert png_is_complete(sheet) and str(sheet) in rerun.stdout
+        lora = Path(config.lora.dir) / f"style_{style}"
+        assert (lora / "pytorch_lora_weights.bin").is_file() and png_is_complete(lora / "loss_curve.png")
     assert not list(out.rglob(".*.tmp")), "a temporary file was left behind"
+    assert not list((queue_dir / "scratch" / "train").glob("*/*")), "a training checkpoint was left behind"

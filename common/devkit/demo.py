@@ -23,6 +23,7 @@ PROMPTS = {
     "01": ["Cat", "Bicycle", "Tree"],
 }
 IMAGES_PER_STYLE = 2
+TRAIN_STEPS = 20  # per style's LoRA: enough to show a loss curve, seconds on the tiny model
 
 
 def stripes(seed: int, size: int = SIZE) -> np.ndarray:
@@ -66,34 +67,27 @@ def _write_dataset(data: Path):
             write_bytes(prompt_json, text.encode(), fsync=True)
 
 
-def _write_model(model: Path, loras: Path):
-    """The tiny checkpoint, and its LoRAs where JDiffusion's trainer puts them (style/style_NN/*.bin)."""
-    from common.devkit.tiny_model import write_tiny_model
-    write_tiny_model(model, lora_styles=tuple(PROMPTS), lora_format="bin")
-    for style in PROMPTS:
-        target = loras / f"style_{style}" / "pytorch_lora_weights.bin"
-        if not target.is_file():
-            write_bytes(target, (model / "loras" / f"style_{style}" / target.name).read_bytes(), fsync=True)
-
-
 def demo_settings(workdir: Path) -> dict:
-    """The demo's config: tiny model, 128x128, few steps, float32; paths inside `workdir`."""
+    """The demo's config: tiny model, 128x128, few steps, float32; each style's LoRA trained first (a few
+    steps), where JDiffusion's trainer would put it (style/style_NN/); paths inside `workdir`."""
     return {
         "dataset": str(workdir / "data"),
         "output": str(workdir / "output"),
         "queue_dir": str(workdir / "queue_dir"),
         "model": {"path": str(workdir / "model"), "dtype": "float32"},
-        "lora": {"dir": str(workdir / "style")},
+        "lora": {"dir": str(workdir / "style"), "missing": "train"},
         "producer": {"size": SIZE, "steps": 10, "batch": 3},
         "consumer": {"steps": 10, "batch": 3},
+        "train": {"steps": TRAIN_STEPS, "checkpoint_every": 10, "log_every": 10},
         "queue": {"fsync": "none"},
     }
 
 
 def prepare_demo(workdir) -> Path:
-    """Write (or keep) the demo's model, LoRAs, dataset and config under `workdir`; return the config path."""
+    """Write (or keep) the demo's model, dataset and config under `workdir`; return the config path."""
+    from common.devkit.tiny_model import write_tiny_model
     workdir = Path(workdir).resolve()
-    _write_model(workdir / "model", workdir / "style")
+    write_tiny_model(workdir / "model")
     _write_dataset(workdir / "data")
     config = workdir / "demo.yaml"
     text = yaml.safe_dump(demo_settings(workdir), sort_keys=False)
@@ -138,6 +132,11 @@ def _style_image(config: RunConfig, style_dir: Path) -> Path:
         return style_image_path(style_dir, config.consumer.style_image)
     except FileNotFoundError:
         return style_dir / "images" / "missing.png"
+
+
+def loss_curves(config: RunConfig) -> List[Path]:
+    """The loss curves the trainer drew next to each style's LoRA."""
+    return sorted(Path(config.lora.dir).glob("*/loss_curve.png"))
 
 
 def make_contact_sheets(config: RunConfig) -> List[Path]:

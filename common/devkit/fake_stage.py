@@ -3,28 +3,38 @@
 `graph` (config `stages.graph: common.devkit.fake_stage:graph`) is jstyleid's stage graph with these
 stand-ins and without the launch checks that need a model.
 
-FakeGen writes a tiny content PNG and a latent derived from the task id; FakeSty reads the latent and
-writes the stylized PNG, so a lost or mixed-up hand-off shows in the output bytes.
+FakeTrain writes a LoRA file naming its style after FAKE_TRAIN_STEPS beats (its progress.json says the
+step, and a killed job resumes from it, as the real trainer resumes from its checkpoint); FakeGen refuses
+to run before its style's LoRA exists when LoRAs are trained here, then writes a tiny content PNG and a
+latent derived from the task id; FakeSty reads the latent and writes the stylized PNG, so a lost or
+mixed-up hand-off shows in the output bytes.
 Environment knobs (read per call, so forked test workers can set them):
   JSTYLEID_FAKE_MS   "LO-HI" or "MS": sleep a seeded time per task (default 5-20; "0" for none)
   JSTYLEID_POISON    a prompt on which the stage calls os.abort() (a job that always kills its worker)
   JSTYLEID_HANG      "PROMPT:MARKER": hang without beating on PROMPT while the file MARKER does not exist
                      (it is created first, so only the first attempt hangs)
-  JSTYLEID_CRASH     crash points `mid_output` and `after_output` (see common.jobqueue.crash)
+  JSTYLEID_CRASH     crash points `mid_train`, `mid_output` and `after_output` (see common.jobqueue.crash)
 """
 import hashlib
+import json
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from common.atomic import write_npy, write_png
+from common.atomic import write_bytes, write_npy, write_png
 from common.graph import Graph, jstyleid_specs, without_checks
 from common.jobqueue import crash
 
 SIZE = 8
+FAKE_TRAIN_STEPS = 4
+
+
+def fake_lora(style: str) -> bytes:
+    return f"fake LoRA of style {style}\n".encode()
 
 
 def fake_latent(task_id: str) -> np.ndarray:
@@ -59,14 +69,42 @@ def _faults(task, beat):
             time.sleep(3600)
 
 
-class FakeGen:
-    kind = "gen"
+class FakeTrain:
+    kind = "train"
 
     def __init__(self, config, device: str):
         self.device, self.fsync = device, config.queue.fsync == "all"
 
     def run(self, tasks, beat):
         for task in tasks:
+            progress = task.scratch_dir / "progress.json"
+            try:
+                step = json.loads(progress.read_text())["step"]  # resume where a killed attempt stopped
+            except (OSError, ValueError, KeyError):
+                step = 0
+            if step:
+                print(f"train style {task.style}: resuming at step {step}", flush=True)
+            while step < FAKE_TRAIN_STEPS:
+                beat(f"train {step + 1}/{FAKE_TRAIN_STEPS}")
+                _pause(f"{task.id}-{step}")
+                step += 1
+                write_bytes(progress, json.dumps({"step": step, "steps": FAKE_TRAIN_STEPS, "loss": 1.0 / step})
+                            .encode(), fsync=False)
+                crash.point("mid_train")
+            write_bytes(task.lora_file, fake_lora(task.style), fsync=self.fsync)
+
+
+class FakeGen:
+    kind = "gen"
+
+    def __init__(self, config, device: str):
+        self.device, self.fsync = device, config.queue.fsync == "all"
+        self.trained = config.lora.missing == "train"
+
+    def run(self, tasks, beat):
+        for task in tasks:
+            if self.trained and not task.lora_file.is_file():
+                raise FileNotFoundError(f"{task.lora_file}: generation ran before its style's LoRA was trained")
             beat("working")
             _faults(task, beat)
             _pause(task.id)
@@ -101,14 +139,20 @@ class NoDevice:
         raise DeviceError(f"no usable device for {device}")
 
 
-FAKES = {"gen": "common.devkit.fake_stage:FakeGen", "sty": "common.devkit.fake_stage:FakeSty"}
+FAKES = {"train": "common.devkit.fake_stage:FakeTrain", "gen": "common.devkit.fake_stage:FakeGen",
+         "sty": "common.devkit.fake_stage:FakeSty"}
+
+
+def _fake_specs(config, impls: dict):
+    specs = without_checks(jstyleid_specs(config), impls)
+    return [replace(s, steps=FAKE_TRAIN_STEPS) if s.name == "train" else s for s in specs]
 
 
 def graph(config) -> Graph:
     """jstyleid's stages run by the stand-ins above."""
-    return Graph(config, without_checks(jstyleid_specs(config), FAKES))
+    return Graph(config, _fake_specs(config, FAKES))
 
 
 def no_device_graph(config) -> Graph:
     """As `graph`, but generation cannot get its device (the worker must exit 3)."""
-    return Graph(config, without_checks(jstyleid_specs(config), dict(FAKES, gen="common.devkit.fake_stage:NoDevice")))
+    return Graph(config, _fake_specs(config, dict(FAKES, gen="common.devkit.fake_stage:NoDevice")))
