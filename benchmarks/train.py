@@ -94,8 +94,9 @@ def worker_jittor(a) -> None:
     def memory():  # one step under Jittor's memory profiler: live Var bytes at the peak, less the weights
         jt.flags.profile_memory_enable = 1
         trainer.step(draws.next())
+        peak = int(jt.get_max_memory_info().split("[!@#div1!@#]")[0])
         jt.flags.profile_memory_enable = 0
-        return {"train_var_mib": (int(jt.get_max_memory_info().split("[!@#div1!@#]")[0]) - weights) / 2 ** 20}
+        return {"train_var_mib": (peak - weights) / 2 ** 20}
 
     def step():
         trainer.step(draws.next())
