@@ -118,7 +118,7 @@ class LoraTrainer:
     def step(self, draw: Draw) -> float:
         """One optimiser step on `draw`; returns the loss. A NaN/inf loss raises before the update."""
         loss = self.loss(draw)
-        grads = jt.grad(loss, self.lora.params)
+        grads = jt.grad(loss, self.lora.params, retain_graph=False)  # frees the forward graph as it goes
         jt.sync([loss] + grads)
         value = float(loss.item())
         if not math.isfinite(value):
