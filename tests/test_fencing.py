@@ -88,7 +88,9 @@ def _work_main(config_path, fake_ms, fenced):
 
 
 def test_a_worker_stopped_past_its_ttl_whose_jobs_went_to_another_changes_nothing_when_it_resumes(tmp_path):
-    path = write_config(tmp_path, queue={"ttl_loading_s": 20.0, "ttl_working_s": 1.0},
+    # One TTL for both phases: a stage's first batch runs under the loading TTL, and the worker may have
+    # just moved on to one when it is stopped.
+    path = write_config(tmp_path, queue={"ttl_loading_s": 1.0, "ttl_working_s": 1.0},
                         producer={"batch": 1}, consumer={"batch": 1})
     config, graph, nodes, q = graph_of(path)
     plan(q, nodes)

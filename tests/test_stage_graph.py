@@ -26,7 +26,8 @@ def test_a_stage_may_only_read_earlier_stages():
            StageSpec(name="later", unit=PROMPT, impl="x:Y", verb="do")]
     with pytest.raises(ConfigError, match="not an earlier stage"):
         Graph(load_config(), bad)
-    assert default_graph(load_config()).stages == ("gen", "sty")
+    assert default_graph(load_config()).stages == ("train", "gen", "sty")  # LoRAs are trained by default
+    assert default_graph(load_config(None, {"lora.missing": "error"})).stages == ("gen", "sty")
 
 
 def test_a_third_stage_plans_as_declared(tmp_path):
