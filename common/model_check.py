@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, Tuple
 
+from common.sd.configs import text_config, text_encoder_key, unet_config, vae_config, vae_key
 from common.sd.model_folder import ModelFolderError, component_files, resolve_model_folder, scheduler_config
 from common.sd.weights import WeightFileError, inspect_weights
 
@@ -26,48 +27,6 @@ Shapes = Dict[str, Tuple[int, ...]]
 
 class ModelCheckError(ValueError):
     """A model folder or LoRA file the workers could not load (one line naming the file and the fix)."""
-
-
-# -- what our modules accept (mirrors common/sd/unet.py, vae.py, clip.py) ----------------------------------
-UNET_DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
-UNET_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D")
-UNET_FIXED = {
-    "mid_block_type": "UNetMidBlock2DCrossAttn", "act_fn": "silu",
-    "class_embed_type": None, "addition_embed_type": None, "num_class_embeds": None, "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None, "time_cond_proj_dim": None, "time_embedding_type": "positional",
-    "time_embedding_act_fn": None, "time_embedding_dim": None, "timestep_post_act": None,
-    "projection_class_embeddings_input_dim": None,
-    "resnet_time_scale_shift": "default", "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0,
-    "only_cross_attention": False, "dual_cross_attention": False, "center_input_sample": False,
-    "cross_attention_norm": None, "conv_in_kernel": 3, "conv_out_kernel": 3, "num_attention_heads": None,
-    "attention_type": "default", "downsample_padding": 1, "mid_block_scale_factor": 1,
-    "class_embeddings_concat": False, "dropout": 0.0,
-}
-UNET_DEFAULTS = {
-    "in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "freq_shift": 0,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "norm_num_groups": 32,
-    "norm_eps": 1e-5, "cross_attention_dim": 1280, "attention_head_dim": 8, "use_linear_projection": False,
-    "upcast_attention": False,
-}
-VAE_DEFAULTS = {"in_channels": 3, "out_channels": 3, "block_out_channels": [64], "layers_per_block": 1,
-                "latent_channels": 4, "norm_num_groups": 32, "act_fn": "silu", "scaling_factor": 0.18215}
-VAE_SUPPORTED = {  # key: (test, what is accepted)
-    "down_block_types": (lambda v: all(t == "DownEncoderBlock2D" for t in v), "DownEncoderBlock2D only"),
-    "up_block_types": (lambda v: all(t == "UpDecoderBlock2D" for t in v), "UpDecoderBlock2D only"),
-    "act_fn": (lambda v: v == "silu", "silu"),
-    "mid_block_add_attention": (lambda v: v is True, "true"),
-    "use_quant_conv": (lambda v: v is True, "true"),
-    "use_post_quant_conv": (lambda v: v is True, "true"),
-    "shift_factor": (lambda v: v in (None, 0, 0.0), "none"),
-    "latents_mean": (lambda v: v is None, "none"),
-    "latents_std": (lambda v: v is None, "none"),
-}
-TEXT_DEFAULTS = {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
-                 "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-                 "layer_norm_eps": 1e-5}
-TEXT_ACTIVATIONS = ("gelu", "quick_gelu")
 
 
 def _positive_int(value) -> bool:
@@ -136,21 +95,7 @@ class _Params:
 
 def unet_params(config: dict) -> Shapes:
     """{name: shape} of common.sd.unet.UNet2DConditionModel(config); ValueError where it refuses the config."""
-    cfg = {**UNET_DEFAULTS, **config}
-    for key, accepted in UNET_FIXED.items():
-        value = cfg.get(key, accepted)
-        values = value if isinstance(value, (list, tuple)) and not isinstance(accepted, (list, tuple)) else [value]
-        if any(v != accepted for v in values):
-            raise ValueError(f"{key}={value!r} is not supported (SD 1.x/2.x UNets need {accepted!r})")
-    for key, allowed in (("down_block_types", UNET_DOWN_BLOCKS), ("up_block_types", UNET_UP_BLOCKS)):
-        if not isinstance(cfg[key], list) or not all(block in allowed for block in cfg[key]):
-            raise ValueError(f"{key}={cfg[key]!r} is not supported (entries among {allowed})")
-    layers = cfg.get("transformer_layers_per_block", 1)
-    if any(n != 1 for n in (layers if isinstance(layers, (list, tuple)) else [layers])):
-        raise ValueError(f"transformer_layers_per_block={layers!r} is not supported (only 1)")
-    for key in ("layers_per_block", "cross_attention_dim"):
-        if not _positive_int(cfg[key]):
-            raise ValueError(f"{key}={cfg[key]!r} is not supported (one int for every block)")
+    cfg = unet_config(config)
     _ints(cfg, "block_out_channels", "attention_head_dim", "in_channels", "out_channels", "norm_num_groups")
     channels = list(cfg["block_out_channels"])
     levels = len(channels)
@@ -192,10 +137,7 @@ def unet_params(config: dict) -> Shapes:
 
 def vae_params(config: dict) -> Shapes:
     """{name: shape} of common.sd.vae.AutoencoderKL(config); ValueError where it refuses the config."""
-    cfg = {**VAE_DEFAULTS, **config}
-    for key, (ok, accepted) in VAE_SUPPORTED.items():
-        if key in cfg and not ok(cfg[key]):
-            raise ValueError(f"{key}={cfg[key]!r} is not supported ({accepted}; SD AutoencoderKL only)")
+    cfg = vae_config(config)
     _ints(cfg, "block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups", "in_channels",
           "out_channels")
     chans, groups, layers = cfg["block_out_channels"], cfg["norm_num_groups"], cfg["layers_per_block"]
@@ -239,10 +181,7 @@ def vae_params(config: dict) -> Shapes:
 
 def text_encoder_params(config: dict) -> Shapes:
     """{name: shape} of common.sd.clip.CLIPTextModel(config); ValueError where it refuses the config."""
-    cfg = {**TEXT_DEFAULTS, **{k: v for k, v in config.items() if k in TEXT_DEFAULTS}}
-    if cfg["hidden_act"] not in TEXT_ACTIVATIONS:
-        raise ValueError(f"hidden_act={cfg['hidden_act']!r} is not supported (supported: "
-                         f"{', '.join(TEXT_ACTIVATIONS)})")
+    cfg = text_config(config)
     _ints(cfg, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
           "max_position_embeddings")
     dim = cfg["hidden_size"]
@@ -263,23 +202,17 @@ def text_encoder_params(config: dict) -> Shapes:
     return p.shapes
 
 
-# -- the file names the loader accepts (mirrors the renames in common/sd/vae.py and clip.py) ---------------
-_LEGACY_VAE = re.compile(r"(\.attentions\.\d+\.)(query|key|value|proj_attn)\.")
-_LEGACY_VAE_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-_TEXT_MODEL_PARTS = ("embeddings.", "encoder.", "final_layer_norm.")
-
-
 def _loaded_names(component: str, header: dict) -> Shapes:
     """{name: shape} of a weight file's tensors under the names the loader gives them."""
     out = {}
     for key, (_, shape) in header.items():
         if component == "vae":
-            new = _LEGACY_VAE.sub(lambda m: m.group(1) + _LEGACY_VAE_NAMES[m.group(2)] + ".", key)
+            new = vae_key(key)
             if new != key and key.endswith(".weight") and len(shape) == 4:
                 shape = shape[:2]  # old 1x1-conv projections load as Linear weights
             key = new
-        elif component == "text_encoder" and key.startswith(_TEXT_MODEL_PARTS):
-            key = "text_model." + key
+        elif component == "text_encoder":
+            key = text_encoder_key(key)
         out[key] = tuple(shape)
     return out
 

@@ -16,6 +16,7 @@ from tokenizers.models import BPE
 
 from common.jittor_env import load_jittor
 from common.sd.attention import attention
+from common.sd.configs import text_config, text_encoder_key
 from common.sd.layers import LayerNorm
 
 jt = load_jittor()
@@ -109,13 +110,10 @@ class CLIPTokenizer:
         return np.array([e.ids for e in self.tokenizer.encode_batch(list(prompts))], dtype=np.int32)
 
 
-_TEXT_MODEL_PARTS = ("embeddings.", "encoder.", "final_layer_norm.")
-
-
 def rename_text_encoder_keys(state: dict) -> dict:
     """transformers >= 5's CLIPTextModel keys (`encoder.layers.0...`) -> ours (`text_model.encoder.layers.0...`);
     keys already prefixed, and any others, stay as they are."""
-    return {("text_model." + k if k.startswith(_TEXT_MODEL_PARTS) else k): v for k, v in state.items()}
+    return {text_encoder_key(k): v for k, v in state.items()}
 
 
 def quick_gelu(x):
@@ -189,22 +187,11 @@ class CLIPTextTransformer(nn.Module):
         return self.final_layer_norm(x)
 
 
-# transformers' CLIPTextConfig defaults, for keys a config.json may omit.
-_DEFAULTS = {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
-             "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-             "layer_norm_eps": 1e-5}
-
-
 class CLIPTextModel(nn.Module):
     """ids (B, N<=max_position_embeddings) int32 -> last_hidden_state (B, N, hidden_size)."""
 
     def __init__(self, config: dict):
-        cfg = {**_DEFAULTS, **{k: v for k, v in config.items() if k in _DEFAULTS}}
-        if cfg["hidden_act"] not in _ACTIVATIONS:
-            raise ValueError(f"text encoder config: hidden_act={cfg['hidden_act']!r} is not supported "
-                             f"(supported: {', '.join(_ACTIVATIONS)})")
-        if cfg["hidden_size"] % cfg["num_attention_heads"]:
-            raise ValueError("text encoder config: hidden_size must be divisible by num_attention_heads")
+        cfg = text_config(config)
         self.config = cfg
         self.text_model = CLIPTextTransformer(cfg, _ACTIVATIONS[cfg["hidden_act"]])
 

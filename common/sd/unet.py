@@ -12,55 +12,11 @@ import numpy as np
 
 from common.jittor_env import load_jittor
 from common.sd.attention import Attention
+from common.sd.configs import unet_config
 from common.sd.layers import Downsample2D, GroupNorm, LayerNorm, ResnetBlock2D, Upsample2D, silu
 
 jt = load_jittor()
 nn = jt.nn
-
-DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
-UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D")
-# Keys whose non-default values select architectures we do not build; value = the only one accepted.
-_FIXED = {
-    "mid_block_type": "UNetMidBlock2DCrossAttn", "act_fn": "silu",
-    "class_embed_type": None, "addition_embed_type": None, "num_class_embeds": None, "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None, "time_cond_proj_dim": None, "time_embedding_type": "positional",
-    "time_embedding_act_fn": None, "time_embedding_dim": None, "timestep_post_act": None,
-    "projection_class_embeddings_input_dim": None,
-    "resnet_time_scale_shift": "default", "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0,
-    "only_cross_attention": False, "dual_cross_attention": False, "center_input_sample": False,
-    "cross_attention_norm": None, "conv_in_kernel": 3, "conv_out_kernel": 3, "num_attention_heads": None,
-    "attention_type": "default", "downsample_padding": 1, "mid_block_scale_factor": 1,
-    "class_embeddings_concat": False, "dropout": 0.0,
-}
-# diffusers' defaults for the keys we read, for configs that omit them (SD 1.x's omit upcast_attention and
-# use_linear_projection).
-_DEFAULTS = {
-    "in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "freq_shift": 0,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "norm_num_groups": 32,
-    "norm_eps": 1e-5, "cross_attention_dim": 1280, "attention_head_dim": 8, "use_linear_projection": False,
-    "upcast_attention": False,
-}
-
-
-def _check_config(config: dict):
-    for key, accepted in _FIXED.items():
-        value = config.get(key, accepted)
-        values = value if isinstance(value, (list, tuple)) and not isinstance(accepted, (list, tuple)) else [value]
-        if any(v != accepted for v in values):
-            raise ValueError(f"UNet config: {key}={value!r} is not supported (SD 1.x/2.x UNets need {accepted!r})")
-    for key, allowed in (("down_block_types", DOWN_BLOCKS), ("up_block_types", UP_BLOCKS)):
-        for block in config[key]:
-            if block not in allowed:
-                raise ValueError(f"UNet config: {key} entry {block!r} is not supported (only {allowed})")
-    layers = config.get("transformer_layers_per_block", 1)
-    if any(n != 1 for n in (layers if isinstance(layers, (list, tuple)) else [layers])):
-        raise ValueError(f"UNet config: transformer_layers_per_block={layers!r} is not supported (only 1)")
-    for key in ("layers_per_block", "cross_attention_dim"):
-        if not isinstance(config[key], int):
-            raise ValueError(f"UNet config: {key}={config[key]!r} is not supported (one int for every block)")
-
 
 def timestep_embedding(timesteps, batch, dim, flip_sin_to_cos, freq_shift):
     """Sinusoidal embedding (B, dim) in float32; `timesteps` an int or a (B,) Var or array."""
@@ -221,8 +177,7 @@ class UNetMidBlock2DCrossAttn(nn.Module):
 
 class UNet2DConditionModel(nn.Module):
     def __init__(self, config: dict):
-        config = {**_DEFAULTS, **config}
-        _check_config(config)
+        config = unet_config(config)
         self.config = config
         channels = list(config["block_out_channels"])
         levels = len(channels)

@@ -3,12 +3,12 @@
 Attribute names equal diffusers' state-dict keys (`encoder.down_blocks.0.resnets.0.conv1.weight`, ...).
 All VAE GroupNorms use eps 1e-6; the encoder downsamples with an asymmetric pad and padding 0.
 """
-import re
 
 import numpy as np
 
 from common.jittor_env import load_jittor
 from common.sd.attention import attention
+from common.sd.configs import vae_config, vae_key
 from common.sd.layers import Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, silu
 
 jt = load_jittor()
@@ -102,23 +102,6 @@ class Decoder(nn.Module):
         return self.conv_out(silu(self.conv_norm_out(x)))
 
 
-# diffusers' AutoencoderKL defaults, for keys a config.json may omit.
-_DEFAULTS = {"in_channels": 3, "out_channels": 3, "block_out_channels": [64], "layers_per_block": 1,
-             "latent_channels": 4, "norm_num_groups": 32, "act_fn": "silu", "scaling_factor": 0.18215}
-# Config values this implementation supports (key -> test); anything else fails at construction.
-_SUPPORTED = {
-    "down_block_types": lambda v: all(t == "DownEncoderBlock2D" for t in v),
-    "up_block_types": lambda v: all(t == "UpDecoderBlock2D" for t in v),
-    "act_fn": lambda v: v == "silu",
-    "mid_block_add_attention": lambda v: v is True,
-    "use_quant_conv": lambda v: v is True,
-    "use_post_quant_conv": lambda v: v is True,
-    "shift_factor": lambda v: v in (None, 0, 0.0),
-    "latents_mean": lambda v: v is None,
-    "latents_std": lambda v: v is None,
-}
-
-
 class AutoencoderKL(nn.Module):
     """`encode(x)` -> (mean, logvar) of the latent posterior; `decode(z)` -> image in [-1, 1].
 
@@ -126,14 +109,7 @@ class AutoencoderKL(nn.Module):
     """
 
     def __init__(self, config: dict):
-        cfg = {**_DEFAULTS, **config}
-        for key, ok in _SUPPORTED.items():
-            if key in cfg and not ok(cfg[key]):
-                raise ValueError(f"vae config: {key}={cfg[key]!r} is not supported (SD 2.x AutoencoderKL only)")
-        chans = cfg["block_out_channels"]
-        for key in ("down_block_types", "up_block_types"):
-            if key in cfg and len(cfg[key]) != len(chans):
-                raise ValueError(f"vae config: {key} has {len(cfg[key])} entries, block_out_channels {len(chans)}")
+        cfg = vae_config(config)
         self.config = cfg
         self.scaling_factor = float(cfg["scaling_factor"])
         latent = cfg["latent_channels"]
@@ -155,10 +131,6 @@ class AutoencoderKL(nn.Module):
         return self.decode(self.encode(x)[0])
 
 
-_LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-_LEGACY_RE = re.compile(r"(\.attentions\.\d+\.)(query|key|value|proj_attn)\.")
-
-
 def rename_legacy_keys(state: dict) -> dict:
     """Map old diffusers VAE attention names (`query/key/value/proj_attn`) to `to_q/to_k/to_v/to_out.0`.
 
@@ -167,7 +139,7 @@ def rename_legacy_keys(state: dict) -> dict:
     """
     out = {}
     for key, value in state.items():
-        new = _LEGACY_RE.sub(lambda m: m.group(1) + _LEGACY_ATTENTION[m.group(2)] + ".", key)
+        new = vae_key(key)
         if new != key and key.endswith(".weight") and np.ndim(value) == 4:
             value = value[:, :, 0, 0]
         out[new] = value
