@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.report import report  # noqa: E402
 from common.devkit.sd21_configs import TEXT_ENCODER, UNET, VAE  # noqa: E402  (plain dicts, no Jittor)
 
 
@@ -285,13 +286,7 @@ def main():
              "repeat": a.repeat,
              "cpu_count": os.cpu_count()}
 
-    width = max(map(len, figures))
-    print(" ".join(f"{k}={v}" for k, v in setup.items()))
-    print(f"{'figure':<{width}}  value")
-    for k, v in figures.items():
-        print(f"{k:<{width}}  {v:10.3f}")
-    if a.json:
-        a.json.write_text(json.dumps({"setup": setup, **figures}, indent=1))
+    report(setup, figures, a.json)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.report import report  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -296,13 +297,7 @@ def main():
     setup = {"device": a.device, "model": f"random {a.arch} (SD 2.1 shapes)" if "random-" in str(a.model) else str(a.model),
              "size": a.size, "batch": 1, "rank": 4, "dtype": "float32", "steps": a.steps, "warmup": a.warmup,
              "threads": a.threads, "cpu_count": os.cpu_count()}
-    width = max(map(len, figures))
-    print(" ".join(f"{k}={v}" for k, v in setup.items()))
-    print(f"{'figure':<{width}}  value")
-    for k, v in figures.items():
-        print(f"{k:<{width}}  {v:10.3f}")
-    if a.json:
-        a.json.write_text(json.dumps({"setup": setup, **figures}, indent=1))
+    report(setup, figures, a.json)
 
 
 if __name__ == "__main__":

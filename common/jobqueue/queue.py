@@ -405,44 +405,36 @@ class Queue:
         """Move retry jobs whose backoff has passed back to pending (any process may; one rename wins)."""
         now = time.time() if now is None else now
         moved = 0
-        for e in list(_files(self.layout.state_dir(stage, "retry"))):
-            try:
-                job = read_job(e.path)
-            except FileNotFoundError:
-                continue
-            except CorruptJob as err:
-                self.quarantine(stage, Path(e.path), str(err))
-                continue
+        for path, job in self._jobs_in(stage, self.layout.state_dir(stage, "retry")):
             if (job.not_before or 0) <= now:
                 try:
-                    self.move(Path(e.path), self.pending_path(job))
+                    self.move(path, self.pending_path(job))
                     moved += 1
                 except FileNotFoundError:
                     pass
         return moved
 
-    # -- dependencies ---------------------------------------------------------------------------------
-    def _waiters(self, key: str):
-        """[(stage, path)] of the jobs blocked on `key`."""
-        return [(stage, Path(e.path)) for stage in self.stages
-                for e in list(_files(self.layout.blocked_dir(stage, key)))]
-
-    def _advance(self, stage: str, key: str):
-        """Move the jobs of `stage` blocked on `key` (now done) on: to pending, or to the next job they
-        wait for. Any process may; a lost rename race (ENOENT) means another one did it."""
-        folder = self.layout.blocked_dir(stage, key)
+    def _jobs_in(self, stage: str, folder):
+        """(path, job) of each job file in a folder, listed first (they move as we go); files that vanish
+        meanwhile are skipped and corrupt ones quarantined."""
         for e in list(_files(folder)):
             try:
-                job = read_job(e.path)
+                yield Path(e.path), read_job(e.path)
             except FileNotFoundError:
                 continue
             except CorruptJob as err:
                 self.quarantine(stage, Path(e.path), str(err))
-                continue
+
+    # -- dependencies ---------------------------------------------------------------------------------
+    def _advance(self, stage: str, key: str):
+        """Move the jobs of `stage` blocked on `key` (now done) on: to pending, or to the next job they
+        wait for. Any process may; a lost rename race (ENOENT) means another one did it."""
+        folder = self.layout.blocked_dir(stage, key)
+        for path, job in self._jobs_in(stage, folder):
             unmet = self._unmet(job)
-            dst = self.layout.blocked_dir(stage, unmet) / e.name if unmet else self.pending_path(job)
+            dst = self.layout.blocked_dir(stage, unmet) / path.name if unmet else self.pending_path(job)
             try:
-                self.move(Path(e.path), dst)
+                self.move(path, dst)
             except FileNotFoundError:
                 continue
             if unmet and self.is_done(unmet):
@@ -462,14 +454,8 @@ class Queue:
     def fail_waiters(self, key: str, why: str) -> int:
         """Dead-letter the jobs waiting for `key` (it failed or is gone), and theirs in turn."""
         n = 0
-        for stage, path in self._waiters(key):
-            try:
-                job = read_job(path)
-            except FileNotFoundError:
-                continue
-            except CorruptJob as err:
-                self.quarantine(stage, path, str(err))
-                continue
+        for stage, (path, job) in ((s, pj) for s in self.stages
+                                   for pj in self._jobs_in(s, self.layout.blocked_dir(s, key))):
             job.add_error("queue", "dependency", why)
             self.rewrite(path, job)
             try:
