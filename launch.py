@@ -122,12 +122,12 @@ def assign_roles(gpus: list, graph, producers) -> list:
     return [(g, up if i < n_up else down) for i, g in enumerate(gpus)]
 
 
-def check_queue_folder(queue: Queue):
+def check_queue_folder(queue: Queue, former=()):
     """Refuse a queue folder holding a symbolic link anywhere (the queue makes none, and recovery or
     --fresh would delete, or a write overwrite, what it points at), and a folder that holds no queue but
     other files (a home folder: --fresh would delete its tmp/ or logs/)."""
     root = queue.layout.root
-    foreign = [] if queue.layout.manifest.exists() else foreign_entries(queue)
+    foreign = [] if queue.layout.manifest.exists() else foreign_entries(queue, former)
     if foreign:
         raise QueueFolderError(f"{root}: holds {foreign[0]!r} ({len(foreign)} entries the queue did not make) and "
                                "no queue; recovery and --fresh delete what the queue names there: point queue_dir "
@@ -293,7 +293,7 @@ def run(args) -> int:
         slots = assign_roles(cluster.slot_labels(args.workers) if cluster else parse_gpus(args.gpus), graph,
                              args.producers)
         queue = Queue(config.queue_dir, graph.rules(), fsync=config.queue.fsync == "all")
-        check_queue_folder(queue)
+        check_queue_folder(queue, graph.former_folders)
         lock = acquire_lock(queue, cluster)
         try:
             out_lock = acquire_output_lock(graph.output, queue)
@@ -315,7 +315,7 @@ def run(args) -> int:
 def _run_locked(args, config, config_path, graph, styles, slots, queue, cluster=None) -> int:
     """Clear (--fresh), plan, supervise and summarise, holding the queue and the output locks."""
     if args.fresh:
-        for note in clear_queue(queue, grace=config.queue.kill_grace_s):
+        for note in clear_queue(queue, grace=config.queue.kill_grace_s, former=graph.former_folders):
             say(note)
         say(f"--fresh: cleared {queue.layout.root} (outputs kept)")
     check_manifest(queue, graph.plan)

@@ -4,7 +4,8 @@ N workers run styles x prompts tasks; each task is a gen job (content image) the
 that can start only after its gen job. Stage durations are stand-ins with the measured cost ratio
 (gen ~ half a StyleID transfer) and a small seeded jitter, fixed per job so every policy and N sees the
 same work. A worker that changes stage pays `--switch` (adapter swap), a gen job of a new style pays
-`--lora-swap`; both are charged to the makespan, not to the ideal (= total stage work / N).
+`--lora-swap`; both are charged to the makespan, not to the ideal (= total stage work / N; with training, the
+larger of that and the bounds training imposes: `Work.ideal`).
 Compared in the same run: a fixed split of 1 producer : 3 consumers on 4 GPUs (no elastic roles,
 unbounded queue). An idle worker re-asks the policy at the next completion (the real one polls at 0.2-2 s).
 
@@ -60,6 +61,19 @@ class Work:
 
     def total(self) -> float:
         return sum(self.gen) + sum(self.sty) + sum(self.train)
+
+    def ideal(self, n_workers: int) -> float:
+        """A lower bound on any schedule's makespan: total work / N, and with training two more. No style's
+        content can start before its LoRA lands (longest LoRA + that style's quickest task), and until the
+        first LoRA lands only training runs, on at most min(N, styles) workers."""
+        bound = self.total() / n_workers
+        if self.train:
+            chain = [min(self.gen[t] + self.sty[t] for t in range(s * self.prompts, (s + 1) * self.prompts))
+                     for s in range(self.styles)]
+            first = min(self.train)
+            bound = max(bound, max(t + c for t, c in zip(self.train, chain)),
+                        first + (self.total() - min(n_workers, self.styles) * first) / n_workers)
+        return bound
 
 
 def pipeline_stages() -> tuple[list[str], str, str]:
@@ -179,7 +193,7 @@ def simulate(work: Work, n_workers: int, policy: str = "elastic", burst: int = 8
                 done += 1
     if done != work.styles * work.prompts:
         raise RuntimeError(f"policy {policy} stalled at {done} of {work.styles * work.prompts} tasks")
-    ideal = work.total() / n_workers
+    ideal = work.ideal(n_workers)
     label = {"fixed": f"fixed {n_prod}:{n_workers - n_prod}", "burst": f"burst {burst}",
              "elastic": "elastic" if hysteresis else "elastic, no hysteresis"}[policy]
     if work.train:

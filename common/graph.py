@@ -138,6 +138,10 @@ def style_id(stage: str, style: str, plan: str) -> str:
 class Graph:
     """The declared stages of one run, in order, over the config's paths."""
 
+    # Folders the first two-stage layout made in queue_dir: --fresh and the queue-folder check count them
+    # as the queue's own (docs/queue.md §9).
+    former_folders = ("content", "gen", "sty")
+
     def __init__(self, config: RunConfig, specs: List[StageSpec]):
         names = [s.name for s in specs]
         for i, s in enumerate(specs):

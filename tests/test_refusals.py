@@ -68,6 +68,25 @@ def test_a_folder_holding_other_files_and_no_queue_is_refused(tmp_path, capsys, 
     assert all(p.read_text() == "mine" for p in kept) and not (home / "manifest.json").exists()
 
 
+def test_a_queue_of_the_first_layout_is_the_queues_own_and_fresh_clears_it(tmp_path):
+    """gen/, sty/ and content/ are what the first two-stage layout made (Graph.former_folders): the folder
+    is not refused as someone else's, and --fresh removes them but not a file the queue never made."""
+    old = tmp_path / "q"
+    for name in ("gen/pending", "sty/done", "content"):
+        (old / name).mkdir(parents=True)
+        (old / name / "x.json").write_text("{}")
+    stranger = old / "notes.txt"
+    path = write_config(tmp_path, queue_dir=str(old))
+    config, graph, _, q = graph_of(path)
+    launch.check_queue_folder(q, graph.former_folders)  # the folder is recognised: no error
+    with pytest.raises(launch.QueueFolderError, match="'content'"):
+        launch.check_queue_folder(q, ())  # the same folder, without the former names, is someone else's
+    stranger.write_text("mine")
+    notes = clear_queue(q, grace=0.1, former=graph.former_folders)
+    assert not any((old / n).exists() for n in ("gen", "sty", "content"))
+    assert stranger.read_text() == "mine" and any("notes.txt" in n for n in notes)
+
+
 # -- A4: one launcher per output folder -------------------------------------------------------------------
 def test_a_second_launcher_with_another_queue_on_the_same_output_exits_75_naming_the_holder(tmp_path, capsys):
     first = write_config(tmp_path)

@@ -71,14 +71,13 @@ def recover(queue, output_dirs, grace: float) -> list:
 
 
 OWN_FILES = ("tmp", "workers", "logs", "scratch", "handoff")
-LEGACY = ("content", "gen", "sty")  # what queues of the first layout made
 
 
-def foreign_entries(queue) -> list:
-    """Entries of the queue folder whose names the queue never makes (a queue with a manifest may hold
-    some: --fresh leaves them alone and says so)."""
+def foreign_entries(queue, former=()) -> list:
+    """Entries of the queue folder whose names the queue never makes, nor the pipeline's earlier layouts
+    (`former`, from the graph); a queue with a manifest may hold some: --fresh leaves them alone and says so."""
     lay = queue.layout
-    ours = set(OWN_FILES) | set(queue.stages) | set(LEGACY) | {lay.lock.name, lay.holder.name, lay.manifest.name,
+    ours = set(OWN_FILES) | set(queue.stages) | set(former) | {lay.lock.name, lay.holder.name, lay.manifest.name,
                                                                 "README.md"}
     try:
         return sorted(name for name in os.listdir(lay.root) if name not in ours)
@@ -86,7 +85,7 @@ def foreign_entries(queue) -> list:
         return []
 
 
-def clear_queue(queue, grace: float) -> list:
+def clear_queue(queue, grace: float, former=()) -> list:
     """--fresh: delete what the queue made (jobs, leases, logs, working files, hand-offs), the manifest
     last; never the outputs, the lock, or a file the queue does not know (named in the returned notes).
     Workers a dead launcher left running are stopped first: their leases are what finds them, and they
@@ -94,7 +93,7 @@ def clear_queue(queue, grace: float) -> list:
     from common.jobqueue.manifest import read_manifest
     stop_leftover_workers(queue, grace)
     root = queue.layout.root
-    own = set(OWN_FILES) | set(queue.stages) | set(read_manifest(queue).get("stages") or ()) | set(LEGACY)
+    own = set(OWN_FILES) | set(queue.stages) | set(read_manifest(queue).get("stages") or ()) | set(former)
     keep = {queue.layout.lock.name, queue.layout.holder.name, queue.layout.manifest.name, "README.md"}
     notes = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
