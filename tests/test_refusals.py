@@ -212,3 +212,27 @@ def test_a_style_folder_linked_after_launch_makes_workers_write_nothing_through_
     results = sorted(p.name for p in (tmp_path / "out").glob("*/*.png"))
     assert results == ["A cat _ dog.png", "Dolphin.png", "Lighthouse.png"]  # style 00's, none through the link
     assert len(list(q.layout.corrupt_dir("gen").glob("*.why"))) == 3
+
+
+# -- B6: a forged lease names a process that is not a worker ------------------------------------------------
+@pytest.mark.parametrize("forged_pid", ["its own", "a string", "a bool"])
+def test_a_forged_lease_never_makes_recovery_signal_a_process_that_is_not_a_worker(tmp_path, forged_pid):
+    """Recovery stops a dead launcher's workers by what their leases name; a planted lease naming some other
+    live process of ours (host, boot and start time all right) must not get it signalled, nor crash it."""
+    import subprocess
+    import sys
+    from common.jobqueue import lease
+    path = write_config(tmp_path)
+    config, graph, nodes, q = graph_of(path)
+    q.layout.make()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pid = {"its own": bystander.pid, "a string": str(bystander.pid), "a bool": True}[forged_pid]
+        forged = {"wid": "host-g0-1", "pid": pid, "host": lease.HOST, "boot_id": lease.boot_id(),
+                  "start": lease.proc_start(bystander.pid), "phase": "working"}
+        (q.layout.workers / "host-g0-1.json").write_text(json.dumps(forged))
+        assert recover(q, graph.output_dirs(), grace=0.2) == []
+        assert bystander.poll() is None  # still running: never signalled
+    finally:
+        bystander.kill()
+        bystander.wait()

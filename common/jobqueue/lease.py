@@ -45,11 +45,26 @@ def make_wid(gpu, pid: int = None) -> str:
     return f"{HOST}-g{gpu}-{os.getpid() if pid is None else pid}"
 
 
+WORKER_MODULE = "common.jobqueue.worker"
+
+
+def runs_worker(pid: int) -> bool:
+    """Whether `pid` runs our worker module: a lease is a file anyone with write access to the queue folder
+    could forge, and the launcher signals what a live lease names (docs/queue.md §9)."""
+    try:
+        return WORKER_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
 def alive(info: dict) -> bool:
-    """Whether the process a lease names still runs (same host, same boot, same process start)."""
+    """Whether the worker a lease names still runs (same host, same boot, same process start, and a worker)."""
     if info.get("host") != HOST or info.get("boot_id") != boot_id():
         return False
-    return proc_start(int(info["pid"])) == info.get("start")
+    pid = info.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    return proc_start(pid) == info.get("start") and runs_worker(pid)
 
 
 def ttl_of(phase: str, loading: float, working: float) -> float:
