@@ -245,9 +245,9 @@ class Progress:
 
 def job_progress(queue: Queue, graph, stage: str) -> list:
     """[(job, {"step", "steps", "loss"})] of the stage's unfinished jobs that report progress (training)."""
-    spec, out = graph.spec(stage), []
+    spec, out, scanned = graph.spec(stage), [], queue.scan(stage)
     for state in ("claimed", "pending", "retry", "blocked"):
-        for path in queue.scan(stage)[state].values():
+        for path in scanned[state].values():
             try:
                 job = read_job(path)
                 progress = spec.progress(graph.task(job))

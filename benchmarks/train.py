@@ -10,7 +10,9 @@ turns step by step, one computing while the other waits, so a busy shared machin
 - `ours_s_per_step` / `torch_unet_step_s_per_step`: the fastest step after --warmup ones (Jittor compiles
   on the first). Ours and `torch_unet_step` do the same work (UNet forward + backward + AdamW on prepared
   inputs); `torch_script_step` adds what diffusers' and JDiffusion's scripts also run every step (a VAE
-  encode of the image and a text encode of the prompt; we encode both once). `*_cpu_*`: process CPU seconds.
+  encode of the image and a text encode of the prompt; we encode both once). The script steps run after
+  ours have ended, not in turns with them, so `ours_vs_torch_script_step` is a ratio of two fastest steps
+  taken minutes apart, less robust to a busy machine than the per-pair median. `*_cpu_*`: process CPU seconds.
 - `*_peak_rss_mib`, and `*_train_rss_mib`: peak minus the resident size once the model is loaded (what
   training adds: saved activations, the allocator's cache).
 - `--project`: `ours_train_var_mib`, the live Var bytes training adds over the weights at its peak

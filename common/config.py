@@ -187,6 +187,10 @@ def _build(cls, data: dict, where: str):
     return cls(**{k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()})
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last)."""
 
@@ -195,7 +199,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, typing.Hashable) and key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                raise _DuplicateKey(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -216,7 +220,7 @@ def load_config(path=None, overrides: Optional[dict] = None) -> RunConfig:
             mark = getattr(e, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""
             problem = getattr(e, "problem", None) or e
-            if str(problem).startswith("duplicate key"):
+            if isinstance(e, _DuplicateKey):
                 raise ConfigError(f"{path}:{line}: {problem}; keep one (the file would silently use the last)") \
                     from None
             raise ConfigError(f"{path}:{line} is not valid YAML ({problem})") from None

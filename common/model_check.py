@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, Tuple
 
-from common.sd.configs import text_config, text_encoder_key, unet_config, vae_config, vae_key
+from common.sd.configs import _positive_int, text_config, text_encoder_key, unet_config, vae_config, vae_key
 from common.sd.model_folder import ModelFolderError, component_files, resolve_model_folder, scheduler_config
 from common.sd.weights import WeightFileError, inspect_weights
 
@@ -27,10 +27,6 @@ Shapes = Dict[str, Tuple[int, ...]]
 
 class ModelCheckError(ValueError):
     """A model folder or LoRA file the workers could not load (one line naming the file and the fix)."""
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _ints(cfg: dict, *keys):

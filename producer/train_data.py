@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.images import open_rgb
 from common.style_files import IMAGE_SUFFIXES
 
 RESIZE_MODES = ("crop", "stretch")
@@ -36,14 +37,10 @@ def image_files(style_dir) -> list:
 
 def load_image(path, size: int, resize: str = "crop") -> np.ndarray:
     """One image as float32 (3, size, size) in [-1, 1]; an unreadable file is a one-line ValueError."""
-    from PIL import Image, ImageOps
+    from PIL import Image
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize mode {resize!r}: use one of {RESIZE_MODES}")
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-    except Exception as e:  # PIL raises many kinds for truncated or foreign files
-        raise ValueError(f"{path}: cannot read the image ({type(e).__name__}: {e}); replace or remove it") from e
+    image = open_rgb(path)  # as the consumer reads style images: every mode, EXIF, alpha; ImageError is a ValueError
     w, h = image.size
     if resize == "stretch":
         image = image.resize((size, size), Image.BILINEAR)

@@ -1,6 +1,8 @@
 """Helpers for the job-system tests: a tiny dataset, a fast fake-stage config, the launcher as a
 subprocess, and check_invariants() (docs/queue.md §7)."""
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -116,3 +118,25 @@ def check_invariants(config_path, expect_failed=()):
     leftovers = [p for p in Path(config.output).rglob("*.tmp")] + list((q.layout.tmp).glob("*"))
     assert not leftovers, f"temp files left: {leftovers}"
     return config, tasks
+
+
+def worker_pids(queue_dir: Path) -> list:
+    pids = []
+    for lease in (queue_dir / "workers").glob("*.json"):
+        try:
+            pids.append(int(json.loads(lease.read_text())["pid"]))
+        except (OSError, ValueError, KeyError):
+            pass
+    return pids
+
+
+def kill_run(first, queue_dir: Path):
+    """SIGKILL the launcher and its workers at once, as a power cut or `kill -9` would."""
+    victims = worker_pids(queue_dir)
+    first.kill()
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    first.wait()

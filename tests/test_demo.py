@@ -1,7 +1,5 @@
 """The CPU demo: its inputs are complete and idempotent, its contact sheets, and the whole run surviving a kill."""
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +12,7 @@ from common.atomic import png_is_complete, write_png
 from common.config import load_config
 from common.devkit.demo import PROMPTS, dots, make_contact_sheets, prepare_demo, stripes
 from common.naming import prompt_names
+from queue_fixtures import kill_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,28 +67,6 @@ def test_contact_sheets_show_style_content_and_result_per_prompt(tmp_path):
         assert width_per_column >= 128 and pixels.shape[0] >= 2 * 128
         # a content tile (40) and a result tile (200) are pasted in
         assert (pixels == 40).all(-1).sum() >= 100 * 100 and (pixels == 200).all(-1).sum() >= 100 * 100
-
-
-def worker_pids(queue_dir: Path) -> list:
-    pids = []
-    for lease in (queue_dir / "workers").glob("*.json"):
-        try:
-            pids.append(int(json.loads(lease.read_text())["pid"]))
-        except (OSError, ValueError, KeyError):
-            pass
-    return pids
-
-
-def kill_run(first, queue_dir: Path):
-    """SIGKILL the launcher and its workers at once, as a power cut or `kill -9` would."""
-    victims = worker_pids(queue_dir)
-    first.kill()
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    first.wait()
 
 
 def wait_until(condition, first, log: Path, what: str, timeout=600):

@@ -2,8 +2,6 @@
 first and its generation waits for it; an existing LoRA is used and never overwritten; a launcher killed
 during training resumes the job from its last step; status and the progress bar count training steps."""
 import json
-import os
-import signal
 import time
 
 import launch
@@ -11,7 +9,7 @@ from common.devkit.fake_stage import FAKE_TRAIN_STEPS, fake_lora
 from common.jobqueue.job import read_job
 from common.jobqueue.manifest import write_manifest
 from common.jobqueue.planner import plan
-from queue_fixtures import check_invariants, graph_of, launch as run_launcher, wait_for, write_config
+from queue_fixtures import check_invariants, graph_of, kill_run, launch as run_launcher, wait_for, write_config
 
 def lora_of(tmp_path, style):
     return tmp_path / "style" / f"style_{style}" / "pytorch_lora_weights.bin"
@@ -66,14 +64,7 @@ def test_a_launcher_killed_during_training_resumes_from_the_last_step(tmp_path):
 
     wait_for(lambda: any(s >= 2 for s in progress()), timeout=30)
     assert launch.main(["status", "--config", str(path)]) == 0  # training progress per style, while it runs
-    workers = [json.loads(p.read_text())["pid"] for p in queue.layout.workers.glob("*.json")]
-    first.kill()
-    for pid in workers:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    first.wait()
+    kill_run(first, queue.layout.root)
     time.sleep(0.2)
     saved = max(progress())
     assert 2 <= saved < FAKE_TRAIN_STEPS
