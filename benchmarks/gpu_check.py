@@ -208,12 +208,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help="the results folder (created; at most 8 files)")
     p.add_argument("--budget", type=float, default=None, help="seconds for every step together (default 390 on "
-                   "a GPU, 600 with --cpu-smoke)")
+                   "a GPU, 780 with --cpu-smoke)")
     p.add_argument("--cpu-smoke", action="store_true", help="the same steps on the CPU, tiny sizes (CI)")
     a = p.parse_args()
     smoke = a.cpu_smoke
     gpu = not smoke
-    budget = a.budget or (600.0 if smoke else 390.0)
+    budget = a.budget or (780.0 if smoke else 390.0)
     deadline = time.time() + budget
     a.out.mkdir(parents=True, exist_ok=True)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"jstyleid-gpu-check-{os.getpid()}"
