@@ -1,8 +1,9 @@
 """The pipeline as a declared graph of stages (docs/stage_graph.md).
 
 Each stage declares its name, its unit of work (one job per style, or per style and prompt), which earlier
-stages' outputs it reads, its outputs (the truth that a job is done), the hand-offs a later stage consumes
-and the working files to drop once it is done, and the checks to run at launch. Everything else reads this
+stages' outputs it reads, the files its jobs read and write (by role), its outputs among them (the truth
+that a job is done), the hand-offs a later stage consumes and the working files to drop once it is done,
+and the checks to run at launch. Everything else reads this
 declaration: the planner expands it over the dataset into jobs, the queue learns from it what "done" means
 and what to do on completion (`StageRules`), and the launcher, workers, status, progress and scheduling
 take their stage names, batch sizes and costs from it. A new stage is a `StageSpec` plus a stage class.
@@ -10,8 +11,9 @@ take their stage names, batch sizes and costs from it. A new stage is a `StageSp
     train (per style, only for styles without a LoRA when lora training is on)
       -> gen (per prompt: content image + latent)  -> sty (per prompt: StyleID result)
 
-Paths are never read from job files: a task's files are derived here from the config and the job's style
-and file name (both checked to be plain names), so a forged job cannot make a worker write elsewhere.
+Paths are never read from job files: a task's files are derived by its stage's declaration from the
+config and the job's id, style and file name (both names checked to be plain), so a forged job cannot make
+a worker write elsewhere.
 """
 import hashlib
 import importlib
@@ -45,12 +47,14 @@ def plain_name(value, what: str) -> str:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage's declaration. Functions take the stage's Task."""
+    """One stage's declaration. `files` takes the graph and the job's Task without files; the other
+    functions take the Task with the files `files` declared."""
     name: str
     unit: str  # STYLE or PROMPT
     impl: str  # module:Class of the stage a worker builds (common.stage's contract)
     verb: str  # what the launcher says it queued: "6 to generate"
     needs: Tuple[str, ...] = ()  # earlier stages whose outputs its jobs read
+    files: Callable[["Graph", Task], Dict[str, Path]] = lambda g, t: {}  # {role: path} its jobs read and write
     outputs: Callable[[Task], Dict[Path, Callable[[Path], bool]]] = lambda t: {}  # {file: is it whole?}
     handoffs: Callable[[Task], Tuple[Path, ...]] = lambda t: ()  # outputs only later stages read
     scratch: Callable[[Task], Tuple[Path, ...]] = lambda t: ()  # working files, removed once done
@@ -212,16 +216,23 @@ class Graph:
                 prompt, name, seed = p["prompt"], plain_name(p.get("name"), "name"), p["seed"]
         except ValueError as e:
             raise CorruptJob(f"{job.stage} job {job.id}: {e}") from None
-        out = self.output / style
-        if out.is_symlink() or (out / "content").is_symlink():  # planted after launch: never write through it
-            raise CorruptJob(f"{job.stage} job {job.id}: {out} or its content/ is a symbolic link; results are "
-                             "written only inside the output folder")
-        return Task(id=job.id, style=style, prompt=prompt, name=name, seed=seed, style_dir=self.dataset / style,
-                    content_png=out / "content" / f"{name}.png" if name else None,
-                    content_latent=self.layout.handoff_path("gen", job.id, ".npy") if name else None,
-                    output_png=out / f"{name}.png" if name else None,
-                    lora_file=lora_target(self.config, style),
+        task = Task(id=job.id, style=style, prompt=prompt, name=name, seed=seed, style_dir=self.dataset / style,
                     scratch_dir=self.layout.scratch_dir(job.stage, job.id))
+        return replace(task, files=dict(spec.files(self, task)))
+
+    def task_to_run(self, job: Job) -> Task:
+        """The task of a job a worker claimed: `task`, and no folder between the output folder and one of its
+        files is a symbolic link (planted after the launch check); CorruptJob otherwise, so nothing is
+        written through it. Checked once per claim."""
+        task = self.task(job)
+        for path in task.files.values():
+            folder = path.parent
+            while self.output in folder.parents:
+                if folder.is_symlink():
+                    raise CorruptJob(f"{job.stage} job {job.id}: {folder} is a symbolic link; results are written "
+                                     "only inside the output folder")
+                folder = folder.parent
+        return task
 
     def outputs_ok(self, spec: StageSpec, task: Task) -> bool:
         return all(ok(path) for path, ok in spec.outputs(task).items())
@@ -386,6 +397,22 @@ def scratch_progress(task: Task) -> Optional[dict]:
     return data if ok else None
 
 
+def lora_files(graph: Graph, task: Task) -> Dict[str, Path]:
+    """The style's LoRA: training writes it, generation (and StyleID with consumer.use_lora) reads it."""
+    return {"lora_file": lora_target(graph.config, task.style)}
+
+
+def content_files(graph: Graph, task: Task) -> Dict[str, Path]:
+    """Generation's outputs: OUTPUT/STYLE/content/NAME.png and its final latent, a hand-off in the queue."""
+    return {"content_png": graph.output / task.style / "content" / f"{task.name}.png",
+            "content_latent": graph.layout.handoff_path("gen", task.id, ".npy")}
+
+
+def result_files(graph: Graph, task: Task) -> Dict[str, Path]:
+    """StyleID's output: OUTPUT/STYLE/NAME.png."""
+    return {"output_png": graph.output / task.style / f"{task.name}.png"}
+
+
 def _style_inputs(config: RunConfig, task: Task) -> Tuple[Path, ...]:
     from common.style_files import style_image_path
     try:
@@ -397,25 +424,27 @@ def _style_inputs(config: RunConfig, task: Task) -> Tuple[Path, ...]:
 def jstyleid_specs(config: RunConfig) -> List[StageSpec]:
     """train (when LoRAs are trained here) -> gen -> sty, as the config asks."""
     st = config.stages
-    training = config.lora.missing == "train"
+    training, use_lora = config.lora.missing == "train", config.consumer.use_lora
     specs = []
     if training:
         specs.append(StageSpec(
-            name="train", unit=STYLE, impl=st.train, verb="train", cost=st.train_cost,
-            outputs=lambda t: {t.lora_file: _file_exists}, scratch=lambda t: (t.scratch_dir,),
+            name="train", unit=STYLE, impl=st.train, verb="train", cost=st.train_cost, files=lora_files,
+            outputs=lambda t: {t.files["lora_file"]: _file_exists}, scratch=lambda t: (t.scratch_dir,),
             checks=(check_model,), progress_unit="step", inputs=lambda t: (t.style_dir / "images",),
             steps=config.train.steps, progress=scratch_progress))
     specs.append(StageSpec(
         name="gen", unit=PROMPT, impl=st.gen, verb="generate", needs=("train",) if training else (),
-        outputs=lambda t: {t.content_latent: npy_is_complete, t.content_png: png_is_complete},
-        handoffs=lambda t: (t.content_latent,), batch=config.producer.batch, cost=st.gen_cost, sharded=True,
-        checks=(check_model,), style_checks=(check_lora,), inputs=lambda t: (t.lora_file,)))
+        files=lambda g, t: {**lora_files(g, t), **content_files(g, t)},
+        outputs=lambda t: {t.files["content_latent"]: npy_is_complete, t.files["content_png"]: png_is_complete},
+        handoffs=lambda t: (t.files["content_latent"],), batch=config.producer.batch, cost=st.gen_cost,
+        sharded=True, checks=(check_model,), style_checks=(check_lora,), inputs=lambda t: (t.files["lora_file"],)))
     specs.append(StageSpec(
         name="sty", unit=PROMPT, impl=st.sty, verb="style",
-        needs=("gen", "train") if training and config.consumer.use_lora else ("gen",),
-        outputs=lambda t: {t.output_png: png_is_complete}, batch=config.consumer.batch, cost=st.sty_cost,
+        needs=("gen", "train") if training and use_lora else ("gen",),
+        files=lambda g, t: {**content_files(g, t), **result_files(g, t), **(lora_files(g, t) if use_lora else {})},
+        outputs=lambda t: {t.files["output_png"]: png_is_complete}, batch=config.consumer.batch, cost=st.sty_cost,
         checks=(check_model, check_layers), style_checks=(check_style_image,),
-        inputs=lambda t: _style_inputs(config, t) + ((t.lora_file,) if config.consumer.use_lora else ())))
+        inputs=lambda t: _style_inputs(config, t) + ((t.files["lora_file"],) if use_lora else ())))
     return specs
 
 

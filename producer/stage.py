@@ -40,5 +40,5 @@ class ProducerStage:
             except NonFiniteError as e:
                 raise nonfinite_error(chunk, e, self.config, lora) from e
             for task, latent, image in zip(chunk, latents, images):
-                write_npy(task.content_latent, latent, fsync=self._fsync)
-                write_png(task.content_png, image, fsync=self._fsync)
+                write_npy(task.files["content_latent"], latent, fsync=self._fsync)
+                write_png(task.files["content_png"], image, fsync=self._fsync)

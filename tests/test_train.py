@@ -132,7 +132,7 @@ def stage_config(tiny_model_dir, tmp_path_factory):
 
 
 def task(style_dir, out: Path):
-    return types.SimpleNamespace(style="00", style_dir=style_dir, lora_file=out / "style_00" / LORA_BIN,
+    return types.SimpleNamespace(style="00", style_dir=style_dir, files={"lora_file": out / "style_00" / LORA_BIN},
                                  scratch_dir=out / "queue" / "train-00")
 
 
@@ -144,7 +144,7 @@ def test_stage_beats_every_step_and_writes_the_lora(stage_config, style_dir, tmp
     stage.run([t], phases.append)
     assert [p for p in phases if re.fullmatch(r"train \d+/\d+", p)] == ["train 1/2", "train 2/2"]
     assert [p for p in phases if p.startswith("train encode")] == [f"train encode {i}/4" for i in (1, 2, 3, 4)]
-    assert t.lora_file.is_file() and (t.lora_file.parent / LOSS_CURVE).is_file()
+    assert t.files["lora_file"].is_file() and (t.files["lora_file"].parent / LOSS_CURVE).is_file()
     assert not t.scratch_dir.exists()
     assert stage.sd.unet.attention_layers()["mid_block.attentions.0.transformer_blocks.0.attn1"].processor \
         .__class__.__name__ == "AttnProcessor"  # the LoRA processors are gone again
@@ -160,7 +160,7 @@ def test_diverging_loss_fails_naming_style_and_step(stage_config, style_dir, tmp
     message = str(error.value)
     assert isinstance(error.value, ValueError) and "\n" not in message
     assert "style 00" in message and "step 2" in message
-    assert not t.lora_file.exists()
+    assert not t.files["lora_file"].exists()
 
 
 def test_images_crop_or_stretch_to_the_size_in_minus_one_to_one(tmp_path):

@@ -91,7 +91,7 @@ class FakeTrain:
                 write_bytes(progress, json.dumps({"step": step, "steps": FAKE_TRAIN_STEPS, "loss": 1.0 / step})
                             .encode(), fsync=False)
                 crash.point("mid_train")
-            write_bytes(task.lora_file, fake_lora(task.style), fsync=self.fsync)
+            write_bytes(task.files["lora_file"], fake_lora(task.style), fsync=self.fsync)
 
 
 class FakeGen:
@@ -103,15 +103,16 @@ class FakeGen:
 
     def run(self, tasks, beat):
         for task in tasks:
-            if self.trained and not task.lora_file.is_file():
-                raise FileNotFoundError(f"{task.lora_file}: generation ran before its style's LoRA was trained")
+            lora = task.files["lora_file"]
+            if self.trained and not lora.is_file():
+                raise FileNotFoundError(f"{lora}: generation ran before its style's LoRA was trained")
             beat("working")
             _faults(task, beat)
             _pause(task.id)
             latent = fake_latent(task.id)
-            write_npy(task.content_latent, latent, fsync=self.fsync)
+            write_npy(task.files["content_latent"], latent, fsync=self.fsync)
             crash.point("mid_output")
-            write_png(task.content_png, fake_content(latent), fsync=self.fsync)
+            write_png(task.files["content_png"], fake_content(latent), fsync=self.fsync)
             crash.point("after_output")
 
 
@@ -125,8 +126,8 @@ class FakeSty:
         for task in tasks:
             beat("working")
             _pause(task.id)
-            latent = np.load(task.content_latent)
-            write_png(task.output_png, fake_output(latent, task.style), fsync=self.fsync)
+            latent = np.load(task.files["content_latent"])
+            write_png(task.files["output_png"], fake_output(latent, task.style), fsync=self.fsync)
             crash.point("after_output")
 
 
