@@ -292,7 +292,7 @@ def run(args) -> int:
     try:
         slots = assign_roles(cluster.slot_labels(args.workers) if cluster else parse_gpus(args.gpus), graph,
                              args.producers)
-        queue = Queue(config.queue_dir, graph.rules(), fsync=config.queue.fsync == "all")
+        queue = Queue(config.queue_dir, graph.rules(), fsync=config.queue.fsync)
         check_queue_folder(queue, graph.former_folders)
         lock = acquire_lock(queue, cluster)
         try:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.config import FSYNC_WORDS  # noqa: E402
 from common.jobqueue.job import Job  # noqa: E402
 from common.jobqueue.queue import Queue  # noqa: E402
 
@@ -212,14 +213,14 @@ def label(n: int) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--jobs", default="1000,10000,100000", help="comma-separated queue sizes")
-    p.add_argument("--fsync", choices=("all", "none"), default="all")
+    p.add_argument("--fsync", choices=tuple(FSYNC_WORDS), default="all", help="as queue.fsync in a config")
     p.add_argument("--naive-sample", type=int, default=300, help="claims timed for the naive control")
     p.add_argument("--dir", default=None, help="where the queues live (default: the system temp folder)")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("--procs", type=int, default=1, help="claimer processes draining the queue at once")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.jobs.split(",")]
-    fsync = args.fsync == "all"
+    fsync = args.fsync
     if args.procs > 1:
         return main_concurrent(args, sizes, fsync)
     result = {"fsync": args.fsync, "styles": STYLES, "naive_sample_claims": args.naive_sample,

@@ -2,7 +2,9 @@
 
 Every section is a dataclass whose fields are the YAML keys. `load_config` rejects an unknown key, a wrong
 type or a missing path with one line naming the key and the file. Inner code takes these objects, never
-dicts. `pixel_hash()` covers every setting that changes pixels, so a rerun can refuse to mix results.
+dicts. Each field declares beside it whether it changes output pixels (`pixels(default)` or
+`runtime(default)`); `pixel_hash()` covers the first kind, so a rerun can refuse to mix results. A value
+given in YAML as a word (queue.fsync: all | none) is read into the type the code uses, here.
 Renamed keys are still read for one version (DEPRECATED_KEYS), with a one-line note on stderr.
 """
 import dataclasses
@@ -23,20 +25,34 @@ class ConfigError(ValueError):
     """A bad configuration; the message is one line naming the file and the key."""
 
 
+def pixels(default, **meta):
+    """A setting that changes output pixels: `pixel_hash()` covers it, so a queue planned under another
+    value is refused instead of mixing results."""
+    return field(default=default, metadata={"pixels": True, **meta})
+
+
+def runtime(default, **meta):
+    """A setting that never changes a pixel (batching, timing, retries, paths of the run's folders)."""
+    return field(default=default, metadata={"pixels": False, **meta})
+
+
+FSYNC_WORDS = {"all": True, "none": False}  # queue.fsync in YAML -> whether writes are fsynced
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str = "stabilityai/stable-diffusion-2-1"  # a diffusers folder, or a repo id in the HF cache
-    dtype: str = "float16"  # UNet/text encoder precision on a GPU; the CPU always runs float32
+    path: str = pixels("stabilityai/stable-diffusion-2-1")  # a diffusers folder, or a repo id in the HF cache
+    dtype: str = pixels("float16")  # UNet/text encoder precision on a GPU; the CPU always runs float32
 
 
 @dataclass(frozen=True)
 class LoraConfig:
     """Where each style's DreamBooth LoRA is and how it is applied; shared by every stage that uses it."""
-    dir: str = "style"  # holds style_NN/pytorch_lora_weights.bin (JDiffusion's trainer layout)
-    subdir: str = "style_{style}"
-    names: tuple = ("pytorch_lora_weights.bin", "pytorch_lora_weights.safetensors")  # first existing wins
-    scale: float = 1.0
-    missing: str = "train"  # train (the train stage writes it) | error | warn (the base model generates)
+    dir: str = pixels("style")  # holds style_NN/pytorch_lora_weights.bin (JDiffusion's trainer layout)
+    subdir: str = pixels("style_{style}")
+    names: tuple = pixels(("pytorch_lora_weights.bin", "pytorch_lora_weights.safetensors"))  # first existing wins
+    scale: float = pixels(1.0)
+    missing: str = pixels("train")  # train (the train stage writes it) | error | warn (the base model generates)
 
 
 MISSING_LORA = ("error", "warn", "train")
@@ -44,86 +60,86 @@ MISSING_LORA = ("error", "warn", "train")
 
 @dataclass(frozen=True)
 class ProducerConfig:
-    prompt_template: str = "{prompt} in style_{style}"
-    negative_prompt: str = ""
-    guidance: float = 7.5
-    steps: int = 25
-    size: int = 512
-    batch: int = 4
-    seed: int = 0
+    prompt_template: str = pixels("{prompt} in style_{style}")
+    negative_prompt: str = pixels("")
+    guidance: float = pixels(7.5)
+    steps: int = pixels(25)
+    size: int = pixels(512)
+    batch: int = runtime(4)
+    seed: int = pixels(0)
 
 
 @dataclass(frozen=True)
 class ConsumerConfig:
-    size: Optional[int] = None  # side a content PNG is resized to before encoding; None: producer.size
-    steps: int = 50
-    gamma: float = 0.75
-    temperature: float = 1.5
-    layers: tuple = tuple(f"up_blocks.{b}.attentions.{a}" for b in (2, 3) for a in range(3))
-    adain: bool = True
-    style_image: Optional[str] = None  # a file name inside STYLE/images/; None: the first in sorted order
-    batch: int = 4
-    cached_styles: int = 2  # styles whose inversion a worker keeps (LRU)
-    use_lora: bool = False  # StyleID runs on the base model by default (docs/styleid.md §12)
+    size: Optional[int] = pixels(None)  # side a content PNG is resized to before encoding; None: producer.size
+    steps: int = pixels(50)
+    gamma: float = pixels(0.75)
+    temperature: float = pixels(1.5)
+    layers: tuple = pixels(tuple(f"up_blocks.{b}.attentions.{a}" for b in (2, 3) for a in range(3)))
+    adain: bool = pixels(True)
+    style_image: Optional[str] = pixels(None)  # a file name inside STYLE/images/; None: the first in sorted order
+    batch: int = runtime(4)
+    cached_styles: int = runtime(2)  # styles whose inversion a worker keeps (LRU)
+    use_lora: bool = pixels(False)  # StyleID runs on the base model by default (docs/styleid.md §12)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """DreamBooth-LoRA training of one style, with the values JDiffusion's train_all.sh passes."""
-    steps: int = 500
-    lr: float = 1e-4  # constant, no warm-up
-    rank: int = 4  # LoRA alpha = rank (scale 1), as peft is configured there
-    size: Optional[int] = None  # training resolution; None: producer.size
-    resize: str = "crop"  # crop: shorter side to size, centre crop | stretch: straight to size x size
-    prompt: str = "style_{style}"  # the instance prompt; producer.prompt_template puts it after the prompt
-    seed: int = 0  # LoRA init, image order, noise and timesteps all come from NumPy seeded by this
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    checkpoint_every: int = 50  # steps between resumable checkpoints
-    log_every: int = 10  # steps between loss lines in the log
-    safetensors: bool = False  # also write pytorch_lora_weights.safetensors beside the .bin
+    steps: int = pixels(500)
+    lr: float = pixels(1e-4)  # constant, no warm-up
+    rank: int = pixels(4)  # LoRA alpha = rank (scale 1), as peft is configured there
+    size: Optional[int] = pixels(None)  # training resolution; None: producer.size
+    resize: str = pixels("crop")  # crop: shorter side to size, centre crop | stretch: straight to size x size
+    prompt: str = pixels("style_{style}")  # the instance prompt; producer.prompt_template puts it after the prompt
+    seed: int = pixels(0)  # LoRA init, image order, noise and timesteps all come from NumPy seeded by this
+    adam_beta1: float = pixels(0.9)
+    adam_beta2: float = pixels(0.999)
+    adam_weight_decay: float = pixels(1e-2)
+    adam_epsilon: float = pixels(1e-8)
+    checkpoint_every: int = runtime(50)  # steps between resumable checkpoints
+    log_every: int = runtime(10)  # steps between loss lines in the log
+    safetensors: bool = runtime(False)  # also write pytorch_lora_weights.safetensors beside the .bin
 
 
 @dataclass(frozen=True)
 class QueueConfig:
-    max_attempts: int = 3
-    fsync: str = "all"  # all | none (tmpfs, CI)
-    heartbeat_s: float = 2.0
-    ttl_loading_s: float = 1200.0
-    ttl_working_s: float = 180.0
-    backoff_base_s: float = 30.0
-    backoff_max_s: float = 600.0
-    restart_base_s: float = 1.0  # a crashed worker restarts after min(base * 2^k, 60) s
-    kill_grace_s: float = 20.0  # a hung worker gets SIGTERM, then SIGKILL after this
-    stop_grace_s: float = 30.0  # Ctrl-C: workers get this long to release their jobs
+    max_attempts: int = runtime(3)  # failed attempts (error, crash, hang; not a release) before the dead letter
+    fsync: bool = runtime(True, words=FSYNC_WORDS)  # YAML all | none (tmpfs, CI): whether queue and output writes fsync
+    heartbeat_s: float = runtime(2.0)
+    ttl_loading_s: float = runtime(1200.0)
+    ttl_working_s: float = runtime(180.0)
+    backoff_base_s: float = runtime(30.0)
+    backoff_max_s: float = runtime(600.0)
+    restart_base_s: float = runtime(1.0)  # a crashed worker restarts after min(base * 2^k, 60) s
+    kill_grace_s: float = runtime(20.0)  # a hung worker gets SIGTERM, then SIGKILL after this
+    stop_grace_s: float = runtime(30.0)  # Ctrl-C: workers get this long to release their jobs
 
 
 @dataclass(frozen=True)
 class StagesConfig:
     """The stage graph (`graph`: module:function building it from the config, docs/stage_graph.md) and
     which class runs each stage (`module:Class`), with their relative costs."""
-    graph: str = "common.graph:default_graph"
-    train: str = "producer.train_stage:TrainStage"
-    gen: str = "producer.stage:ProducerStage"
-    sty: str = "consumer.stage:ConsumerStage"
-    train_cost: float = 150.0  # relative seconds per job (a style's training ~ 150 content images)
-    gen_cost: float = 1.0  # relative seconds per image, used to split GPUs until measured
-    sty_cost: float = 2.0
+    graph: str = pixels("common.graph:default_graph")
+    train: str = pixels("producer.train_stage:TrainStage")
+    gen: str = pixels("producer.stage:ProducerStage")
+    sty: str = pixels("consumer.stage:ConsumerStage")
+    train_cost: float = runtime(150.0)  # relative seconds per job (a style's training ~ 150 content images)
+    gen_cost: float = runtime(1.0)  # relative seconds per image (configured, not measured): sets the GPU split
+    sty_cost: float = runtime(2.0)
 
 
 @dataclass(frozen=True)
 class SchedulingConfig:
-    burst: int = 8  # single-GPU mode: content images generated before styling them
-    producers: Optional[int] = None  # fixed producer count; None: split by measured stage costs
+    burst: int = runtime(8)  # single-GPU mode: content images generated before styling them
+    producers: Optional[int] = runtime(None)  # fixed producer count; None: split by the configured stage costs
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    dataset: str = "data/styles"  # STYLE/images/*.png + STYLE/prompt.json
-    output: str = "output"  # results land in OUTPUT/STYLE/<prompt>.png
-    queue_dir: str = "queue_dir"
+    dataset: str = runtime("data/styles")  # STYLE/images/*.png + STYLE/prompt.json
+    output: str = runtime("output")  # results land in OUTPUT/STYLE/<prompt>.png
+    queue_dir: str = runtime("queue_dir")
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     producer: ProducerConfig = field(default_factory=ProducerConfig)
@@ -132,22 +148,28 @@ class RunConfig:
     queue: QueueConfig = field(default_factory=QueueConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
-    source: str = ""  # the YAML file this came from (not a key users set)
+    source: str = runtime("")  # the YAML file this came from (not a key users set)
 
     def pixel_hash(self) -> str:
-        """A hash of every setting that changes output pixels (not GPUs, paths of queues, or batching)."""
-        relevant = {
-            "model": dataclasses.asdict(self.model),
-            "lora": dataclasses.asdict(self.lora),  # which file (by path) at which scale, or the base model
-            "producer": {k: v for k, v in dataclasses.asdict(self.producer).items() if k != "batch"},
-            "consumer": {k: v for k, v in dataclasses.asdict(self.consumer).items()
-                         if k not in ("batch", "cached_styles")},
-            "stages": [self.stages.graph, self.stages.train, self.stages.gen, self.stages.sty],
-        }
-        if self.lora.missing == "train":  # LoRAs trained here: their settings change the pixels too
-            relevant["train"] = {k: v for k, v in dataclasses.asdict(self.train).items()
-                                 if k not in ("checkpoint_every", "log_every", "safetensors")}
+        """A hash of every setting declared `pixels` (not GPUs, paths of queues, or batching). The train
+        section counts only when LoRAs are trained here; the stages' settings are hashed as a list, the form
+        every plan so far was hashed in (job ids derive from this hash)."""
+        relevant = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                settings = pixel_settings(value)
+                if settings and (f.name != "train" or self.lora.missing == "train"):
+                    relevant[f.name] = settings
+            elif f.metadata["pixels"]:
+                relevant[f.name] = value
+        relevant["stages"] = list(relevant["stages"].values())
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pixel_settings(section) -> dict:
+    """{name: value} of a section's settings declared `pixels`."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.metadata["pixels"]}
 
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
@@ -184,7 +206,18 @@ def _build(cls, data: dict, where: str):
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
-    return cls(**{k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return cls(**{k: _setting(v, hints[k], fields[k], f"{where}.{k}" if where else k) for k, v in data.items()})
+
+
+def _setting(value, hint, f: dataclasses.Field, where: str):
+    """One YAML value for field `f`: a word it names (`words`: YAML word -> value), else typed by its hint."""
+    words = f.metadata.get("words")
+    if words is None:
+        return _convert(value, hint, where)
+    if not isinstance(value, str) or value not in words:
+        raise ConfigError(f"{where}: must be {' or '.join(map(repr, words))}, not {value!r}")
+    return words[value]
 
 
 class _DuplicateKey(yaml.constructor.ConstructorError):
@@ -280,8 +313,6 @@ def _check_values(c: RunConfig, source: str):
         bad("lora.missing", f"must be one of {', '.join(MISSING_LORA)}, not {c.lora.missing!r}")
     if c.model.dtype not in ("float16", "float32"):
         bad("model.dtype", f"must be 'float16' or 'float32', not {c.model.dtype!r}")
-    if c.queue.fsync not in ("all", "none"):
-        bad("queue.fsync", f"must be 'all' or 'none', not {c.queue.fsync!r}")
     for key, value in (("producer.steps", c.producer.steps), ("consumer.steps", c.consumer.steps),
                        ("producer.batch", c.producer.batch), ("consumer.batch", c.consumer.batch),
                        ("queue.max_attempts", c.queue.max_attempts), ("scheduling.burst", c.scheduling.burst)):

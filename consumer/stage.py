@@ -38,7 +38,7 @@ class ConsumerStage:
         self.sd = load_model(config, device)
         self.weights = StyleWeights(self.sd, config)
         self.cache = StyleCache(config.consumer.cached_styles)
-        self._fsync = config.queue.fsync == "all"
+        self._fsync = config.queue.fsync
 
     def styleid(self) -> StyleID:
         """A StyleID with the config's settings on this worker's model (base or LoRA as applied now)."""

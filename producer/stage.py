@@ -23,7 +23,7 @@ class ProducerStage:
         self.config = config
         self.sd = load_model(config, device)
         self.weights = StyleWeights(self.sd, config)
-        self._fsync = config.queue.fsync == "all"
+        self._fsync = config.queue.fsync
 
     def run(self, tasks: List[Task], beat: Beat) -> None:
         if not tasks:

@@ -21,7 +21,7 @@ class TrainStage:
     def __init__(self, config: RunConfig, device: str):
         self.config = config
         self.sd = load_model(config, device, "float32")  # training runs in float32, as JDiffusion's does
-        self._fsync = config.queue.fsync == "all"
+        self._fsync = config.queue.fsync
 
     @property
     def size(self) -> int:

@@ -1,7 +1,9 @@
 """The YAML config: typed values, and one-line errors that name the key and the file."""
+import dataclasses
+
 import pytest
 
-from common.config import ConfigError, load_config
+from common.config import ConfigError, RunConfig, load_config
 
 
 def write(tmp_path, text):
@@ -62,6 +64,32 @@ def test_pixel_hash_ignores_batching_but_not_pixels():
     for key, value in (("consumer.gamma", 0.3), ("producer.seed", 1), ("lora.scale", 0.5), ("lora.dir", "x"),
                        ("lora.missing", "warn"), ("consumer.size", 256)):
         assert load_config(overrides={key: value}).pixel_hash() != base.pixel_hash(), key
+
+
+def test_every_setting_declares_whether_it_changes_pixels():
+    config, settings = RunConfig(), []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        settings += [(f"{f.name}.{g.name}", g) for g in dataclasses.fields(value)] \
+            if dataclasses.is_dataclass(value) else [(f.name, f)]
+    undeclared = [name for name, f in settings if not isinstance(f.metadata.get("pixels"), bool)]
+    assert len(settings) > 50 and not undeclared, f"declare pixels() or runtime() for {undeclared}"
+
+
+def test_the_pixel_hash_of_the_defaults_is_the_one_queues_were_planned_under():
+    # job ids derive from it: a change would refuse (or re-plan) every existing queue
+    assert load_config().pixel_hash() == "c28a7c1868981cf0"
+    assert load_config(overrides={"lora.missing": "error"}).pixel_hash() == "b193e10918bc0db1"
+    runtime_only = {"producer.batch": 2, "consumer.cached_styles": 5, "train.log_every": 3, "queue.fsync": "none",
+                    "stages.gen_cost": 3.0, "scheduling.burst": 2, "queue.max_attempts": 9, "output": "elsewhere"}
+    assert load_config(overrides=runtime_only).pixel_hash() == "c28a7c1868981cf0"
+
+
+def test_queue_fsync_is_read_once_into_a_bool(tmp_path):
+    assert load_config().queue.fsync is True
+    assert load_config(write(tmp_path, "queue:\n  fsync: none\n")).queue.fsync is False
+    with pytest.raises(ConfigError, match="queue.fsync: must be 'all' or 'none', not True"):
+        load_config(write(tmp_path, "queue:\n  fsync: true\n"))
 
 
 def test_the_consumer_size_defaults_to_the_producer_size():

@@ -19,7 +19,7 @@ class FakePrep:
     kind = "prep"
 
     def __init__(self, config, device):
-        self.fsync = config.queue.fsync == "all"
+        self.fsync = config.queue.fsync
 
     def run(self, tasks, beat):
         for task in tasks:

@@ -151,6 +151,6 @@ def make_contact_sheets(config: RunConfig) -> List[Path]:
         out = output / style_dir.name
         rows = [(prompts[k], out / "content" / f"{names[k]}.png", out / f"{names[k]}.png") for k in prompts]
         sheet = contact_sheet(_style_image(config, style_dir), rows, size)
-        written.append(write_png(out / "contact_sheet.png", sheet, fsync=config.queue.fsync == "all",
+        written.append(write_png(out / "contact_sheet.png", sheet, fsync=config.queue.fsync,
                                  replace=True))  # drawn from the outputs: a rerun redraws it
     return written

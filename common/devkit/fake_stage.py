@@ -73,7 +73,7 @@ class FakeTrain:
     kind = "train"
 
     def __init__(self, config, device: str):
-        self.device, self.fsync = device, config.queue.fsync == "all"
+        self.device, self.fsync = device, config.queue.fsync
 
     def run(self, tasks, beat):
         for task in tasks:
@@ -98,7 +98,7 @@ class FakeGen:
     kind = "gen"
 
     def __init__(self, config, device: str):
-        self.device, self.fsync = device, config.queue.fsync == "all"
+        self.device, self.fsync = device, config.queue.fsync
         self.trained = config.lora.missing == "train"
 
     def run(self, tasks, beat):
@@ -120,7 +120,7 @@ class FakeSty:
     kind = "sty"
 
     def __init__(self, config, device: str):
-        self.device, self.fsync = device, config.queue.fsync == "all"
+        self.device, self.fsync = device, config.queue.fsync
 
     def run(self, tasks, beat):
         for task in tasks:

@@ -23,8 +23,8 @@ UP, DOWN = "up", "down"
 def split_gpus(n_gpus: int, gen_cost: float, sty_cost: float, producers: int | None = None) -> int:
     """Number of producers (home role UP) among n_gpus >= 2: the UP share of the work, rounded.
 
-    `producers` (from --producers) overrides the measured split. Elastic roles correct a rounding
-    error at run time, so the home split only sets who switches.
+    `producers` (from --producers) overrides the split by the configured costs (stages.*_cost). Elastic
+    roles correct a rounding error at run time, so the home split only sets who switches.
     """
     if isinstance(n_gpus, bool) or not isinstance(n_gpus, int) or n_gpus < 2:
         raise ValueError(f"split_gpus needs at least 2 GPUs, got {n_gpus!r}; one GPU runs BurstPolicy")

@@ -49,6 +49,7 @@ class Slot:
     restart_at: float = 0.0  # spawn when time passes this (0: now)
     done: bool = False  # exited 0: nothing left for it
     parked: str = None  # why the slot gave up
+    no_device: bool = False  # parked because its device is unusable (exit 3)
     failures: deque = field(default_factory=deque)
     busy_s: float = 0.0
     jobs_done: int = 0
@@ -195,7 +196,8 @@ class Supervisor:
         while slot.failures and now - slot.failures[0] > FAILURE_WINDOW_S:
             slot.failures.popleft()
         if rc == EXIT_NO_DEVICE or len(slot.failures) >= MAX_FAILURES:
-            slot.parked = "device unusable (exit 3)" if rc == EXIT_NO_DEVICE else \
+            slot.no_device = rc == EXIT_NO_DEVICE
+            slot.parked = "device unusable (exit 3)" if slot.no_device else \
                 f"{len(slot.failures)} failures in {FAILURE_WINDOW_S:.0f} s"
             self.log(f"slot gpu={slot.gpu} parked: {slot.parked}; see {self.q.layout.log_path(slot.wid)}")
             return
@@ -257,8 +259,7 @@ class Supervisor:
                         return 0
                     usable = [s for s in self.slots if not s.parked]
                     if not usable:
-                        no_device = all("exit 3" in s.parked for s in self.slots)
-                        return EXIT_NO_DEVICE if no_device else 1
+                        return EXIT_NO_DEVICE if all(s.no_device for s in self.slots) else 1
                     for s in usable:  # work came back (a reclaim, a retry): wake the idle slots
                         s.done = False
                 if now - last_promote > 1.0:

@@ -47,11 +47,11 @@ class Worker:
         self.config, self.n_workers, self.parent = config, n_workers, parent
         self.graph = graph or build_graph(config)
         qc = config.queue
-        self.q = Queue(config.queue_dir, self.graph.rules(), fsync=qc.fsync == "all")
+        self.q = Queue(config.queue_dir, self.graph.rules(), fsync=qc.fsync)
         self.wid = wid or make_wid(gpu)
         self.device = "cpu" if str(gpu) == "cpu" else "cuda"
         ttls = (qc.ttl_loading_s, qc.ttl_working_s) if fenced else ()
-        self.lease = Lease(self.q.layout.lease_path(self.wid), gpu, role, qc.heartbeat_s, qc.fsync == "all", *ttls)
+        self.lease = Lease(self.q.layout.lease_path(self.wid), gpu, role, qc.heartbeat_s, qc.fsync, *ttls)
         self.claimers = {s: self.q.claimer(s, self.wid) for s in self.graph.stages}
         self.up, self.down = self.graph.flow()
         self.first = [s for s in self.graph.stages if s not in (self.up, self.down)]
