@@ -20,6 +20,8 @@ from typing import Optional
 
 import yaml
 
+from common.naming import name_problem
+
 
 class ConfigError(ValueError):
     """A bad configuration; the message is one line naming the file and the key."""
@@ -337,8 +339,9 @@ def _check_values(c: RunConfig, source: str):
     if not c.lora.names:
         bad("lora.names", "must name at least one file, e.g. [pytorch_lora_weights.bin]")
     for name in c.lora.names:
-        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            bad("lora.names", f"has {name!r}, which is not a plain file name; list file names inside lora.subdir")
+        why = name_problem(name)
+        if why:
+            bad("lora.names", f"has {name!r}, which {why}; list plain file names inside lora.subdir")
     _check_train(c.train, bad)
     qc = c.queue
     for key in ("heartbeat_s", "ttl_loading_s", "ttl_working_s"):

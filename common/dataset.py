@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Tuple
 
-from common.naming import prompt_names
+from common.naming import name_problem, one_line, prompt_names
 from common.style_files import IMAGE_SUFFIXES
 
 
@@ -65,7 +65,7 @@ def read_prompts(path: Path) -> dict:
         raise DatasetError(f"{path}: key {e.args[0]!r} appears twice (only the last would be used); give each "
                            "prompt its own key") from None
     except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({_one_line(e)}); fix the file") from None
+        raise DatasetError(f"{path}: not valid JSON ({one_line(e)}); fix the file") from None
     if not isinstance(data, dict) or not data:
         raise DatasetError(f"{path}: expected a non-empty object like {{\"0\": \"Dolphin\", ...}}")
     for key, prompt in data.items():
@@ -75,20 +75,13 @@ def read_prompts(path: Path) -> dict:
     return {k: data[k] for k in order}
 
 
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())[:200]
-
-
 def check_style_name(folder: Path) -> str:
     """A style's folder name becomes a folder under the output and in the queue: it must be a name every
     filesystem holds with room to spare, and print on one line."""
     name = folder.name
-    if not name.isprintable():
-        raise DatasetError(f"{folder!r}: the style folder's name is not printable (tabs, newlines or control "
-                           "characters); rename the folder")
-    if len(name.encode("utf-8")) > MAX_STYLE_NAME:
-        raise DatasetError(f"{folder}: the style folder's name is too long ({len(name.encode('utf-8'))} bytes, "
-                           f"at most {MAX_STYLE_NAME}); rename the folder")
+    why = name_problem(name, MAX_STYLE_NAME)
+    if why:
+        raise DatasetError(f"{folder!r}: the style folder's name {why}; rename the folder")
     return name
 
 

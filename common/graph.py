@@ -31,6 +31,7 @@ from common.dataset import DatasetError, Style
 from common.jobqueue.job import CorruptJob, Job
 from common.jobqueue.layout import Layout
 from common.jobqueue.planner import Node
+from common.naming import name_problem
 from common.stage import Task
 
 STYLE, PROMPT = "style", "prompt"  # units of work
@@ -38,10 +39,10 @@ _STAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 def plain_name(value, what: str) -> str:
-    """A single path component we may write under: no separators, not hidden, not `.`/`..`, not too long."""
-    if not isinstance(value, str) or not value or "/" in value or "\\" in value or "\0" in value \
-            or value.startswith(".") or len(value.encode("utf-8")) > 200:
-        raise ValueError(f"{what} {value!r} is not a plain file name")
+    """A single path component we may write under (common.naming.name_problem)."""
+    why = name_problem(value)
+    if why:
+        raise ValueError(f"{what} {value!r} is not a plain file name: it {why}")
     return value
 
 

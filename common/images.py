@@ -15,6 +15,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageOps
 
+from common.naming import one_line
+
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "PPM", "TGA")
 _FIX = "re-export it as PNG or JPEG"
 
@@ -78,14 +80,10 @@ def _read(path: Path, max_pixels: Optional[int], draft: bool) -> Image.Image:
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: image is too large ({_one_line(e)}); downscale it") from None
+        raise ImageError(f"{path}: image is too large ({one_line(e)}); downscale it") from None
     except Image.UnidentifiedImageError:
         raise ImageError(f"{path}: not an image ({' '.join(FORMATS)}); {_FIX}") from None
     except Exception as e:  # damaged files fail deep inside the decoders
-        raise ImageError(f"{path}: cannot read the image ({type(e).__name__}: {_one_line(e)}); the file is "
+        raise ImageError(f"{path}: cannot read the image ({type(e).__name__}: {one_line(e)}); the file is "
                          f"damaged or truncated: {_FIX} or copy it again") from None
 
-
-def _one_line(error: Exception) -> str:
-    text = "".join(c if c.isprintable() else "?" for c in " ".join(str(error).split()))
-    return text[:160]

@@ -1,4 +1,6 @@
-"""Prompts become file names: safe on every filesystem, unique within a style, stable across runs.
+"""Prompts become file names: safe on every filesystem, unique within a style, stable across runs; and the
+one check of a name we write under (`name_problem`: job fields, style folders, lora.names), and one of
+any text quoted in a one-line message (`one_line`).
 
 The rule (the output of prompt P of style S is OUTPUT/S/<name>.png):
 1. keep letters, digits, space and - _ . , ' ( ) ; every other character becomes `_`;
@@ -19,6 +21,31 @@ import re
 MAX_BYTES = 150
 _KEEP_PUNCT = set(" -_.,'()")
 RESERVED = {"content", "contact_sheet", "con", "prn", "aux", "nul"} | {f"{p}{i}" for p in ("com", "lpt") for i in range(1, 10)}
+
+
+PLAIN_MAX_BYTES = 200
+
+
+def name_problem(name, max_bytes: int = PLAIN_MAX_BYTES):
+    """Why `name` is not a plain file name we may write under, or None: one path component (no separator,
+    no NUL), not hidden (nor `.`/`..`), printable (it lands in one-line messages), at most `max_bytes`."""
+    if not isinstance(name, str) or not name:
+        return "is empty or not text"
+    if any(c in name for c in "/\\\0"):
+        return "holds a path separator or NUL"
+    if name.startswith("."):
+        return "starts with a dot (hidden, or . and ..)"
+    if not name.isprintable():
+        return "is not printable (tabs, newlines or control characters)"
+    size = len(name.encode("utf-8", errors="replace"))
+    if size > max_bytes:
+        return f"is too long ({size} bytes, at most {max_bytes})"
+    return None
+
+
+def one_line(error, limit: int = 200) -> str:
+    """An error's text for a one-line message: whitespace runs made one space, unprintables `?`, capped."""
+    return "".join(c if c.isprintable() else "?" for c in " ".join(str(error).split()))[:limit]
 
 
 class NamingError(ValueError):

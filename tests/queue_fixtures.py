@@ -78,6 +78,18 @@ def launch(config_path, *args, env=None, timeout=60, wait=True):
     return subprocess.run(cmd, env=full_env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+def one_line_exit(capsys, argv, *needles, code=2) -> str:
+    """launch.main(argv) exits `code` with one line on stderr, "error: ...", holding every needle; returns it."""
+    import launch as launcher
+    got = launcher.main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert got == code, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
 def wait_for(condition, timeout=20.0, step=0.02):
     """Poll a condition with a deadline instead of sleeping a guessed time."""
     end = time.monotonic() + timeout

@@ -9,19 +9,7 @@ from PIL import Image
 import launch
 from common.config import ConfigError, load_config
 from common.dataset import DatasetError, read_prompts
-from queue_fixtures import graph_of, write_config
-
-
-def one_line_exit_2(capsys, argv, *needles):
-    """launch.main(argv) exits 2 with one line on stderr holding every needle."""
-    code = launch.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ") and "Traceback" not in err
-    for needle in needles:
-        assert needle in err, err
-    return err
+from queue_fixtures import graph_of, one_line_exit, write_config
 
 
 @pytest.mark.parametrize("section, key, value, why", [
@@ -48,7 +36,7 @@ def one_line_exit_2(capsys, argv, *needles):
 ])
 def test_values_that_would_fail_every_job_are_refused_at_launch(tmp_path, capsys, section, key, value, why):
     path = write_config(tmp_path, **{section: {key: value}})
-    one_line_exit_2(capsys, ["--config", str(path), "--gpus", "cpu"], str(path), f"{section}.{key}", why)
+    one_line_exit(capsys, ["--config", str(path), "--gpus", "cpu"], str(path), f"{section}.{key}", why)
     assert not (tmp_path / "q").exists()
 
 
@@ -66,7 +54,7 @@ def test_a_duplicate_yaml_key_is_an_error_naming_the_line(tmp_path, capsys, text
     with pytest.raises(ConfigError, match=rf"c.yaml: {where}: duplicate key") as e:
         load_config(path)
     assert "\n" not in str(e.value)
-    one_line_exit_2(capsys, ["--config", str(path), "--gpus", "cpu"], f"c.yaml: {where}: duplicate key")
+    one_line_exit(capsys, ["--config", str(path), "--gpus", "cpu"], f"c.yaml: {where}: duplicate key")
 
 
 def test_a_duplicate_prompt_key_is_an_error(tmp_path, capsys):
@@ -77,27 +65,27 @@ def test_a_duplicate_prompt_key_is_an_error(tmp_path, capsys):
     assert "\n" not in str(e.value)
     config = write_config(tmp_path)
     (tmp_path / "data" / "01" / "prompt.json").write_text('{"0": "Tree", "0": "Cat"}')
-    one_line_exit_2(capsys, ["--config", str(config), "--gpus", "cpu"], "01/prompt.json: key '0' appears twice")
+    one_line_exit(capsys, ["--config", str(config), "--gpus", "cpu"], "01/prompt.json: key '0' appears twice")
 
 
-def test_a_dataset_that_is_a_file_is_one_line_exit_2(tmp_path, capsys):
+def test_a_dataset_that_is_a_file_is_one_line_exit(tmp_path, capsys):
     path = write_config(tmp_path)
     data = tmp_path / "data"
     for p in sorted(data.rglob("*"), reverse=True):
         p.rmdir() if p.is_dir() else p.unlink()
     data.rmdir()
     data.write_text("not a folder")
-    one_line_exit_2(capsys, ["--config", str(path), "--gpus", "cpu"], str(data), "not a folder")
+    one_line_exit(capsys, ["--config", str(path), "--gpus", "cpu"], str(data), "not a folder")
 
 
 @pytest.mark.parametrize("name, why", [("s" * 250, "too long"), ("a\tb", "printable")])
-def test_a_style_folder_name_we_cannot_write_under_is_one_line_exit_2(tmp_path, capsys, name, why):
+def test_a_style_folder_name_we_cannot_write_under_is_one_line_exit(tmp_path, capsys, name, why):
     path = write_config(tmp_path)
     style = tmp_path / "data" / name
     (style / "images").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(style / "images" / "a.png")
     (style / "prompt.json").write_text('{"0": "Dog"}')
-    one_line_exit_2(capsys, ["--config", str(path), "--gpus", "cpu"], why, "rename the folder")
+    one_line_exit(capsys, ["--config", str(path), "--gpus", "cpu"], why, "rename the folder")
     assert not (tmp_path / "q" / "manifest.json").exists()
 
 
@@ -121,7 +109,7 @@ def test_a_full_disk_while_planning_is_one_line_exit_2_and_a_rerun_resumes(tmp_p
         real(fd, dst)
 
     monkeypatch.setattr(queue_module, "_link_fd", link_then_fill)
-    one_line_exit_2(capsys, ["--config", str(path), "--gpus", "cpu"], "No space left on device", "free space",
+    one_line_exit(capsys, ["--config", str(path), "--gpus", "cpu"], "No space left on device", "free space",
                     str(tmp_path / "q" / "gen" / "pending"))
     monkeypatch.setattr(queue_module, "_link_fd", real)
     config, graph, nodes, q = graph_of(path)
@@ -129,7 +117,7 @@ def test_a_full_disk_while_planning_is_one_line_exit_2_and_a_rerun_resumes(tmp_p
     assert not list(q.layout.tmp.iterdir())
 
 
-def test_a_full_disk_while_reclaiming_at_launch_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+def test_a_full_disk_while_reclaiming_at_launch_is_one_line_exit(tmp_path, capsys, monkeypatch):
     import common.jobqueue.queue as queue_module
     from common.jobqueue.planner import plan
     path = write_config(tmp_path)
@@ -139,7 +127,7 @@ def test_a_full_disk_while_reclaiming_at_launch_is_one_line_exit_2(tmp_path, cap
     claimed = q.claimer("gen", "host-gcpu-999999").claim(2)
     assert len(claimed) == 2
     monkeypatch.setattr(queue_module, "write_bytes", _enospc)
-    one_line_exit_2(capsys, ["--config", str(path), "--gpus", "cpu"], "No space left on device")
+    one_line_exit(capsys, ["--config", str(path), "--gpus", "cpu"], "No space left on device")
     assert len(q.scan("gen")["claimed"]) == 2  # nothing lost: the next launch reclaims them
 
 

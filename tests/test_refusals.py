@@ -13,18 +13,14 @@ from common.jobqueue.job import Job
 from common.jobqueue.planner import plan
 from common.jobqueue.recovery import clear_queue, recover
 from common.workers.worker import Worker
-from queue_fixtures import graph_of, write_config
+from queue_fixtures import graph_of, one_line_exit, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def refused(capsys, path, *args, code=2):
     """Launch with `path`; it must exit `code` with one line on stderr, which is returned."""
-    got = launch.main(["--config", str(path), "--gpus", "cpu", *args])
-    err = capsys.readouterr().err.strip()
-    assert got == code, err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    return err
+    return one_line_exit(capsys, ["--config", path, "--gpus", "cpu", *args], code=code)
 
 
 def precious(folder):

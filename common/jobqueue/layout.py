@@ -49,8 +49,17 @@ class Layout:
                         stack.append(e.path)
         return sorted(found)
 
+    def own_folders(self) -> tuple:
+        """The folders the queue makes besides each stage's (--fresh removes them, with the stages')."""
+        return self.tmp, self.workers, self.logs, self.scratch, self.handoff
+
+    def kept_names(self) -> set:
+        """Entries --fresh never removes: the lock and its holder (held by the launcher), the manifest
+        (removed last, by itself) and the folder's README.md."""
+        return {self.lock.name, self.holder.name, self.manifest.name, "README.md"}
+
     def make(self):
-        for d in (self.tmp, self.workers, self.logs, self.scratch, self.handoff):
+        for d in self.own_folders():
             d.mkdir(parents=True, exist_ok=True)
         for stage in self.stages:
             for state in STATES:

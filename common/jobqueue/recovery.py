@@ -70,15 +70,11 @@ def recover(queue, output_dirs, grace: float) -> list:
     return notes
 
 
-OWN_FILES = ("tmp", "workers", "logs", "scratch", "handoff")
-
-
 def foreign_entries(queue, former=()) -> list:
     """Entries of the queue folder whose names the queue never makes, nor the pipeline's earlier layouts
     (`former`, from the graph); a queue with a manifest may hold some: --fresh leaves them alone and says so."""
     lay = queue.layout
-    ours = set(OWN_FILES) | set(queue.stages) | set(former) | {lay.lock.name, lay.holder.name, lay.manifest.name,
-                                                                "README.md"}
+    ours = {p.name for p in lay.own_folders()} | set(queue.stages) | set(former) | lay.kept_names()
     try:
         return sorted(name for name in os.listdir(lay.root) if name not in ours)
     except (FileNotFoundError, NotADirectoryError):
@@ -93,8 +89,9 @@ def clear_queue(queue, grace: float, former=()) -> list:
     from common.jobqueue.manifest import read_manifest
     stop_leftover_workers(queue, grace)
     root = queue.layout.root
-    own = set(OWN_FILES) | set(queue.stages) | set(read_manifest(queue).get("stages") or ()) | set(former)
-    keep = {queue.layout.lock.name, queue.layout.holder.name, queue.layout.manifest.name, "README.md"}
+    own = {p.name for p in queue.layout.own_folders()} | set(queue.stages) | \
+        set(read_manifest(queue).get("stages") or ()) | set(former)
+    keep = queue.layout.kept_names()
     notes = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
         if entry.name in keep:
