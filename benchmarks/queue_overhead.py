@@ -220,7 +220,7 @@ def main(argv=None):
     p.add_argument("--procs", type=int, default=1, help="claimer processes draining the queue at once")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.jobs.split(",")]
-    fsync = args.fsync
+    fsync = FSYNC_WORDS[args.fsync]
     if args.procs > 1:
         return main_concurrent(args, sizes, fsync)
     result = {"fsync": args.fsync, "styles": STYLES, "naive_sample_claims": args.naive_sample,
