@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.devkit.score_weights_vit import write_clip, write_dino
+from common.devkit.score_weights_vit import CLIP_LARGE, DINO_BASE, clip_shapes, dinov2_shapes, write_clip, write_dino
 from common.images import ImageError
 from common.jittor_env import load_jittor
 from common.score.clip_r import ClipR, read_words
 from common.score.dino import Dino, dino_similarity
-from common.score.dinov2 import bicubic_matrix
+from common.score.clip_vision import CLIPModel
+from common.score.dinov2 import Dinov2Model, bicubic_matrix
 from common.score.errors import ScoreFileError
 
 jt = load_jittor()
@@ -164,3 +165,13 @@ def test_an_unreadable_image_is_one_line(dino, tmp_path):
     with pytest.raises(ImageError) as e:
         dino.embed([tmp_path / "bad.png"])
     one_line(e, str(tmp_path / "bad.png"), "re-export")
+
+
+@pytest.mark.parametrize("key, build, shapes, config", [
+    ("dino_base", Dinov2Model, dinov2_shapes, DINO_BASE), ("clip_large", CLIPModel, clip_shapes, CLIP_LARGE)])
+def test_real_architectures_have_transformers_keys_and_shapes(key, build, shapes, config):
+    ref = dict(zip(GOLDEN[f"{key}_keys"].tolist(), GOLDEN[f"{key}_shapes"].tolist()))
+    # torch's scalar logit_scale has shape (), a Jittor scalar (1,)
+    ours = {k: "" if k == "logit_scale" else ",".join(map(str, v.shape)) for k, v in build(config).state_dict().items()}
+    assert ours == ref
+    assert {k: ",".join(map(str, s)) for k, s in shapes(config).items()} == ref

@@ -25,7 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from transformers import AutoImageProcessor, AutoModel, CLIPModel, CLIPProcessor  # noqa: E402
 
-from common.devkit.score_weights_vit import write_clip, write_dino  # noqa: E402
+from transformers import CLIPConfig, Dinov2Config  # noqa: E402
+
+from common.devkit.score_weights_vit import CLIP_LARGE, DINO_BASE, write_clip, write_dino  # noqa: E402
 
 WORDS_FILE = ROOT.parent / "shared" / "data" / "clip_r_prompts.txt"
 SMALL_WORDS = ["Cat", "a red cat", "Dog", "Watch", "watch", "Ice cream", "tree", "house", "boat", "lion", "car",
@@ -160,6 +162,13 @@ def main():
                 hits.append(hit)
             out[f"clip_r_{key}_hits"] = np.array(hits)
             print(f"clip_r {key}: hits {hits}, smallest margin to the 5th/6th place {min(margins):.2e}")
+    # the real architectures' key/shape listings (dinov2-base, clip-vit-large-patch14), weights left on "meta"
+    with torch.device("meta"):
+        for key, model in (("dino_base", AutoModel.from_config(Dinov2Config(**DINO_BASE))),
+                           ("clip_large", CLIPModel(CLIPConfig(**CLIP_LARGE)))):
+            state = {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+            out[f"{key}_keys"] = np.array(list(state))
+            out[f"{key}_shapes"] = np.array([",".join(map(str, v.shape)) for v in state.values()])
     path = ROOT / "tests" / "golden" / "score_vit.npz"
     np.savez_compressed(path, **out)
     print(f"wrote {path} ({path.stat().st_size} bytes); dino similarity {float(out['dino_similarity']):.6f}")
