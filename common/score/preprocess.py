@@ -79,7 +79,7 @@ class ImageProcessor:
         if not isinstance(config, dict):
             raise ScoreFileError(f"{path}: expected a JSON object; fix: restore the model's preprocessor_config.json")
         kind = config.get("image_processor_type") or config.get("feature_extractor_type")
-        if kind is not None and kind.removesuffix("Fast") not in PROCESSORS:
+        if kind is not None and str(kind).removesuffix("Fast") not in PROCESSORS:
             raise ScoreFileError(f"{path}: image processor {kind!r} is not supported (need one of "
                                  f"{', '.join(PROCESSORS)}); fix: use the DINOv2 or CLIP model folder")
         settings = {k: config[k] for k in ("resample", "do_resize", "do_center_crop", "do_rescale",
@@ -88,14 +88,13 @@ class ImageProcessor:
             if key in config:
                 value = config[key]
                 settings[key] = tuple(value) if isinstance(value, list) and len(value) == 3 else (value,) * 3
-        try:
-            processor = cls(size=_size(config.get("size", {"shortest_edge": 224}), False, "size", path),
-                            crop_size=_size(config.get("crop_size", 224), True, "crop_size", path), **settings)
-            np.array([processor.rescale_factor, *processor.image_mean, *processor.image_std], dtype=np.float64)
+        size = _size(config.get("size", {"shortest_edge": 224}), False, "size", path)
+        crop_size = _size(config.get("crop_size", 224), True, "crop_size", path)
+        processor = cls(size=size, crop_size=crop_size, **settings)
+        try:  # every number a number, the filter one PIL knows: later failures would be mid-score
+            [float(v) for v in (processor.rescale_factor, *processor.image_mean, *processor.image_std)]
             Image.Resampling(processor.resample)
         except (TypeError, ValueError) as e:
-            if isinstance(e, ScoreFileError):
-                raise
             raise ScoreFileError(f"{path}: unusable value ({e}); fix: restore the model's "
                                  "preprocessor_config.json") from None
         return processor
