@@ -108,7 +108,7 @@ class ClipR:
 
     def hits(self, paths, words: list) -> np.ndarray:
         """(N,) bool: each image's prompt among the top 5 texts (ties at the 5th place count as hits)."""
-        result = []
+        paths, result = [Path(p) for p in paths], []
         for path, (texts, probs) in zip(paths, self.probabilities(paths, words)):
             result.append(int((probs > probs[texts.index(prompt_of(path))]).sum()) < TOP)
         return np.array(result, dtype=np.bool_)
