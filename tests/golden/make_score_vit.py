@@ -6,10 +6,10 @@ processors and tokenizer); transformers loads them with AutoModel/AutoImageProce
 CLIPModel/CLIPProcessor as the checker does, strictly (no missing or unexpected keys), and their sha256
 is stored so the test can prove it loads the very same bytes. A few synthetic images of different sizes,
 aspect ratios and modes (stored as arrays; both sides write the same PNGs) exercise resize, crop and
-the RGB conversion. Stored: pixel values (as their uint8 levels), DINOv2 pooler outputs, CLIP image and text embeddings, the
-tokenizer's ids, torch's bicubic resize of a grid, and the metrics computed as the checker computes
-them: dino similarity, and clip_r probabilities and top-5 hits for a small word list and the
-checker's own list (read in place, never stored).
+the RGB conversion. Stored: pixel values (as their uint8 levels), DINOv2 pooler outputs, CLIP image
+and text embeddings, the tokenizer's ids, torch's bicubic resize of a grid, the metrics computed as the
+checker computes them (dino similarity; clip_r probabilities and top-5 hits for a small word list and
+for the checker's own list, read in place, never stored), and the real architectures' key/shape listings.
 """
 import hashlib
 import sys
@@ -67,8 +67,9 @@ def levels(processor, pixel_values: np.ndarray) -> np.ndarray:
     mean, std = (np.array(v, np.float64).reshape(1, 3, 1, 1) for v in (processor.image_mean, processor.image_std))
     u8 = np.clip(np.round((pixel_values * std + mean) * 255), 0, 255).astype(np.uint8)
     for image, values in zip(u8, pixel_values):
-        again = processor.normalize(processor.rescale(image, processor.rescale_factor, input_data_format="channels_first"),
-                                    processor.image_mean, processor.image_std, input_data_format="channels_first")
+        scaled = processor.rescale(image, processor.rescale_factor, input_data_format="channels_first")
+        again = processor.normalize(scaled, processor.image_mean, processor.image_std,
+                                    input_data_format="channels_first")
         assert np.array_equal(again, values), "pixel values are not rescale + normalize of uint8 levels"
     return u8
 
