@@ -81,7 +81,7 @@ def test_missing_repo_names_the_caches_and_the_fix(tmp_path, env):
     with pytest.raises(ModelFolderError, match="no such model folder"):
         resolve_model_folder(str(tmp_path / "nowhere"))
     (tmp_path / "v2-1_768-ema-pruned.safetensors").write_bytes(b"")
-    with pytest.raises(ModelFolderError, match="is a file; pass the diffusers model folder"):
+    with pytest.raises(ModelFolderError, match="is a file; pass the model folder that holds model_index.json"):
         resolve_model_folder(tmp_path / "v2-1_768-ema-pruned.safetensors")
 
 

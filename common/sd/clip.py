@@ -104,10 +104,14 @@ class CLIPTokenizer:
         max_length = int(settings.get("model_max_length", 77))
         return cls(vocab, merges, pad_token=pad or EOS, max_length=max_length if max_length <= 4096 else 77)
 
-    def __call__(self, prompts: list) -> np.ndarray:
+    def __call__(self, prompts: list, longest: bool = False) -> np.ndarray:
+        """(B, max_length) ids; `longest` cuts the padding after the longest prompt's last token, as
+        transformers' `padding=True` pads (truncation stays at max_length)."""
         if isinstance(prompts, str):
             raise TypeError("CLIPTokenizer takes a list of prompts, not one string")
-        return np.array([e.ids for e in self.tokenizer.encode_batch(list(prompts))], dtype=np.int32)
+        encodings = self.tokenizer.encode_batch(list(prompts))
+        width = max((sum(e.attention_mask) for e in encodings), default=0) if longest else self.max_length
+        return np.array([e.ids[:width] for e in encodings], dtype=np.int32).reshape((len(encodings), width))
 
 
 def rename_text_encoder_keys(state: dict) -> dict:
@@ -124,15 +128,16 @@ _ACTIVATIONS = {"gelu": nn.gelu, "quick_gelu": quick_gelu}
 
 
 class CLIPAttention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        self.heads, self.scale = heads, (dim // heads) ** -0.5
+    def __init__(self, dim: int, heads: int, causal: bool = True):
+        self.heads, self.scale, self.causal = heads, (dim // heads) ** -0.5, causal
         self.q_proj, self.k_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.v_proj, self.out_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
 
     def execute(self, x):
-        # Causal: token i sees tokens <= i. No padding mask (SD attends to pad positions too).
+        # Text: causal, token i sees tokens <= i; no padding mask (SD attends to pad positions too).
+        # The vision tower (common/score/clip_vision.py) attends to every token.
         out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, self.scale, upcast=True,
-                        causal=True)
+                        causal=self.causal)
         return self.out_proj(out)
 
 
@@ -145,10 +150,10 @@ class CLIPMLP(nn.Module):
 
 
 class CLIPEncoderLayer(nn.Module):
-    def __init__(self, cfg: dict, act):
+    def __init__(self, cfg: dict, act, causal: bool = True):
         dim, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
         self.layer_norm1 = LayerNorm(dim, eps)
-        self.self_attn = CLIPAttention(dim, cfg["num_attention_heads"])
+        self.self_attn = CLIPAttention(dim, cfg["num_attention_heads"], causal)
         self.layer_norm2 = LayerNorm(dim, eps)
         self.mlp = CLIPMLP(dim, cfg["intermediate_size"], act)
 
@@ -158,8 +163,8 @@ class CLIPEncoderLayer(nn.Module):
 
 
 class CLIPEncoder(nn.Module):
-    def __init__(self, cfg: dict, act):
-        self.layers = nn.ModuleList([CLIPEncoderLayer(cfg, act) for _ in range(cfg["num_hidden_layers"])])
+    def __init__(self, cfg: dict, act, causal: bool = True):
+        self.layers = nn.ModuleList([CLIPEncoderLayer(cfg, act, causal) for _ in range(cfg["num_hidden_layers"])])
 
     def execute(self, x):
         for layer in self.layers:

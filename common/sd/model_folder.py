@@ -21,7 +21,7 @@ COMPONENTS = {
     "text_encoder": ({"CLIPTextModel"}, _weight_names("model", "pytorch_model")),
 }
 _DOWNLOAD_HINT = ("download it first, e.g. `huggingface-cli download {repo}`, or pass the local folder "
-                  "that holds model_index.json")
+                  "that holds {holds}")
 
 
 class ModelFolderError(FileNotFoundError):
@@ -57,26 +57,26 @@ def _snapshot(repo_dir: Path) -> Path:
     return snapshots[0]
 
 
-def resolve_model_folder(path_or_repo_id) -> Path:
-    """The folder holding model_index.json: `path_or_repo_id` itself if it is a directory, else the
-    snapshot of repo id `org/name` in a Hugging Face cache."""
+def resolve_model_folder(path_or_repo_id, holds: str = "model_index.json") -> Path:
+    """The model's folder: `path_or_repo_id` itself if it is a directory, else the snapshot of repo id
+    `org/name` in a Hugging Face cache. `holds` names the file that marks the folder, for messages."""
     given = Path(str(path_or_repo_id)).expanduser()
     if given.is_dir():
         return given
     repo = str(path_or_repo_id)
     if given.is_file():
-        raise ModelFolderError(f"{given}: is a file; pass the diffusers model folder that holds model_index.json "
+        raise ModelFolderError(f"{given}: is a file; pass the model folder that holds {holds} "
                                "(single-file .ckpt/.safetensors checkpoints are unsupported)")
     if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
         raise ModelFolderError(f"{repo}: no such model folder (and not an org/name repo id); "
-                               "pass the folder that holds model_index.json")
+                               f"pass the folder that holds {holds}")
     roots = hub_cache_roots()
     for root in roots:
         repo_dir = root / ("models--" + repo.replace("/", "--"))
         if repo_dir.is_dir():
             return _snapshot(repo_dir)
     raise ModelFolderError(f"{repo}: not a folder and not in the Hugging Face cache "
-                           f"({', '.join(map(str, roots))}); " + _DOWNLOAD_HINT.format(repo=repo))
+                           f"({', '.join(map(str, roots))}); " + _DOWNLOAD_HINT.format(repo=repo, holds=holds))
 
 
 def component_files(folder, component: str):

@@ -389,13 +389,14 @@ def load_state_dict(module, state: dict, source, ignore=("position_ids",)) -> No
     """Copy `state` into `module`'s Vars by exact name; cast to each Var's dtype (fp16 files → fp32 models).
 
     Any missing key, unexpected key (other than names ending in `ignore`) or shape mismatch raises one
-    line naming `source`, the first offending keys and what to do.
+    line naming `source`, the first offending keys and what to do. A 0-d tensor (CLIP's `logit_scale`)
+    fills a Jittor scalar, which has shape (1,).
     """
     params = module.state_dict()
     unexpected = [k for k in state if k not in params and not k.endswith(tuple(ignore))]
     missing = [k for k in params if k not in state]
     shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(params[k].shape)}"
-              for k in params if k in state and tuple(state[k].shape) != tuple(params[k].shape)]
+              for k in params if k in state and (tuple(state[k].shape) or (1,)) != tuple(params[k].shape)]
     hint = ("the file does not belong to this model type or its config.json (wrong component, "
             "unsupported model, or mismatched config): use the weights that ship with this config")
     for problem, keys in (("missing keys", missing), ("unexpected keys", unexpected),
@@ -406,4 +407,4 @@ def load_state_dict(module, state: dict, source, ignore=("position_ids",)) -> No
     from common.jittor_env import load_jittor
     jt = load_jittor()
     for name, var in params.items():
-        var.update(jt.array(np.asarray(state[name]).astype(str(var.dtype), copy=False)))
+        var.update(jt.array(np.asarray(state[name]).astype(str(var.dtype), copy=False).reshape(var.shape)))
