@@ -342,7 +342,8 @@ def _torch_legacy(path: Path, load: bool) -> dict:
         except Exception:
             magic = None
         if type(magic) is not int or magic != _LEGACY_MAGIC:
-            raise _Refused("not a PyTorch checkpoint (neither a zip nor torch's legacy format)",
+            raise _Refused("not a PyTorch checkpoint (neither a zip nor torch's legacy format: another kind of file, "
+                           "or damaged or truncated)",
                            "re-save it with torch.save or convert it to .safetensors")
         protocol, at = _next_pickle(head, at)
         if _plain_value(protocol) != _LEGACY_PROTOCOL:
