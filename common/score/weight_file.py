@@ -25,8 +25,8 @@ def load_network(module, path, what: str, fix: str) -> None:
     wanted = {name: tuple(var.shape) for name, var in module.state_dict().items()}
     missing = [name for name in wanted if name not in state]
     if missing:
-        raise ScoreFileError(f"{path}: {what} is missing {len(missing)} tensors the network needs (e.g. {', '.join(missing[:3])}): "
-                             f"not this network's file; {fix}")
+        raise ScoreFileError(f"{path}: {what} is missing {len(missing)} tensors the network needs "
+                             f"(e.g. {', '.join(missing[:3])}): not this network's file; {fix}")
     for name, shape in wanted.items():
         if tuple(state[name].shape) != shape or not np.issubdtype(state[name].dtype, np.floating):
             raise ScoreFileError(f"{path}: {what} tensor {name} is {state[name].dtype} {tuple(state[name].shape)}, "
