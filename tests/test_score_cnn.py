@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from common.images import ImageError  # noqa: E402
 from common.devkit.score_weights_cnn import (inception_shapes, score_param, write_inception,  # noqa: E402
                                              write_lpips_linear, write_squeezenet)
 from common.score.errors import ScoreFileError  # noqa: E402
@@ -144,3 +145,16 @@ def test_bad_weight_files_are_one_line_errors(files, tmp_path):
         Lpips.load(paths["squeezenet"], paths["squeezenet"])
     with pytest.raises(ScoreFileError, match="SqueezeNet.*not found"):
         Lpips.load(tmp_path / "absent.pth", paths["heads"])
+
+
+def test_unreadable_images_are_one_line_errors(files, tmp_path):
+    paths, styles = files
+    gens, refs = styles["00"]
+    broken = tmp_path / "Broken.png"
+    broken.write_bytes(gens[0].read_bytes()[:200])
+    network = FidInception.load(paths["inception"])
+    for run in (lambda: hist_score([broken], refs), lambda: hist_score(gens, [tmp_path / "absent.png"]),
+                lambda: network.features([broken, broken])):
+        with pytest.raises(ImageError) as error:
+            run()
+        assert str(tmp_path) in str(error.value) and "\n" not in str(error.value)
