@@ -13,7 +13,8 @@ import pytest
 import weight_fuzz as wf
 from safetensors.numpy import save_file
 
-from common.sd.weights import WeightFileError, inspect_weights, load_state_dict, read_weights, save_torch_zip
+from common.sd.weights import (WeightFileError, inspect_weights, load_state_dict, read_weights, save_torch_legacy,
+                               save_torch_zip)
 
 GOLDEN = np.load(Path(__file__).parent / "golden" / "lora.npz")
 
@@ -190,6 +191,51 @@ def test_hostile_torch_zips_are_refused_in_one_line(tmp_path):
     results = _check_in_child(paths)
     for name, (_, _, words) in HOSTILE_BINS.items():
         result = results[f"{name}.bin"]
+        assert result["violation"] is None, (name, result["violation"])
+        for what in ("read", "inspect"):
+            status, message = result[what]
+            assert status == "error" and re.search(words, message), (name, what, result[what])
+
+
+def test_torch_legacy_round_trip(tmp_path):
+    """torch < 1.6's layout (the LPIPS heads ship in it); the reference script loads ours with torch."""
+    state = {"lin0.model.1.weight": np.random.default_rng(1).random((1, 8, 1, 1)).astype(np.float32),
+             "b": np.float16([1.5, -2]), "c": np.array(7, dtype=np.int64)}
+    save_torch_legacy(state, tmp_path / "squeeze.pth")
+    assert not zipfile.is_zipfile(tmp_path / "squeeze.pth")
+    back = read_weights(tmp_path / "squeeze.pth")
+    assert list(back) == list(state) and all(np.array_equal(back[k], state[k]) for k in state)
+    assert all(back[k].dtype == state[k].dtype for k in state)
+    assert inspect_weights(tmp_path / "squeeze.pth") == {k: (v.dtype, v.shape) for k, v in state.items()}
+
+
+LS = wf.LegacyStorage
+HOSTILE_LEGACY = {  # name: (tensors, {key: (count, bytes)}, keys or None, magic, words of the refusal)
+    "legacy_terabyte": ({"t": T(LS(numel=2**38), 0, (2**38,), (1,))}, {"0": (2**38, wf.floats(16))}, None,
+                        wf.weights._LEGACY_MAGIC, "more bytes than the file holds"),
+    "legacy_truncated": ({"t": T(LS(), 0, (16,), (1,))}, {"0": (16, wf.floats(8))}, None,
+                         wf.weights._LEGACY_MAGIC, "more bytes than the file holds"),
+    "legacy_count": ({"t": T(LS(), 0, (16,), (1,))}, {"0": (15, wf.floats(16))}, None,
+                     wf.weights._LEGACY_MAGIC, "header disagrees"),
+    "legacy_undeclared": ({"t": T(LS(), 0, (16,), (1,))}, {"0": (16, wf.floats(16)), "9": (1, wf.floats(1))},
+                          None, wf.weights._LEGACY_MAGIC, "never declares"),
+    "legacy_no_data": ({"t": T(LS(), 0, (16,), (1,))}, {}, None, wf.weights._LEGACY_MAGIC, "has no data"),
+    "legacy_magic": ({"t": T(LS(), 0, (16,), (1,))}, {"0": (16, wf.floats(16))}, None, 12345,
+                     "not a PyTorch checkpoint"),
+    "legacy_view": ({"t": T(LS(view=("1", 0, 4)), 0, (4,), (1,))}, {"0": (16, wf.floats(16))}, None,
+                    wf.weights._LEGACY_MAGIC, "persistent id"),
+    "legacy_global": ({"t": print}, {}, None, wf.weights._LEGACY_MAGIC, "could run code"),
+    "legacy_outside": ({"t": T(LS(), 8, (16,), (1,))}, {"0": (16, wf.floats(16))}, None,
+                       wf.weights._LEGACY_MAGIC, "outside its storage"),
+}
+
+
+def test_hostile_legacy_files_are_refused_in_one_line(tmp_path):
+    paths = [wf.craft_legacy(tmp_path / f"{name}.pth", tensors, storages, keys, magic)
+             for name, (tensors, storages, keys, magic, _) in HOSTILE_LEGACY.items()]
+    results = _check_in_child(paths)
+    for name, (*_, words) in HOSTILE_LEGACY.items():
+        result = results[f"{name}.pth"]
         assert result["violation"] is None, (name, result["violation"])
         for what in ("read", "inspect"):
             status, message = result[what]

@@ -83,6 +83,26 @@ def craft_bin(path, tensors, members, root="archive", compress=zipfile.ZIP_STORE
     return Path(path)
 
 
+class LegacyStorage(Storage):
+    """A Storage whose id ends with the legacy layout's view field (None unless given)."""
+
+    def __init__(self, *args, view=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pid += (view,)
+
+
+def craft_legacy(path, tensors, storages, keys=None, magic=weights._LEGACY_MAGIC):
+    """A torch < 1.6 file at `path`: magic, protocol and system-info pickles, the pickle of {name: Tensor},
+    the storage key list (default: the keys of `storages`), then for each {key: (count, bytes)} an int64
+    count and the bytes."""
+    parts = [pickle.dumps(value, protocol=2) for value in (magic, 1001, {"little_endian": True})]
+    parts.append(craft_pickle(collections.OrderedDict(tensors)))
+    parts.append(pickle.dumps(list(storages) if keys is None else keys, protocol=2))
+    parts += [struct.pack("<q", count) + raw for count, raw in storages.values()]
+    Path(path).write_bytes(b"".join(parts))
+    return Path(path)
+
+
 def floats(n) -> bytes:
     return np.arange(n, dtype="<f4").tobytes()
 
@@ -281,6 +301,17 @@ def _bin_case(rng, seeds):
     return kind, _crafted_zip(rng)
 
 
+def _legacy_case(rng, seeds):
+    """A torch < 1.6 file truncated, bit-flipped, or with bytes of its pickles or counts mutated."""
+    raw = rng.choice(seeds)
+    kind = rng.choice(["truncate", "flip", "bytes"])
+    if kind == "truncate":
+        return kind, raw[:rng.randrange(len(raw))]
+    if kind == "flip":
+        return kind, _flip_bits(rng, raw)
+    return kind, _mutate_bytes(rng, raw)
+
+
 def _safetensors_case(rng, seeds):
     raw = rng.choice(seeds)
     kind = rng.choice(["truncate", "flip", "length", "header", "header", "json"])
@@ -305,21 +336,24 @@ def seed_files(folder: Path):
     state = {"a.weight": rng.standard_normal((3, 5)).astype(np.float32), "b": np.float16([1.5, -2]),
              "c": np.array(7, dtype=np.int64)}
     weights.save_torch_zip(state, folder / "ours.bin")
+    weights.save_torch_legacy(state, folder / "legacy.pth")
     (folder / "torch.bin").write_bytes(np.load(REPO / "tests" / "golden" / "lora.npz")["torch_odd_bin"].tobytes())
     save_file(state, str(folder / "seed.safetensors"))
     bf16 = {"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]},
             "n": {"dtype": "I32", "shape": [1], "data_offsets": [8, 12]}}
     return ([(folder / n).read_bytes() for n in ("ours.bin", "torch.bin")],
-            [(folder / "seed.safetensors").read_bytes(), _safetensors_bytes(bf16, bytes(range(12)))])
+            [(folder / "seed.safetensors").read_bytes(), _safetensors_bytes(bf16, bytes(range(12)))],
+            [(folder / "legacy.pth").read_bytes()])
 
 
 def fuzz(seed: int, cases: int, folder: Path) -> int:
-    bins, safetensors = seed_files(folder)
+    bins, safetensors, legacy = seed_files(folder)
     rng = random.Random(seed)
     broken = 0
     for i in range(cases):
-        fmt = "bin" if i % 3 else "safetensors"  # two .bin cases per .safetensors case
-        kind, data = _bin_case(rng, bins) if fmt == "bin" else _safetensors_case(rng, safetensors)
+        fmt = ("safetensors", "bin", "bin", "safetensors", "bin", "pth")[i % 6]  # .pth: torch < 1.6 layout
+        case = {"bin": _bin_case, "safetensors": _safetensors_case, "pth": _legacy_case}[fmt]
+        kind, data = case(rng, {"bin": bins, "safetensors": safetensors, "pth": legacy}[fmt])
         path = folder / f"case{i:04d}_{kind}.{fmt}"
         path.write_bytes(data)
         result = check(path)

@@ -4,6 +4,9 @@ Two file kinds reach us: `.safetensors` (read with `safetensors.numpy`) and PyTo
 (`torch.save`/`jittor.save`, e.g. JDiffusion's `pytorch_lora_weights.bin`). A zip `.bin` is a pickle
 whose tensors point at raw little-endian storages `archive/data/<key>` in the same zip; a restricted
 unpickler rebuilds them as NumPy arrays and refuses any other global, so a `.bin` cannot run code.
+Files saved by torch < 1.6 (torchvision's older ImageNet weights, the LPIPS heads) use the legacy
+layout instead: a few pickles back to back, then each storage as an int64 count and its raw bytes; the
+same unpickler reads them, and each storage's count and extent are checked before any data is read.
 (`jittor.load` reads the format too but returns Vars, and `jittor.save` imports torch to write it.)
 
 Nothing in a file is trusted. Before any tensor data is read, every storage the pickle declares is
@@ -17,6 +20,7 @@ import io
 import math
 import pickle
 import pickletools
+import struct
 import sys
 import zipfile
 from pathlib import Path
@@ -174,7 +178,7 @@ class _Unpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+        if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")):
             return _view
         if (module, name) == ("torch._utils", "_rebuild_parameter"):
             return _parameter
@@ -185,9 +189,10 @@ class _Unpickler(pickle.Unpickler):
                        "or convert the file to .safetensors")
 
     def persistent_load(self, pid):
-        if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
+        # zip: (storage, kind, key, location, numel); legacy: the same and a view of it, which must be None
+        if type(pid) is not tuple or len(pid) not in (5, 6) or pid[0] != "storage" or pid[5:] not in ((), (None,)):
             raise _Refused(f"unsupported persistent id {_short(pid)} in the pickle (not a torch storage)")
-        _, kind, key, _location, numel = pid
+        _, kind, key, _location, numel = pid[:5]
         if not isinstance(kind, _StorageKind) or type(key) not in (str, int) or not _is_index(numel):
             raise _Refused(f"storage {_short(key)} has type {_short(kind)} and numel {_short(numel)}; "
                            "expected a torch storage type and a count of values")
@@ -258,8 +263,7 @@ def _checked_member(archive: zipfile.ZipFile, name: str, size: int, file_size: i
 def _torch_zip(path: Path, load: bool) -> dict:
     """{name: array} (load) or {name: (dtype, shape)}: every check runs before any storage is read."""
     if not zipfile.is_zipfile(path):
-        raise _Refused("not a PyTorch zip checkpoint (legacy torch<1.6 pickles are unsupported)",
-                       "re-save it with torch.save or convert it to .safetensors")
+        return _torch_legacy(path, load)
     file_size = path.stat().st_size
     with zipfile.ZipFile(path) as archive:
         prefix, state = _read_pickle(archive, file_size)
@@ -286,9 +290,15 @@ def _read_pickle(archive: zipfile.ZipFile, file_size: int):
         raise _Refused(f"data.pkl declares {info.file_size} bytes, more than any state dict's pickle")
     if info.compress_type == zipfile.ZIP_STORED:
         _checked_member(archive, info.filename, info.file_size, file_size)
-    data = archive.read(info)
+    state, _ = _state_from_pickle(archive.read(info))
+    return info.filename[:-len("data.pkl")], state
+
+
+def _state_from_pickle(data: bytes):
+    """({name: checked _View}, {key: _StorageRef} of every storage declared) of a state dict's pickle."""
     _prescan(data)
-    state = _Unpickler(data).load()
+    unpickler = _Unpickler(data)
+    state = unpickler.load()
     if not isinstance(state, dict) or not all(type(k) is str and isinstance(v, _View) for k, v in state.items()):
         raise _Refused("expected a flat {name: tensor} state dict", "save the state_dict only")
     for name, view in state.items():
@@ -297,7 +307,79 @@ def _read_pickle(archive: zipfile.ZipFile, file_size: int):
     stored = sum({view.storage.key: view.storage.numel for view in state.values()}.values())
     if values > 2 * stored:  # tensors may share storages, but no real checkpoint holds each value thrice
         raise _Refused(f"its tensors hold {values} values, more than twice the {stored} its storages hold")
-    return info.filename[:-len("data.pkl")], state
+    return state, unpickler.storages
+
+
+# ---- torch legacy (torch < 1.6) ----
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+
+def _next_pickle(head: bytes, start: int):
+    """(the pickle that starts at `start` in `head`, where the next one starts)."""
+    stream = io.BytesIO(head)
+    stream.seek(start)
+    for _ in pickletools.genops(stream):  # ends after STOP; raises if `head` ends first
+        pass
+    return head[start:stream.tell()], stream.tell()
+
+
+def _plain_value(data: bytes):
+    _prescan(data)
+    return _Unpickler(data).load()
+
+
+def _torch_legacy(path: Path, load: bool) -> dict:
+    """The legacy layout: magic, protocol and system-info pickles, the state dict's pickle, the list of
+    storage keys, then per key an int64 element count and the little-endian data."""
+    file_size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(min(file_size, _MAX_PICKLE_BYTES))
+        try:
+            magic, at = _next_pickle(head, 0)
+            magic = _plain_value(magic)
+        except Exception:
+            magic = None
+        if type(magic) is not int or magic != _LEGACY_MAGIC:
+            raise _Refused("not a PyTorch checkpoint (neither a zip nor torch's legacy format: another kind of file, "
+                           "or damaged or truncated)",
+                           "re-save it with torch.save or convert it to .safetensors")
+        protocol, at = _next_pickle(head, at)
+        if _plain_value(protocol) != _LEGACY_PROTOCOL:
+            raise _Refused(f"unknown legacy protocol (expected {_LEGACY_PROTOCOL})")
+        _, at = _next_pickle(head, at)  # system info: torch ignores it too (data are little-endian)
+        data, at = _next_pickle(head, at)
+        state, declared = _state_from_pickle(data)
+        keys, at = _next_pickle(head, at)
+        keys = _plain_value(keys)
+        if type(keys) is not list or not all(type(k) is str for k in keys) or len(set(keys)) != len(keys):
+            raise _Refused("the list of storage keys after the state dict is not a list of distinct names")
+        starts = {}
+        for key in keys:
+            ref = declared.get(key)
+            if ref is None:
+                raise _Refused(f"storage {_short(key)} has data but the state dict never declares it")
+            f.seek(at)
+            count = f.read(8)
+            if len(count) != 8 or struct.unpack("<q", count)[0] != ref.numel:
+                raise _Refused(f"storage {_short(key)} declares {ref.numel} values in the pickle but its data "
+                               "header disagrees")
+            starts[key], at = at + 8, at + 8 + ref.numel * ref.kind.dtype.itemsize
+            if at > file_size:
+                raise _Refused(f"storage {_short(key)} claims more bytes than the file holds")
+        used = {view.storage.key for view in state.values()}
+        if used - starts.keys():
+            raise _Refused(f"storage {_short(sorted(used - starts.keys())[0])} is declared but has no data")
+        if not load:
+            return {name: (_native(v.storage.kind), tuple(v.size)) for name, v in state.items()}
+        arrays = {}
+        for key in used:
+            ref = declared[key]
+            f.seek(starts[key])
+            array = np.frombuffer(f.read(ref.numel * ref.kind.dtype.itemsize), ref.kind.dtype.newbyteorder("<"))
+            arrays[key] = _widen_bfloat16(array) if ref.kind.name == "BFloat16Storage" else array
+    return {name: _materialize(arrays[v.storage.key], v) for name, v in state.items()}
 
 
 def _native(kind: _StorageKind) -> np.dtype:
@@ -355,10 +437,12 @@ class _TensorRef:
 
 
 class _Pickler(pickle._Pickler):  # the Python pickler: its save_global can name torch without importing it
+    legacy = False  # the legacy layout's storage ids end with a view (None)
+
     def persistent_id(self, obj):
         if isinstance(obj, _Storage):
             dtype = _STORAGE_STUBS[_STORAGE_NAMES[obj.array.dtype.name]]
-            return ("storage", dtype, obj.key, "cpu", obj.array.size)
+            return ("storage", dtype, obj.key, "cpu", obj.array.size) + ((None,) if self.legacy else ())
         return None
 
     def save_global(self, obj, name=None):
@@ -369,20 +453,47 @@ class _Pickler(pickle._Pickler):  # the Python pickler: its save_global can name
         super().save_global(obj, name)
 
 
-def save_torch_zip(state: dict, path) -> None:
-    """Write {name: np.ndarray} as a torch zip checkpoint that `torch.load` (weights_only too) reads."""
-    path = Path(path)
+def _pickled_tree(state: dict, legacy: bool = False):
+    """(the storages, in order; the state dict's pickle referring to them)."""
     storages = [_Storage(str(i), np.array(a, order="C")) for i, a in enumerate(state.values())]
     tree = collections.OrderedDict((k, _TensorRef(s)) for k, s in zip(state, storages))
     buffer = io.BytesIO()
-    _Pickler(buffer, protocol=2).dump(tree)
+    pickler = _Pickler(buffer, protocol=2)
+    pickler.legacy = legacy
+    pickler.dump(tree)
+    return storages, buffer.getvalue()
+
+
+def _little_endian_bytes(array: np.ndarray) -> bytes:
+    return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def save_torch_zip(state: dict, path) -> None:
+    """Write {name: np.ndarray} as a torch zip checkpoint that `torch.load` (weights_only too) reads."""
+    path = Path(path)
+    storages, data = _pickled_tree(state)
     root = path.name.split(".")[0] or "archive"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr(f"{root}/data.pkl", buffer.getvalue())
+        archive.writestr(f"{root}/data.pkl", data)
         archive.writestr(f"{root}/byteorder", sys.byteorder)
         for s in storages:
-            archive.writestr(f"{root}/data/{s.key}", s.array.astype(s.array.dtype.newbyteorder("<")).tobytes())
+            archive.writestr(f"{root}/data/{s.key}", _little_endian_bytes(s.array))
         archive.writestr(f"{root}/version", "3\n")
+
+
+def save_torch_legacy(state: dict, path) -> None:
+    """Write {name: np.ndarray} in torch < 1.6's layout (as the LPIPS heads ship), which `torch.load`
+    (weights_only too) still reads."""
+    storages, data = _pickled_tree(state, legacy=True)
+    sys_info = {"protocol_version": _LEGACY_PROTOCOL, "little_endian": True,
+                "type_sizes": {"short": 2, "int": 4, "long": 8}}
+    with open(path, "wb") as f:
+        for value in (_LEGACY_MAGIC, _LEGACY_PROTOCOL, sys_info):
+            pickle.dump(value, f, protocol=2)
+        f.write(data)
+        pickle.dump([s.key for s in storages], f, protocol=2)
+        for s in storages:
+            f.write(struct.pack("<q", s.array.size) + _little_endian_bytes(s.array))
 
 
 def load_state_dict(module, state: dict, source, ignore=("position_ids",)) -> None:
