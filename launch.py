@@ -3,6 +3,7 @@
     python launch.py --gpus 0,1,2,3 [--config configs/NAME.yaml] [--producers K] [--fresh] [--retry-failed]
     python launch.py --gpus cpu            # one CPU worker doing both stages (also when no GPU is found)
     python launch.py status [--config ...]  # counts, failures, throughput, ETA
+    python launch.py score [--config ...] [--results DIR] [--json PATH]  # the challenge's score of a folder
     python launch.py --demo [--workdir DIR] # tiny CPU demo (default DIR: demo_run); prints its contact sheets
     python launch.py --ray auto [--workers N] --config ...  # one worker per GPU of a Ray cluster (README)
 
@@ -67,7 +68,7 @@ def say(msg: str):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n")[0])
-    p.add_argument("command", nargs="?", choices=("run", "status"), default="run")
+    p.add_argument("command", nargs="?", choices=("run", "status", "score"), default="run")
     p.add_argument("--config", help="a YAML file (see configs/default.yaml); defaults otherwise")
     p.add_argument("--gpus", help="comma-separated GPU indices, or 'cpu' (default: every visible GPU)")
     p.add_argument("--producers", type=int, help="number of GPUs whose home stage is generation")
@@ -77,6 +78,8 @@ def parse_args(argv):
     p.add_argument("--workdir", default="demo_run", help="with --demo: the folder for its model, data and outputs")
     p.add_argument("--ray", metavar="ADDRESS", help="run the workers on a Ray cluster: 'auto' (the one `ray start` "
                    "made here) or ray://HOST:PORT; every node must mount the queue, data and outputs at the same paths")
+    p.add_argument("--results", help="with score: the results folder to score (default: the config's output)")
+    p.add_argument("--json", help="with score: write the scores here as JSON")
     p.add_argument("--workers", type=int, help="with --ray: at most N GPU workers, or N CPU workers on a cluster "
                    "without GPUs (default: one per GPU, or one per node)")
     return p.parse_args(argv)
@@ -258,11 +261,10 @@ def job_progress(queue: Queue, graph, stage: str) -> list:
     return out
 
 
-def summary(queue: Queue, sup: Supervisor, progress: Progress, wall: float) -> list:
-    final, *earlier = reversed(queue.stages)
-    images = progress.done(final)
+def summary(queue: Queue, graph, sup: Supervisor, progress: Progress, wall: float) -> list:
+    images = progress.done(graph.results)
     lines = [f"done in {wall:.1f} s: {images} image(s), {images / wall * 3600 if wall else 0:.1f} images/hour; "
-             + ", ".join(f"{progress.done(s)} {s} job(s)" for s in reversed(earlier))]
+             + ", ".join(f"{progress.done(s)} {s} job(s)" for s in graph.stages if s != graph.results)]
     for s in sup.slots:
         where = f"slot {s.gpu} ({s.role}) on {s.node}" if s.node else f"gpu {s.gpu} ({s.role})"
         lines.append(f"  {where}: busy {s.busy_s / wall if wall else 0:.0%}, {s.jobs_done} job(s)"
@@ -336,15 +338,20 @@ def _run_locked(args, config, config_path, graph, styles, slots, queue, cluster=
     queued = ", ".join(f"{report.queued[s]} to {graph.spec(s).verb}" for s in graph.stages)
     say(f"{report.total} task(s): {report.finished} finished, {queued}, {report.in_queue} already queued, "
         f"{report.failed_results} failed; workers: {', '.join(f'{g}:{r}' for g, r in slots)}")
+    if "score" not in graph.stages and config.eval.enabled is None:
+        from common.graph import scoring
+        missing_files = scoring(config)[1]
+        say(f"scoring is off: {missing_files[0]}" + (f" (and {len(missing_files) - 1} more)" if len(missing_files) > 1
+                                                     else "") + "; set the eval: paths to score this run")
     progress = Progress(queue, graph, open_jobs(queue, graph, nodes, report))
     sup = Supervisor(config, config_path, slots, queue, log=say, on_tick=progress,
                      start_worker=cluster.start_worker if cluster else LocalWorker)
     t0 = time.monotonic()
     code = sup.run() if queue.in_flight() else EXIT_OK
     progress.close()
-    for line in summary(queue, sup, progress, time.monotonic() - t0):
+    for line in summary(queue, graph, sup, progress, time.monotonic() - t0):
         say(line)
-    missing = [n.job for n in nodes if n.job.stage == graph.stages[-1] and not queue.rules[n.job.stage].done(n.job)]
+    missing = [n.job for n in nodes if n.job.stage == graph.results and not queue.rules[n.job.stage].done(n.job)]
     failures = queue.failures()
     if failures:
         say(f"fix the cause, then rerun: a failed job whose style image or LoRA changed since is retried by "
@@ -354,6 +361,10 @@ def _run_locked(args, config, config_path, graph, styles, slots, queue, cluster=
             f"see {queue.layout.root}/*/failed/corrupt/ and the worker logs, then rerun")
     if code == EXIT_OK and (failures or missing):
         code = EXIT_FAILED
+    if "score" in graph.stages:
+        from common.score.report import publish
+        for line in publish(config, styles):
+            say(line)
     if args.demo and code == EXIT_OK:
         from common.devkit.demo import loss_curves, make_contact_sheets
         for path in make_contact_sheets(config) + loss_curves(config):
@@ -373,8 +384,12 @@ def open_jobs(queue: Queue, graph, nodes, report) -> dict:
     """{stage: jobs this run will finish}: what is queued now, plus what completions will publish."""
     live = {s: sum(len(v) for k, v in queue.scan(s).items() if k in ("pending", "blocked", "retry", "claimed"))
             for s in graph.stages}
-    final = graph.stages[-1]
-    live[final] = max(live[final], report.total - report.finished - report.failed_results)
+    final = graph.results
+    if final == graph.stages[-1]:  # the planner's final nodes are the results
+        live[final] = max(live[final], report.total - report.finished - report.failed_results)
+    else:  # a per-style stage reads them: count the results not yet made
+        rules = queue.rules[final]
+        live[final] = max(live[final], sum(1 for n in nodes if n.job.stage == final and not rules.done(n.job)))
     return live
 
 
@@ -389,11 +404,26 @@ def status(args) -> int:
                  + (f", loss {p['loss']:.4g}" if isinstance(p.get("loss"), (int, float)) else "") + f" ({p['state']})"
                  for job, p in job_progress(queue, graph, s)]
              for s in graph.stages if graph.spec(s).steps}
-    print(format_status(collect(queue), extra))
+    print(format_status(collect(queue, graph.results), extra))
     workers = lease_table(queue.layout.workers)
     if workers:
         print(f"workers ({len(workers)}):", *workers, sep="\n")
     return EXIT_OK
+
+
+def score(args) -> int:
+    """`launch.py score`: consumer.score in a process of its own (the launcher never imports Jittor), on the
+    first GPU of --gpus, else the CPU."""
+    gpus = parse_gpus(args.gpus) if args.gpus else ["cpu"]
+    env = dict(os.environ)
+    if gpus[0] != "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = str(gpus[0])
+    cmd = [sys.executable, "-m", "consumer.score", "--device", "cpu" if gpus[0] == "cpu" else "cuda"]
+    for flag, value in (("--config", args.config), ("--results", args.results), ("--json", args.json)):
+        if value:
+            cmd += [flag, str(value)]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), env.get("PYTHONPATH")]))
+    return subprocess.call(cmd, env=env)
 
 
 def main(argv=None) -> int:
@@ -401,6 +431,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "status":
             return status(args)
+        if args.command == "score":
+            return score(args)
         return run(args)
     except (ConfigError, DatasetError, NamingError, ManifestError, UsageError, QueueFolderError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -126,15 +126,32 @@ class StagesConfig:
     train: str = pixels("producer.train_stage:TrainStage")
     gen: str = pixels("producer.stage:ProducerStage")
     sty: str = pixels("consumer.stage:ConsumerStage")
+    score: str = runtime("consumer.score_stage:ScoreStage")
     train_cost: float = runtime(150.0)  # relative seconds per job (a style's training ~ 150 content images)
     gen_cost: float = runtime(1.0)  # relative seconds per image (configured, not measured): sets the GPU split
     sty_cost: float = runtime(2.0)
+    score_cost: float = runtime(20.0)  # a style's score ~ 20 StyleID images
 
 
 @dataclass(frozen=True)
 class SchedulingConfig:
     burst: int = runtime(8)  # single-GPU mode: content images generated before styling them
     producers: Optional[int] = runtime(None)  # fixed producer count; None: split by the configured stage costs
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The challenge's score (docs/score.md): each file a path, or None to look where the checker's
+    libraries keep it (common/score/files.py). Scores never change a pixel."""
+    enabled: Optional[bool] = runtime(None)  # None: score when every file is found | true: refuse without | false
+    dino: Optional[str] = runtime(None)  # facebook/dinov2-base folder (or repo id in the HF cache)
+    clip: Optional[str] = runtime(None)  # openai/clip-vit-large-patch14 folder
+    fid_inception: Optional[str] = runtime(None)  # weights-inception-2015-12-05-6726825d.pth
+    lpips_backbone: Optional[str] = runtime(None)  # squeezenet1_1-b8a52dc0.pth
+    lpips_linear: Optional[str] = runtime(None)  # LPIPS v0.1 squeeze.pth
+    clip_iqa: Optional[str] = runtime(None)  # piq's CLIP RN50.pt
+    clip_iqa_tokenizer: Optional[str] = runtime(None)  # openai/clip-vit-base-patch16 folder
+    clip_r_prompts: Optional[str] = runtime(None)  # the checker's clip_r_prompts.txt
 
 
 @dataclass(frozen=True)
@@ -150,6 +167,7 @@ class RunConfig:
     queue: QueueConfig = field(default_factory=QueueConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = runtime("")  # the YAML file this came from (not a key users set)
 
     def pixel_hash(self) -> str:
@@ -350,7 +368,7 @@ def _check_values(c: RunConfig, source: str):
     for key in ("backoff_base_s", "backoff_max_s", "restart_base_s", "kill_grace_s", "stop_grace_s"):
         if not getattr(qc, key) >= 0:
             bad(f"queue.{key}", f"must be 0 or more (seconds), not {getattr(qc, key)}")
-    for key in ("train_cost", "gen_cost", "sty_cost"):
+    for key in ("train_cost", "gen_cost", "sty_cost", "score_cost"):
         if not getattr(c.stages, key) > 0:
             bad(f"stages.{key}", f"must be positive (relative seconds per job), not {getattr(c.stages, key)}")
 

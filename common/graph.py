@@ -169,6 +169,12 @@ class Graph:
     def stages(self) -> Tuple[str, ...]:
         return tuple(s.name for s in self.specs)
 
+    @property
+    def results(self) -> str:
+        """The stage whose outputs are the results the user asked for: the last per-prompt stage (a
+        per-style stage after it, such as the score, reports on them)."""
+        return next((s.name for s in reversed(self.specs) if s.unit == PROMPT), self.specs[-1].name)
+
     def spec(self, name: str) -> StageSpec:
         return next(s for s in self.specs if s.name == name)
 
@@ -414,6 +420,35 @@ def result_files(graph: Graph, task: Task) -> Dict[str, Path]:
     return {"output_png": graph.output / task.style / f"{task.name}.png"}
 
 
+def score_record(graph: Graph, task: Task) -> Dict[str, Path]:
+    """The score stage's output: the style's score record, OUTPUT/STYLE/score.json."""
+    return {"score": graph.output / task.style / "score.json"}
+
+
+def scoring(config: RunConfig) -> Tuple[bool, List[str]]:
+    """(whether the score stage runs, the files it lacks): `eval.enabled` false: never; true: always (the
+    launch check refuses missing files); unset: when every file is found (common/score/files.py)."""
+    if config.eval.enabled is False:
+        return False, []
+    from common.score.files import find_score_files
+    _, missing = find_score_files(config.eval)
+    return config.eval.enabled is True or not missing, missing
+
+
+def check_score_files(config: RunConfig):
+    """eval.enabled is true: every file the score reads is found."""
+    _, missing = scoring(config)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConfigError(f"{_where(config)}: eval.enabled is true but {missing[0]}{more}; set the eval: paths, "
+                          "or eval.enabled: false")
+
+
+def _record_is_current(path: Path) -> bool:
+    from common.score.record import record_is_current
+    return record_is_current(path)
+
+
 def _style_inputs(config: RunConfig, task: Task) -> Tuple[Path, ...]:
     from common.style_files import style_image_path
     try:
@@ -423,7 +458,8 @@ def _style_inputs(config: RunConfig, task: Task) -> Tuple[Path, ...]:
 
 
 def jstyleid_specs(config: RunConfig) -> List[StageSpec]:
-    """train (when LoRAs are trained here) -> gen -> sty, as the config asks."""
+    """train (when LoRAs are trained here) -> gen -> sty -> score (when its files are found), as the config
+    asks."""
     st = config.stages
     training, use_lora = config.lora.missing == "train", config.consumer.use_lora
     specs = []
@@ -446,6 +482,11 @@ def jstyleid_specs(config: RunConfig) -> List[StageSpec]:
         outputs=lambda t: {t.files["output_png"]: png_is_complete}, batch=config.consumer.batch, cost=st.sty_cost,
         checks=(check_model, check_layers), style_checks=(check_style_image,),
         inputs=lambda t: _style_inputs(config, t) + ((t.files["lora_file"],) if use_lora else ())))
+    if scoring(config)[0]:
+        specs.append(StageSpec(
+            name="score", unit=STYLE, impl=st.score, verb="score", needs=("sty",), files=score_record,
+            outputs=lambda t: {t.files["score"]: _record_is_current}, cost=st.score_cost,
+            checks=(check_score_files,), progress_unit="style", inputs=lambda t: (t.style_dir / "images",)))
     return specs
 
 

@@ -1,6 +1,7 @@
 """What the queue holds: counts per stage and state, failures with reasons, throughput and ETA.
 Reads the queue folder only (O(N)); `python launch.py status` prints it while a run goes on or after.
-Stages are the queue's, in pipeline order; the last one's finished jobs are the results."""
+Stages are the queue's, in pipeline order; the throughput counts one stage's finished jobs (the results:
+by default the last stage)."""
 import time
 
 from common.jobqueue.layout import LIVE, STATES
@@ -8,9 +9,9 @@ from common.jobqueue.layout import LIVE, STATES
 RATE_WINDOW = 50  # the last finished jobs the rate is measured over
 
 
-def collect(queue) -> dict:
+def collect(queue, final: str = None) -> dict:
     counts, finished = {}, []
-    final = queue.stages[-1]
+    final = final or queue.stages[-1]
     for stage in queue.stages:
         scan = queue.scan(stage)
         counts[stage] = {state: len(scan[state]) for state in STATES}

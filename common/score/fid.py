@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from common.score.checker_images import pixels_as_checker
+from common.score.formula import frechet_distance  # noqa: F401 (the metric's other half, Jittor-free)
 from common.score.inception import INPUT_SIZE, FidInceptionStem, jt
 from common.score.resize import resize_antialias
 from common.score.weight_file import load_network
@@ -63,23 +64,3 @@ def _stack(paths) -> np.ndarray:
                              "reference) images as one batch, so each set must share one size: resize them")
         images.append(image)
     return np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
-
-
-def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
-    """FID of two (n, d) feature sets: ‖μ₁−μ₂‖² + tr Σ₁ + tr Σ₂ − 2 Σ Re √eig(Σ₁Σ₂), as float32."""
-    if len(real) < 2 or len(fake) < 2:
-        raise ValueError(f"FID needs at least 2 images on each side (got {len(real)} reference and "
-                         f"{len(fake)} generated)")
-    mean_real, cov_real = _moments(real)
-    mean_fake, cov_fake = _moments(fake)
-    roots = np.sqrt(np.linalg.eigvals(cov_real @ cov_fake).astype(np.complex128)).real.sum()
-    distance = ((mean_real - mean_fake) ** 2).sum() + np.trace(cov_real) + np.trace(cov_fake) - 2 * roots
-    return float(np.float32(distance))
-
-
-def _moments(features: np.ndarray):
-    """Mean and unbiased covariance from sums, as torchmetrics accumulates them: (XᵀX − n μμᵀ)/(n − 1)."""
-    x = np.asarray(features, np.float64)
-    n = len(x)
-    mean = x.sum(axis=0) / n
-    return mean, (x.T @ x - n * np.outer(mean, mean)) / (n - 1)
