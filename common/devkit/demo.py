@@ -3,7 +3,8 @@
 `launch.py --demo` calls `prepare_demo(workdir)`, runs the whole pipeline on the result, then calls
 `make_contact_sheets(config)`. Every file is written idempotently (kept when present, written atomically
 when not), so an interrupted demo resumes. The model is random, so pictures are noise-like; the demo
-proves the plumbing (planning, queue, both stages, resume), not image quality.
+proves the plumbing (planning, queue, every stage, resume, the score), not image quality; the score's
+networks are random too, so its numbers mean nothing.
 """
 import json
 from pathlib import Path
@@ -67,6 +68,39 @@ def _write_dataset(data: Path):
             write_bytes(prompt_json, text.encode(), fsync=True)
 
 
+# the demo's own word list for CLIP-R: its prompts among other words (the checker's list is not ours to ship)
+DEMO_WORDS = ("Dolphin", "Lighthouse", "Mountain", "Cat", "Bicycle", "Tree", "Apple", "House", "River", "Car",
+              "Bird", "Flower")
+
+
+def write_score_files(folder: Path) -> dict:
+    """Random-weight networks in the checker's file formats (small where the architecture allows) and a
+    word list, in `folder`, written once (into a temporary folder renamed when whole); the eval: settings
+    that point at them. Their scores mean nothing: they show the plumbing."""
+    from common.devkit.score_weights_cnn import write_inception, write_lpips_linear, write_squeezenet
+    from common.devkit.score_weights_iqa import write_clip_rn50, write_clip_tokenizer
+    from common.devkit.score_weights_vit import write_clip, write_dino
+    files = {"dino": "dino", "clip": "clip", "fid_inception": "inception.pth", "lpips_backbone": "squeezenet.pth",
+             "lpips_linear": "squeeze.pth", "clip_iqa": "RN50.pt", "clip_iqa_tokenizer": "clip_tokenizer",
+             "clip_r_prompts": "clip_r_prompts.txt"}
+    if not folder.is_dir():
+        tmp = folder.with_name(folder.name + ".tmp")
+        if tmp.exists():
+            import shutil
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        write_dino(tmp / files["dino"])
+        write_clip(tmp / files["clip"])
+        write_inception(tmp / files["fid_inception"])
+        write_squeezenet(tmp / files["lpips_backbone"])
+        write_lpips_linear(tmp / files["lpips_linear"])
+        write_clip_rn50(tmp / files["clip_iqa"])
+        write_clip_tokenizer(tmp / files["clip_iqa_tokenizer"])
+        (tmp / files["clip_r_prompts"]).write_text("\n".join(DEMO_WORDS))
+        tmp.rename(folder)
+    return {"enabled": True, **{key: str(folder / name) for key, name in files.items()}}
+
+
 def demo_settings(workdir: Path) -> dict:
     """The demo's config: tiny model, 128x128, few steps, float32; each style's LoRA trained first (a few
     steps), where JDiffusion's trainer would put it (style/style_NN/); paths inside `workdir`."""
@@ -80,6 +114,7 @@ def demo_settings(workdir: Path) -> dict:
         "consumer": {"steps": 10, "batch": 3},
         "train": {"steps": TRAIN_STEPS, "checkpoint_every": 10, "log_every": 10},
         "queue": {"fsync": "none"},
+        "eval": write_score_files(workdir / "score"),
     }
 
 

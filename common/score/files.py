@@ -70,6 +70,14 @@ def installed_lpips_heads() -> Optional[Path]:
     return None
 
 
+def _lpips_heads(configured) -> Tuple[Optional[Path], Optional[str]]:
+    installed = installed_lpips_heads()
+    if configured or installed:
+        return _file(configured, installed, "lpips_linear", "lpip_score", "")
+    return None, ("the LPIPS heads squeeze.pth: not configured, and no installed lpips or torchmetrics package "
+                  "ships it (blocks lpip_score); set eval.lpips_linear")
+
+
 def find_score_files(eval_config) -> Tuple[Optional[ScoreFiles], List[str]]:
     """(the files, []) when every one is found, else (None, one line per missing file)."""
     e = eval_config
@@ -83,8 +91,7 @@ def find_score_files(eval_config) -> Tuple[Optional[ScoreFiles], List[str]]:
                                "torch-fidelity's download folder"),
         "lpips_backbone": _file(e.lpips_backbone, hub / SQUEEZENET_FILE, "lpips_backbone", "lpip_score",
                                 "torchvision's download folder"),
-        "lpips_linear": _file(e.lpips_linear, installed_lpips_heads() or Path("squeeze.pth"), "lpips_linear",
-                              "lpip_score", "the lpips or torchmetrics package, neither installed with it"),
+        "lpips_linear": _lpips_heads(e.lpips_linear),
         "clip_iqa": _file(e.clip_iqa, Path("~/.cache/clip/RN50.pt").expanduser(), "clip_iqa", "clip_iqa_score",
                           "where piq keeps CLIP RN50"),
     }
