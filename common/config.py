@@ -144,10 +144,19 @@ class RunConfig:
                          if k not in ("batch", "cached_styles")},
             "stages": [self.stages.graph, self.stages.train, self.stages.gen, self.stages.sty],
         }
-        if self.lora.missing == "train":  # LoRAs trained here: their settings change the pixels too
-            relevant["train"] = {k: v for k, v in dataclasses.asdict(self.train).items()
-                                 if k not in ("checkpoint_every", "log_every", "safetensors")}
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return _digest(relevant)
+
+    def train_hash(self) -> str:
+        """A hash of the settings a LoRA trained here depends on. Not part of pixel_hash: a result records
+        its LoRA by content (docs/queue.md §11), so a changed recipe redoes only what that LoRA made."""
+        relevant = {k: v for k, v in dataclasses.asdict(self.train).items()
+                    if k not in ("checkpoint_every", "log_every", "safetensors", "size")}
+        relevant["size"] = self.train.size if self.train.size is not None else self.producer.size
+        return _digest({"train": relevant, "model": dataclasses.asdict(self.model), "stage": self.stages.train})
+
+
+def _digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
