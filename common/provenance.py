@@ -18,7 +18,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 from common.atomic import write_bytes
 
@@ -145,11 +145,38 @@ def _read_sidecar(lora: Path) -> Dict[str, str]:
 
 def lora_made_by(lora, identity: Optional[str]) -> Optional[bytes]:
     """The record of the LoRA at `lora` whose content identity is `identity` (common/identity.py), if we
-    trained it; None for a LoRA the user supplied (or one an older jstyleid trained)."""
+    trained it (a .safetensors holds it in its metadata); None for a LoRA the user supplied (or one an
+    older jstyleid trained)."""
     if identity is None:
         return None
+    if Path(lora).suffix == ".safetensors":
+        return _safetensors_record(lora)
     found = _read_sidecar(Path(lora)).get(identity)
     return found.encode() if found is not None else None
+
+
+def _safetensors_record(path) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(min(size, 1 << 24)))
+        found = header.get("__metadata__", {}).get(KEYWORD)
+    except (OSError, ValueError, struct.error, AttributeError):
+        return None
+    return found.encode() if isinstance(found, str) else None
+
+
+def prepare_lora(lora, made_by: bytes, identity_of, *, fsync: bool) -> Tuple[str, Optional[bytes]]:
+    """What a training job does with the LoRA at `lora`: ("keep", None) when it is the user's (no record of
+    ours: never overwritten) or already made by `made_by`; ("restored", None) when one kept for `made_by`
+    was put back; else ("train", the record of ours it will replace, or None)."""
+    lora = Path(lora)
+    current = lora_made_by(lora, identity_of(lora)) if lora.is_file() else None
+    if lora.is_file() and (current is None or current == made_by):
+        return "keep", None
+    if restore_kept(lora, made_by, identity_of, fsync=fsync):
+        return "restored", None
+    return "train", current
 
 
 def kept_path(lora, made_by: bytes) -> Path:

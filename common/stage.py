@@ -24,6 +24,7 @@ class Task:
     output_png: Optional[Path]  # sty output: the stylized result
     lora_file: Optional[Path] = None  # the style's LoRA: where the producer looks, where training writes
     scratch_dir: Optional[Path] = None  # the job's working files (training checkpoints), kept across attempts
+    made_by: Optional[bytes] = None  # the record its outputs carry (docs/queue.md §11): what made them
 
 
 Beat = Callable[[str], None]

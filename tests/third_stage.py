@@ -5,7 +5,7 @@ from pathlib import Path
 
 from common.atomic import write_bytes
 from common.devkit.fake_stage import FAKES, FakeGen
-from common.graph import STYLE, Graph, StageSpec, jstyleid_specs, without_checks
+from common.graph import STYLE, Graph, StageSpec, jstyleid_specs, whole, without_checks
 
 
 def marker(task) -> Path:
@@ -38,5 +38,5 @@ class CheckedGen(FakeGen):
 def graph(config) -> Graph:
     specs = without_checks(jstyleid_specs(config), dict(FAKES, gen="third_stage:CheckedGen"))
     prep = StageSpec(name="prep", unit=STYLE, impl="third_stage:FakePrep", verb="prepare",
-                     outputs=lambda t: {marker(t): Path.is_file}, progress_unit="style")
+                     outputs=lambda t: {marker(t): whole(Path.is_file)}, progress_unit="style")
     return Graph(config, [prep] + [replace(s, needs=s.needs + ("prep",)) if s.name == "gen" else s for s in specs])

@@ -78,7 +78,7 @@ def foreign_entries(queue, former=()) -> list:
     (`former`, from the graph); a queue with a manifest may hold some: --fresh leaves them alone and says so."""
     lay = queue.layout
     ours = set(OWN_FILES) | set(queue.stages) | set(former) | {lay.lock.name, lay.holder.name, lay.manifest.name,
-                                                                "README.md"}
+                                                                lay.identities.name, "README.md"}
     try:
         return sorted(name for name in os.listdir(lay.root) if name not in ours)
     except (FileNotFoundError, NotADirectoryError):
@@ -94,7 +94,8 @@ def clear_queue(queue, grace: float, former=()) -> list:
     stop_leftover_workers(queue, grace)
     root = queue.layout.root
     own = set(OWN_FILES) | set(queue.stages) | set(read_manifest(queue).get("stages") or ()) | set(former)
-    keep = {queue.layout.lock.name, queue.layout.holder.name, queue.layout.manifest.name, "README.md"}
+    keep = {queue.layout.lock.name, queue.layout.holder.name, queue.layout.manifest.name,
+            queue.layout.identities.name, "README.md"}  # identities: content hashes, true whatever the plan
     notes = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
         if entry.name in keep:
