@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
 from common.atomic import write_bytes
+from common.jobqueue import crash
 
 KEYWORD = "jstyleid"  # the PNG text chunk's keyword
 SIDECAR = "provenance.json"  # beside a LoRA trained here: {content identity: record}
@@ -126,8 +127,12 @@ def write_png(path, image, made_by: bytes, *, fsync: bool) -> Path:
     """Atomically place a result PNG carrying `made_by`. A whole file with the same record already there
     is kept (the first whole file wins, docs/queue.md §4); one made by anything else, or not whole, is
     replaced by one rename: the old result stays until its replacement is in place."""
-    return write_bytes(path, png_bytes(image, made_by), fsync=fsync,
-                       once=lambda p: png_state(p, made_by) == OK)
+    def counts(p) -> bool:
+        if png_state(p, made_by) == OK:
+            return True
+        crash.point("replace_result")  # the old result in place, its replacement whole beside it
+        return False
+    return write_bytes(path, png_bytes(image, made_by), fsync=fsync, once=counts)
 
 
 # -- LoRAs trained here ---------------------------------------------------------------------------------
