@@ -284,8 +284,9 @@ class Graph:
         chain = [spec]
         while chain:
             s = chain.pop()
-            for name, path in s.made_of(task).items():
-                inputs[name] = self.identities.of(path) if not self._to_be_made(s, path, task) else "to be made"
+            files = task if s is spec else replace(task, files=dict(s.files(self, task)))  # the same job's, upstream
+            for name, path in s.made_of(files).items():
+                inputs[name] = self.identities.of(path) if not self._to_be_made(s, path, files) else "to be made"
             chain += [self.spec(up) for up in s.needs if self.spec(up).unit == spec.unit]
         return inputs
 
