@@ -8,6 +8,10 @@
     python launch.py --ray auto [--workers N] --config ...  # one worker per GPU of a Ray cluster (README)
 
 Every start re-plans from the dataset and the outputs (finished tasks are skipped, so a rerun resumes).
+A result counts as finished only when its provenance says this run would make it the same way (the
+settings, the model, LoRA and style image it was made from); any other is made again and replaced, the
+old file staying until its replacement is in place (docs/inputs.md §6). --trust-existing also counts
+results that carry no provenance (made by another tool or an older jstyleid).
 --fresh deletes the queue folder's contents (jobs, leases, logs, hand-off latents, manifest) and never
 the outputs; it is needed when pixel settings changed since the queue was planned.
 Exit codes: 0 done, 1 some jobs dead-lettered or results missing (listed), 2 usage/config/dataset/
@@ -74,6 +78,8 @@ def parse_args(argv):
     p.add_argument("--producers", type=int, help="number of GPUs whose home stage is generation")
     p.add_argument("--fresh", action="store_true", help="clear the queue folder (never the outputs) and re-plan")
     p.add_argument("--retry-failed", action="store_true", help="give dead-lettered jobs another max_attempts")
+    p.add_argument("--trust-existing", action="store_true", help="count results without provenance (made by "
+                   "another tool or an older jstyleid) as finished instead of making them again")
     p.add_argument("--demo", action="store_true", help="run the tiny CPU demo and print its contact sheets")
     p.add_argument("--workdir", default="demo_run", help="with --demo: the folder for its model, data and outputs")
     p.add_argument("--ray", metavar="ADDRESS", help="run the workers on a Ray cluster: 'auto' (the one `ray start` "
@@ -286,6 +292,7 @@ def run(args) -> int:
     config = load_config(config_path)
     require_path(config.dataset, "dataset", config.source)
     graph = build_graph(config)
+    graph.trust_existing = args.trust_existing
     styles = read_dataset(graph.dataset)
     graph.check(styles)  # folders first (the queue's alone, no links in the output), then the stages'
     if args.workers is not None and not args.ray:
@@ -319,7 +326,8 @@ def _run_locked(args, config, config_path, graph, styles, slots, queue, cluster=
     if args.fresh:
         for note in clear_queue(queue, grace=config.queue.kill_grace_s, former=graph.former_folders):
             say(note)
-        say(f"--fresh: cleared {queue.layout.root} (outputs kept)")
+        say(f"--fresh: cleared {queue.layout.root}; outputs are kept until replaced: each result made under "
+            "other settings or inputs is made again and replaces the old one once it is whole")
     check_manifest(queue, graph.plan)
     queue.layout.make()
     nodes = graph.nodes(styles)
@@ -327,14 +335,15 @@ def _run_locked(args, config, config_path, graph, styles, slots, queue, cluster=
     crash.point("after_manifest")
     for note in recover(queue, graph.output_dirs(), grace=config.queue.kill_grace_s):
         say(note)
-    report = plan(queue, nodes, retry_failed=args.retry_failed)
+    with graph.planning():
+        report = plan(queue, nodes, retry_failed=args.retry_failed)
+    graph.identities.save()
     for note in report.notes:
         say(note)
+    if report.superseded:
+        say(superseded_line(report, graph))
     for job in report.retried:
         say(f"{job.stage} {job.id} ({job.group}) failed before, but a file it reads changed since: trying it again")
-    if args.fresh and report.finished:
-        say(f"{report.finished} finished output(s) in {config.output} are kept and skipped; to redo them "
-            f"with the new settings, use a new output folder (or delete them)")
     queued = ", ".join(f"{report.queued[s]} to {graph.spec(s).verb}" for s in graph.stages)
     say(f"{report.total} task(s): {report.finished} finished, {queued}, {report.in_queue} already queued, "
         f"{report.failed_results} failed; workers: {', '.join(f'{g}:{r}' for g, r in slots)}")
@@ -370,6 +379,19 @@ def _run_locked(args, config, config_path, graph, styles, slots, queue, cluster=
         for path in make_contact_sheets(config) + loss_curves(config):
             print(path)
     return code
+
+
+def superseded_line(report, graph) -> str:
+    """`12 result(s) superseded, made again and replaced: 8 sty (settings), ...`, and the rule for files
+    without provenance."""
+    parts = [f"{n} {stage} ({why})" for (stage, why), n in sorted(report.superseded.items())]
+    final = sum(n for (stage, _), n in report.superseded.items() if stage == graph.stages[-1])
+    line = (f"{final} result(s) superseded: made from other settings or inputs than this run's, so made again "
+            f"(each old file stays until its replacement is whole): {', '.join(parts)}")
+    if any(why == "no provenance" for _, why in report.superseded):
+        line += ("; a file without provenance (another tool's, or an older jstyleid's) is never counted as "
+                 "finished unless you pass --trust-existing")
+    return line
 
 
 def retry_command(args) -> str:

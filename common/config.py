@@ -172,19 +172,31 @@ class RunConfig:
 
     def pixel_hash(self) -> str:
         """A hash of every setting declared `pixels` (not GPUs, paths of queues, or batching). The train
-        section counts only when LoRAs are trained here; the stages' settings are hashed as a list, the form
+        section is not in it: a result records its LoRA by content (docs/queue.md §11), so a changed recipe
+        redoes only what that LoRA made (`train_hash`). The stages' settings are hashed as a list, the form
         every plan so far was hashed in (job ids derive from this hash)."""
         relevant = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 settings = pixel_settings(value)
-                if settings and (f.name != "train" or self.lora.missing == "train"):
+                if settings and f.name != "train":
                     relevant[f.name] = settings
             elif f.metadata["pixels"]:
                 relevant[f.name] = value
         relevant["stages"] = list(relevant["stages"].values())
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return _digest(relevant)
+
+    def train_hash(self) -> str:
+        """A hash of the settings a LoRA trained here depends on: the train section's pixel settings (its
+        size resolved), the model and the training stage."""
+        relevant = dict(pixel_settings(self.train))
+        relevant["size"] = self.train.size if self.train.size is not None else self.producer.size
+        return _digest({"train": relevant, "model": pixel_settings(self.model), "stage": self.stages.train})
+
+
+def _digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def pixel_settings(section) -> dict:

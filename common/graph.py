@@ -15,6 +15,7 @@ Paths are never read from job files: a task's files are derived by its stage's d
 config and the job's id, style and file name (both names checked to be plain), so a forged job cannot make
 a worker write elsewhere.
 """
+import contextlib
 import hashlib
 import importlib
 import json
@@ -25,13 +26,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from common.atomic import npy_is_complete, png_is_complete
+from common.atomic import npy_is_complete
 from common.config import ConfigError, RunConfig
 from common.dataset import DatasetError, Style
+from common.identity import Identities, combined
 from common.jobqueue.job import CorruptJob, Job
 from common.jobqueue.layout import Layout
 from common.jobqueue.planner import Node
 from common.naming import name_problem
+from common.provenance import FOREIGN, OK, PARTIAL, STALE, digest, png_made_by, record, why
 from common.stage import Task
 
 STYLE, PROMPT = "style", "prompt"  # units of work
@@ -56,7 +59,9 @@ class StageSpec:
     verb: str  # what the launcher says it queued: "6 to generate"
     needs: Tuple[str, ...] = ()  # earlier stages whose outputs its jobs read
     files: Callable[["Graph", Task], Dict[str, Path]] = lambda g, t: {}  # {role: path} its jobs read and write
-    outputs: Callable[[Task], Dict[Path, Callable[[Path], bool]]] = lambda t: {}  # {file: is it whole?}
+    # {file: its state}: check(path, the record this run would write) -> common.provenance OK, MISSING, PARTIAL,
+    # FOREIGN (whole, made by no record of ours) or STALE (made by another record)
+    outputs: Callable[[Task], Dict[Path, Callable[[Path, Optional[bytes]], str]]] = lambda t: {}
     handoffs: Callable[[Task], Tuple[Path, ...]] = lambda t: ()  # outputs only later stages read
     scratch: Callable[[Task], Tuple[Path, ...]] = lambda t: ()  # working files, removed once done
     batch: int = 1
@@ -68,6 +73,8 @@ class StageSpec:
     steps: int = 0  # > 0: the progress bar counts steps of `steps` per job (training), read by `progress`
     progress: Callable[[Task], Optional[dict]] = lambda t: None  # a job in flight: {"step", "steps", "loss"}
     inputs: Callable[[Task], Tuple[Path, ...]] = lambda t: ()  # user files it reads: a fix requeues its failures
+    made_of: Callable[[Task], Dict[str, Path]] = lambda t: {}  # {name: input file} its outputs' records name
+    recipe: Optional[Callable[[RunConfig], str]] = None  # the settings its records name (default: pixel_hash)
 
 
 class _Rules:
@@ -86,6 +93,11 @@ class _Rules:
         task = self._task(job)
         return task is not None and self.graph.outputs_ok(self.spec, task)
 
+    def superseded(self, job: Job) -> Optional[str]:
+        """Why the job's whole outputs do not count (`settings`, `lora changed`, `no provenance`), or None."""
+        task = self._task(job)
+        return self.graph.superseded(self.spec, task) if task else None
+
     def temp_files(self, job: Job) -> Iterable[Path]:
         task = self._task(job)
         return list(self.spec.outputs(task)) if task else []
@@ -98,7 +110,7 @@ class _Rules:
     def partial_outputs(self, job: Job) -> List[Path]:
         """Outputs that exist but are not whole (a truncated write): the planner removes them."""
         task = self._task(job)
-        return [p for p, ok in self.spec.outputs(task).items() if p.exists() and not ok(p)] if task else []
+        return [p for p, state in self.graph.output_states(self.spec, task).items() if state == PARTIAL] if task else []
 
     def follow_ups(self, job: Job) -> Iterable[Job]:
         return [self.graph.job(nxt, job.group, job.payload) for nxt in self.graph.followers(self.spec.name)]
@@ -163,6 +175,10 @@ class Graph:
         self.output = Path(config.output).resolve()
         self.queue_dir = Path(config.queue_dir).resolve()
         self.layout = Layout(self.queue_dir, {s.name: s.sharded for s in specs})
+        self.identities = Identities(self.layout.identities)
+        self.trust_existing = False  # count outputs without provenance as done (launch.py --trust-existing)
+        self.check_provenance = True  # False: outputs count when whole, whatever made them (benchmarks only)
+        self._memo: Optional[dict] = None  # while planning: records' parts per (stage, style)
 
     # -- the declaration ------------------------------------------------------------------------------
     @property
@@ -225,7 +241,8 @@ class Graph:
             raise CorruptJob(f"{job.stage} job {job.id}: {e}") from None
         task = Task(id=job.id, style=style, prompt=prompt, name=name, seed=seed, style_dir=self.dataset / style,
                     scratch_dir=self.layout.scratch_dir(job.stage, job.id))
-        return replace(task, files=dict(spec.files(self, task)))
+        task = replace(task, files=dict(spec.files(self, task)))
+        return replace(task, made_by=self.made_by(spec, task))
 
     def task_to_run(self, job: Job) -> Task:
         """The task of a job a worker claimed: `task`, and no folder between the output folder and one of its
@@ -241,8 +258,78 @@ class Graph:
                 folder = folder.parent
         return task
 
+    # -- provenance (docs/queue.md §11) ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def planning(self):
+        """One state of the inputs for a whole plan: each file's identity and each style's record parts
+        are found once, not once per task."""
+        with self.identities.frozen():
+            self._memo = {}
+            try:
+                yield self
+            finally:
+                self._memo = None
+
+    def _memoized(self, key, make):
+        if self._memo is None:
+            return make()
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def made_by(self, spec: StageSpec, task: Task) -> bytes:
+        """The record this run writes with the task's outputs: the settings' hash, the job (the style, for a
+        per-style stage), and the identity of the model and of every file it and the stages before it on
+        the same unit read (a result names the LoRA its content image was made with)."""
+        settings = spec.recipe(self.config) if spec.recipe else self.plan
+        inputs = self._memoized((spec.name, task.style), lambda: self._inputs(spec, task))
+        return record(settings, task.style if spec.unit == STYLE else task.id, inputs)
+
+    def _inputs(self, spec: StageSpec, task: Task) -> dict:
+        inputs = {"model": self.identities.model(self.config.model.path)}
+        chain = [spec]
+        while chain:
+            s = chain.pop()
+            files = task if s is spec else replace(task, files=dict(s.files(self, task)))  # the same job's, upstream
+            for name, path in s.made_of(files).items():
+                inputs[name] = self.identities.of(path) if not self._to_be_made(s, path, files) else "to be made"
+            chain += [self.spec(up) for up in s.needs if self.spec(up).unit == spec.unit]
+        return inputs
+
+    def _to_be_made(self, spec: StageSpec, path: Path, task: Task) -> bool:
+        """Whether `path` is the output of an earlier per-style job that has yet to run (a LoRA to be
+        trained, or trained again): what is made from it now is not made from what this run makes."""
+        for up in (self.spec(u) for u in spec.needs if self.spec(u).unit == STYLE):
+            job = self.job(up, task.style, {})
+            up_task = self.task(job)
+            if path in up.outputs(up_task) and not self._memoized(("ok", up.name, task.style),
+                                                                  lambda: self.outputs_ok(up, up_task)):
+                return True
+        return False
+
+    def output_states(self, spec: StageSpec, task: Task) -> Dict[Path, str]:
+        made_by = task.made_by if task.made_by is not None else self.made_by(spec, task)
+        return {path: check(path, made_by) for path, check in spec.outputs(task).items()}
+
     def outputs_ok(self, spec: StageSpec, task: Task) -> bool:
-        return all(ok(path) for path, ok in spec.outputs(task).items())
+        """Every output is whole and made by what this run would make it with (docs/queue.md §11); one
+        without provenance counts only with --trust-existing."""
+        trusted = (OK, FOREIGN, STALE) if not self.check_provenance else (OK, FOREIGN) if self.trust_existing else (OK,)
+        return all(state in trusted for state in self.output_states(spec, task).values())
+
+    def superseded(self, spec: StageSpec, task: Task) -> Optional[str]:
+        """Why whole outputs of the task are not counted, in a few words, or None."""
+        for path, state in self.output_states(spec, task).items():
+            if state == FOREIGN and not self.trust_existing:
+                return "no provenance"
+            if state == STALE:
+                return why(made_record(path, self.identities), task.made_by)
+        return None
+
+    def results_made_by(self, tasks: List[Task]) -> str:
+        """One value for the provenance of a set of results (a style's images, the final stage's tasks): a
+        later stage that reads them (scores) records it, and any changed result changes it."""
+        return combined(sorted((t.name or t.style, digest(t.made_by)) for t in tasks))
 
     # -- planning -------------------------------------------------------------------------------------
     def nodes(self, styles: List[Style]) -> List[Node]:
@@ -390,8 +477,29 @@ def check_output_links(config: RunConfig, styles: Iterable[Style]):
                                    "only inside the output folder: remove the link or point `output` elsewhere")
 
 
-def _file_exists(path: Path) -> bool:
-    return path.is_file()
+def made_record(path: Path, identities: Identities) -> Optional[bytes]:
+    """The record an output carries: in its PNG text chunk, or for a LoRA in provenance.json beside it."""
+    from common.provenance import lora_made_by
+    return png_made_by(path) if path.suffix == ".png" else lora_made_by(path, identities.of(path))
+
+
+def whole(is_complete: Callable[[Path], bool]) -> Callable[[Path, Optional[bytes]], str]:
+    """The check of an output that carries no record (a hand-off inside the queue folder): whole or not."""
+    from common.provenance import MISSING
+    return lambda path, made_by: OK if is_complete(path) else MISSING if not path.exists() else PARTIAL
+
+
+def lora_check(identities: Identities) -> Callable[[Path, Optional[bytes]], str]:
+    """A LoRA counts when it is ours and made by this recipe from these images and model, or when it is
+    the user's (no record of ours: used as it is, never overwritten); one of ours made otherwise is STALE."""
+    from common.provenance import MISSING, lora_made_by
+
+    def check(path: Path, made_by: Optional[bytes]) -> str:
+        if not path.is_file():
+            return MISSING
+        found = lora_made_by(path, identities.of(path))
+        return OK if found is None or found == made_by else STALE
+    return check
 
 
 def scratch_progress(task: Task) -> Optional[dict]:
@@ -460,32 +568,37 @@ def _style_inputs(config: RunConfig, task: Task) -> Tuple[Path, ...]:
 def jstyleid_specs(config: RunConfig) -> List[StageSpec]:
     """train (when LoRAs are trained here) -> gen -> sty -> score (when its files are found), as the config
     asks."""
+    from common.provenance import png_state
     st = config.stages
     training, use_lora = config.lora.missing == "train", config.consumer.use_lora
     specs = []
     if training:
+        trained = lora_check(Identities())
         specs.append(StageSpec(
             name="train", unit=STYLE, impl=st.train, verb="train", cost=st.train_cost, files=lora_files,
-            outputs=lambda t: {t.files["lora_file"]: _file_exists}, scratch=lambda t: (t.scratch_dir,),
+            outputs=lambda t: {t.files["lora_file"]: trained}, scratch=lambda t: (t.scratch_dir,),
             checks=(check_model,), progress_unit="step", inputs=lambda t: (t.style_dir / "images",),
-            steps=config.train.steps, progress=scratch_progress))
+            steps=config.train.steps, progress=scratch_progress, made_of=lambda t: {"images": t.style_dir / "images"},
+            recipe=RunConfig.train_hash))
     specs.append(StageSpec(
         name="gen", unit=PROMPT, impl=st.gen, verb="generate", needs=("train",) if training else (),
         files=lambda g, t: {**lora_files(g, t), **content_files(g, t)},
-        outputs=lambda t: {t.files["content_latent"]: npy_is_complete, t.files["content_png"]: png_is_complete},
+        outputs=lambda t: {t.files["content_latent"]: whole(npy_is_complete), t.files["content_png"]: png_state},
         handoffs=lambda t: (t.files["content_latent"],), batch=config.producer.batch, cost=st.gen_cost,
-        sharded=True, checks=(check_model,), style_checks=(check_lora,), inputs=lambda t: (t.files["lora_file"],)))
+        sharded=True, checks=(check_model,), style_checks=(check_lora,), inputs=lambda t: (t.files["lora_file"],),
+        made_of=lambda t: {"lora": t.files["lora_file"]}))
     specs.append(StageSpec(
         name="sty", unit=PROMPT, impl=st.sty, verb="style",
         needs=("gen", "train") if training and use_lora else ("gen",),
         files=lambda g, t: {**content_files(g, t), **result_files(g, t), **(lora_files(g, t) if use_lora else {})},
-        outputs=lambda t: {t.files["output_png"]: png_is_complete}, batch=config.consumer.batch, cost=st.sty_cost,
+        outputs=lambda t: {t.files["output_png"]: png_state}, batch=config.consumer.batch, cost=st.sty_cost,
         checks=(check_model, check_layers), style_checks=(check_style_image,),
-        inputs=lambda t: _style_inputs(config, t) + ((t.files["lora_file"],) if use_lora else ())))
-    if scoring(config)[0]:
+        inputs=lambda t: _style_inputs(config, t) + ((t.files["lora_file"],) if use_lora else ()),
+        made_of=lambda t: {"style image": _style_inputs(config, t)[0]}))
+    if scoring(config)[0]:  # a record current while every image it scored is unchanged (docs/score.md)
         specs.append(StageSpec(
             name="score", unit=STYLE, impl=st.score, verb="score", needs=("sty",), files=score_record,
-            outputs=lambda t: {t.files["score"]: _record_is_current}, cost=st.score_cost,
+            outputs=lambda t: {t.files["score"]: whole(_record_is_current)}, cost=st.score_cost,
             checks=(check_score_files,), progress_unit="style", inputs=lambda t: (t.style_dir / "images",)))
     return specs
 

@@ -23,6 +23,7 @@ class Task:
     style_dir: Path  # DATASET/STYLE, holding images/ and prompt.json
     scratch_dir: Optional[Path] = None  # the job's working files (training checkpoints), kept across attempts
     files: Mapping[str, Path] = field(default_factory=dict)  # {role: path} its stage reads and writes
+    made_by: Optional[bytes] = None  # the record its outputs carry (docs/queue.md §11): what made them
 
 
 Beat = Callable[[str], None]

@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from common.atomic import write_png
+from common.provenance import write_png
 from common.config import RunConfig
 from common.jittor_env import load_jittor
 from common.sd.pipeline import NonFiniteError, require_finite
@@ -100,5 +100,5 @@ class ConsumerStage:
                 except NonFiniteError as e:
                     raise nonfinite_error([task for task, _ in chunk], e, self.config, lora) from e
                 for (task, _), image in zip(chunk, images):
-                    write_png(task.files["output_png"], image, fsync=self._fsync)
+                    write_png(task.files["output_png"], image, task.made_by, fsync=self._fsync)
                 beat("sty written")

@@ -7,7 +7,8 @@ A latent or image with NaN/inf fails its task instead of being written.
 """
 from typing import List
 
-from common.atomic import write_npy, write_png
+from common.atomic import write_npy
+from common.provenance import write_png
 from common.config import RunConfig
 from common.sd.pipeline import NonFiniteError
 from common.stage import Beat, Task, style_of
@@ -40,5 +41,5 @@ class ProducerStage:
             except NonFiniteError as e:
                 raise nonfinite_error(chunk, e, self.config, lora) from e
             for task, latent, image in zip(chunk, latents, images):
-                write_npy(task.files["content_latent"], latent, fsync=self._fsync)
-                write_png(task.files["content_png"], image, fsync=self._fsync)
+                write_npy(task.files["content_latent"], latent, fsync=self._fsync, replace=True)  # a hand-off: this run's
+                write_png(task.files["content_png"], image, task.made_by, fsync=self._fsync)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import write_bytes, write_png
+from common.provenance import KEYWORD, place_lora
 from common.sd.weights import save_torch_zip
 
 LORA_BIN = "pytorch_lora_weights.bin"
@@ -28,15 +29,21 @@ def lora_bytes(state: dict) -> bytes:
         return path.read_bytes()
 
 
-def write_lora(state: dict, path, *, fsync: bool, safetensors: bool = False) -> Path:
+def write_lora(state: dict, path, *, fsync: bool, safetensors: bool = False, made_by: bytes = None,
+               old: bytes = None) -> Path:
     """Write the LoRA to `path` (…/pytorch_lora_weights.bin); with `safetensors` also the .safetensors
-    beside it, first, so the .bin (what the producer and `skip if done` look for) lands last."""
+    beside it, first, so the .bin (what the producer and `skip if done` look for) lands last. `made_by`:
+    the record it carries (provenance.json, and the .safetensors' metadata), `old` the one it replaces
+    (that LoRA is kept beside it; common/provenance.py)."""
     path = Path(path)
     if safetensors:
         from safetensors.numpy import save
-        data = save({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}, metadata={"format": "pt"})
+        metadata = {"format": "pt", **({KEYWORD: made_by.decode("ascii")} if made_by else {})}
+        data = save({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}, metadata=metadata)
         write_bytes(path.with_name(LORA_SAFETENSORS), data, fsync=fsync)
-    return write_bytes(path, lora_bytes(state), fsync=fsync)
+    if made_by is None:
+        return write_bytes(path, lora_bytes(state), fsync=fsync)
+    return place_lora(path, lora_bytes(state), made_by, old, fsync=fsync)
 
 
 def write_loss_curve(losses, path, *, fsync: bool, title: str = "") -> Path:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.identity import Identities
+from common.provenance import prepare_lora
 from producer.train_data import Draws, load_images
 from producer.train_files import (CHECKPOINT, LOSS_CURVE, load_checkpoint, save_checkpoint, write_lora,
                                   write_loss_curve, write_progress)
@@ -34,14 +36,21 @@ def fingerprint(train, size: int, images: np.ndarray, model: str) -> str:
 
 
 def train_style(sd, train, style: str, style_dir, lora_file, scratch_dir, *, size: int, fsync: bool,
-                beat=lambda phase: None, log=print) -> str:
-    """Train (or resume, or skip) the style's LoRA into `lora_file`; returns "trained" or "skipped"."""
+                beat=lambda phase: None, log=print, made_by: bytes = None) -> str:
+    """Train (or resume, or skip) the style's LoRA into `lora_file`; returns "trained", "skipped" or
+    "restored". With `made_by` (the record of this recipe, images and model; docs/queue.md §11) a LoRA of
+    ours made otherwise is trained again (kept beside, or put back if kept for `made_by`); a LoRA without
+    our record, or any LoRA when there is no `made_by`, is the user's and is kept."""
     from producer.train_loop import LoraTrainer, TrainingDiverged  # imports Jittor
     lora_file, scratch_dir = Path(lora_file), Path(scratch_dir)
-    if lora_file.is_file():
+    todo, old = ("keep" if lora_file.is_file() else "train"), None
+    if made_by is not None:
+        todo, old = prepare_lora(lora_file, made_by, Identities().of, fsync=fsync)
+    if todo != "train":
         shutil.rmtree(scratch_dir, ignore_errors=True)  # a job killed after the LoRA landed
-        log(f"train style {style}: {lora_file} exists, skipping")
-        return "skipped"
+        log(f"train style {style}: {lora_file} " + ("exists, skipping" if todo == "keep" else
+                                                    "kept from an earlier run with these settings, put back"))
+        return "skipped" if todo == "keep" else "restored"
     files, images = load_images(style_dir, size, train.resize)
     rng = np.random.default_rng(train.seed)
     sd.set_lora(None)  # train on the base weights, whatever LoRA this process merged before
@@ -79,7 +88,7 @@ def train_style(sd, train, style: str, style_dir, lora_file, scratch_dir, *, siz
         raise TrainingDiverged(f"style {style}: training diverged by step {n} ({bad} is not finite); "
                                "lower train.lr or check the style's images")
     write_loss_curve(losses, lora_file.with_name(LOSS_CURVE), fsync=fsync, title=f"style {style}")
-    write_lora(state, lora_file, fsync=fsync, safetensors=train.safetensors)
+    write_lora(state, lora_file, fsync=fsync, safetensors=train.safetensors, made_by=made_by, old=old)
     shutil.rmtree(scratch_dir, ignore_errors=True)
     log(f"train style {style}: wrote {lora_file}")
     return "trained"

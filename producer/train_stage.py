@@ -33,9 +33,10 @@ class TrainStage:
             return
         style_of(tasks)
         for task in tasks:
-            self.train(task.style, task.style_dir, task.files["lora_file"], task.scratch_dir, beat)
+            self.train(task.style, task.style_dir, task.files["lora_file"], task.scratch_dir, beat, task.made_by)
 
-    def train(self, style: str, style_dir, lora_file, scratch_dir, beat=lambda phase: None) -> str:
-        """Train (resume, or skip) one style's LoRA; returns "trained" or "skipped"."""
+    def train(self, style: str, style_dir, lora_file, scratch_dir, beat=lambda phase: None, made_by=None) -> str:
+        """Train (resume, skip, or restore) one style's LoRA; returns "trained", "skipped" or "restored".
+        `made_by`: the record it carries (docs/queue.md §11); without one an existing LoRA is kept."""
         return train_style(self.sd, self.config.train, style, style_dir, lora_file, scratch_dir, size=self.size,
-                           fsync=self._fsync, beat=beat, log=lambda line: print(line, flush=True))
+                           fsync=self._fsync, beat=beat, log=lambda line: print(line, flush=True), made_by=made_by)

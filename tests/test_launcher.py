@@ -150,8 +150,10 @@ def test_changed_pixel_settings_refuse_unless_fresh(tmp_path):
     assert refused.returncode == 2 and "--fresh" in refused.stderr
     fresh = run_launcher(changed, "--fresh")
     assert fresh.returncode == 0, fresh.stderr
-    assert "outputs kept" in fresh.stderr and "6 finished" in fresh.stderr  # outputs are the truth
-    assert "new output folder" in fresh.stderr
+    assert "outputs are kept until replaced" in fresh.stderr and "0 finished" in fresh.stderr, fresh.stderr
+    assert "6 result(s) superseded" in fresh.stderr and "6 sty (settings)" in fresh.stderr  # made again
+    assert "6 image(s)" in fresh.stderr
+    check_invariants(changed)
 
 
 @pytest.mark.parametrize("yaml_text, key", [

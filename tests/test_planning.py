@@ -8,6 +8,7 @@ from common.atomic import write_npy, write_png
 from common.dataset import DatasetError
 from common.jobqueue.planner import plan
 from common.naming import NamingError, prompt_names, safe_name
+from common.provenance import write_png as write_result
 from queue_fixtures import graph_of, tasks_of, write_config
 
 
@@ -93,8 +94,9 @@ def test_finished_tasks_are_skipped_and_existing_content_goes_to_stage_two(tmp_p
     config, graph, nodes, q = graph_of(write_config(tmp_path))
     tasks = tasks_of(write_config(tmp_path))[1]
     done, styled_only = tasks[0], tasks[1]
-    write_png(done.files["output_png"], np.zeros((4, 4, 3), np.uint8), fsync=False)
-    write_png(styled_only.files["content_png"], np.zeros((4, 4, 3), np.uint8), fsync=False)
+    gen_task = graph.task(next(n.job for n in nodes if n.job.stage == "gen" and n.job.id == styled_only.id))
+    write_result(done.files["output_png"], np.zeros((4, 4, 3), np.uint8), done.made_by, fsync=False)
+    write_result(styled_only.files["content_png"], np.zeros((4, 4, 3), np.uint8), gen_task.made_by, fsync=False)
     write_npy(styled_only.files["content_latent"], np.zeros((4, 8, 8), np.float32), fsync=False)
     report = plan(q, nodes)
     assert (report.finished, report.queued["sty"], report.queued["gen"]) == (1, 1, 4)

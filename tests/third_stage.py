@@ -7,7 +7,7 @@ from pathlib import Path
 
 from common.atomic import write_bytes
 from common.devkit.fake_stage import FAKES, FakeGen
-from common.graph import STYLE, Graph, StageSpec, jstyleid_specs, without_checks
+from common.graph import STYLE, Graph, StageSpec, jstyleid_specs, whole, without_checks
 
 
 def prep_files(graph, task) -> dict:
@@ -44,5 +44,5 @@ def _reads_prep(spec: StageSpec) -> StageSpec:
 def graph(config) -> Graph:
     specs = without_checks(jstyleid_specs(config), dict(FAKES, gen="third_stage:CheckedGen"))
     prep = StageSpec(name="prep", unit=STYLE, impl="third_stage:FakePrep", verb="prepare", files=prep_files,
-                     outputs=lambda t: {t.files["prep_marker"]: Path.is_file}, progress_unit="style")
+                     outputs=lambda t: {t.files["prep_marker"]: whole(Path.is_file)}, progress_unit="style")
     return Graph(config, [prep] + [_reads_prep(s) if s.name == "gen" else s for s in specs])

@@ -25,16 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import write_bytes, write_npy, write_png
+from common.atomic import write_bytes, write_npy
 from common.graph import Graph, jstyleid_specs, without_checks
+from common.identity import Identities
 from common.jobqueue import crash
+from common.provenance import place_lora, prepare_lora, write_png as write_result
 
 SIZE = 8
 FAKE_TRAIN_STEPS = 4
 
 
-def fake_lora(style: str) -> bytes:
-    return f"fake LoRA of style {style}\n".encode()
+def fake_lora(style: str, recipe: str = "") -> bytes:
+    """A stand-in LoRA: its bytes name the style and the training settings' hash (a new recipe, new bytes)."""
+    return f"fake LoRA of style {style} {recipe}\n".encode()
 
 
 def fake_latent(task_id: str) -> np.ndarray:
@@ -74,9 +77,14 @@ class FakeTrain:
 
     def __init__(self, config, device: str):
         self.device, self.fsync = device, config.queue.fsync
+        self.recipe, self.identities = config.train_hash(), Identities()
 
     def run(self, tasks, beat):
         for task in tasks:
+            todo, old = prepare_lora(task.files["lora_file"], task.made_by, self.identities.of, fsync=self.fsync)
+            if todo != "train":
+                print(f"train style {task.style}: {task.files['lora_file']} {todo}", flush=True)
+                continue
             progress = task.scratch_dir / "progress.json"
             try:
                 step = json.loads(progress.read_text())["step"]  # resume where a killed attempt stopped
@@ -91,7 +99,7 @@ class FakeTrain:
                 write_bytes(progress, json.dumps({"step": step, "steps": FAKE_TRAIN_STEPS, "loss": 1.0 / step})
                             .encode(), fsync=False)
                 crash.point("mid_train")
-            write_bytes(task.files["lora_file"], fake_lora(task.style), fsync=self.fsync)
+            place_lora(task.files["lora_file"], fake_lora(task.style, self.recipe), task.made_by, old, fsync=self.fsync)
 
 
 class FakeGen:
@@ -110,9 +118,9 @@ class FakeGen:
             _faults(task, beat)
             _pause(task.id)
             latent = fake_latent(task.id)
-            write_npy(task.files["content_latent"], latent, fsync=self.fsync)
+            write_npy(task.files["content_latent"], latent, fsync=self.fsync, replace=True)
             crash.point("mid_output")
-            write_png(task.files["content_png"], fake_content(latent), fsync=self.fsync)
+            write_result(task.files["content_png"], fake_content(latent), task.made_by, fsync=self.fsync)
             crash.point("after_output")
 
 
@@ -127,7 +135,7 @@ class FakeSty:
             beat("working")
             _pause(task.id)
             latent = np.load(task.files["content_latent"])
-            write_png(task.files["output_png"], fake_output(latent, task.style), fsync=self.fsync)
+            write_result(task.files["output_png"], fake_output(latent, task.style), task.made_by, fsync=self.fsync)
             crash.point("after_output")
 
 

@@ -1,6 +1,7 @@
 """Where everything lives inside queue_dir/ (docs/queue.md §2). Paths only; no I/O but mkdir.
 
   manifest.json  launcher.lock  launcher.json     the plan's settings; the one-launcher lock and its holder
+  identities.json                       input files' content hashes, by stat (kept by --fresh)
   tmp/                                  in-progress queue writes (same filesystem as the job folders)
   workers/<wid>.json   logs/<wid>.log   leases and worker logs
   scratch/<stage>/<id>/                 a job's working files (checkpoints), kept across its attempts
@@ -31,6 +32,7 @@ class Layout:
         self.manifest = self.root / "manifest.json"
         self.lock = self.root / "launcher.lock"
         self.holder = self.root / "launcher.json"
+        self.identities = self.root / "identities.json"  # input files' content hashes by stat (common/identity.py)
 
     def links(self) -> List[Path]:
         """Every symbolic link inside the queue folder (the folder itself may be one). The queue makes none;
@@ -55,8 +57,9 @@ class Layout:
 
     def kept_names(self) -> set:
         """Entries --fresh never removes: the lock and its holder (held by the launcher), the manifest
-        (removed last, by itself) and the folder's README.md."""
-        return {self.lock.name, self.holder.name, self.manifest.name, "README.md"}
+        (removed last, by itself), the input files' content hashes (true whatever the plan) and the
+        folder's README.md."""
+        return {self.lock.name, self.holder.name, self.manifest.name, self.identities.name, "README.md"}
 
     def make(self):
         for d in self.own_folders():

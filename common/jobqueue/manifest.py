@@ -33,8 +33,9 @@ def check_manifest(queue, plan: str):
     data = read_manifest(queue)
     if data and data.get("plan") != plan:
         raise ManifestError(f"{queue.layout.manifest}: this queue was planned with other pixel settings (plan "
-                            f"{data.get('plan')} != {plan}); rerun with --fresh to re-plan (outputs are kept), "
-                            f"or restore the config")
+                            f"{data.get('plan')} != {plan}); rerun with --fresh to re-plan: every result made "
+                            f"under other settings is then made again and replaces the old one once it is whole "
+                            f"(until then the old one stays), or restore the config")
 
 
 def write_manifest(queue, plan: str, tasks: int = None):

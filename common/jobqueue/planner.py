@@ -4,6 +4,8 @@ The stage graph expands the dataset into `Node`s (one per job any stage would ru
 outputs it reads). A node is *needed* when its outputs are not in place and something depends on it: it is
 a final node (no other node reads it) or a needed node reads it. So a finished task is skipped whole, a
 task whose content exists goes straight to the stage after, and a spent hand-off is not made again.
+Outputs count only when made by what this run would make them with (their provenance, docs/queue.md §11):
+a result made otherwise is needed again, and its stage replaces it by one rename once the new one is made.
 A needed node is queued now when what it reads is in place; while a node it reads is still to run, it
 either waits in blocked/ (`after`) or, on a 1:1 edge, is published by that node's completion.
 Planning twice enqueues nothing new. It runs under the launcher lock, after recovery, before any worker.
@@ -35,6 +37,7 @@ class PlanReport:
     failed: List[Job] = field(default_factory=list)  # dead letters left alone (see --retry-failed)
     retried: List[Job] = field(default_factory=list)  # dead letters requeued: their inputs changed since
     failed_results: int = 0  # final nodes that cannot finish because of them
+    superseded: Dict[Tuple[str, str], int] = field(default_factory=dict)  # {(stage, why): whole outputs redone}
     notes: List[str] = field(default_factory=list)
 
 
@@ -57,6 +60,10 @@ def plan(queue, nodes: List[Node], retry_failed: bool = False) -> PlanReport:
         key = n.job.key
         wanted = not readers[key] or any(needed[r] for r in readers[key])
         needed[key] = wanted and not queue.rules[n.job.stage].done(n.job)
+        superseded = getattr(queue.rules[n.job.stage], "superseded", None) if needed[key] else None
+        why = superseded(n.job) if superseded else None
+        if why:
+            report.superseded[(n.job.stage, why)] = report.superseded.get((n.job.stage, why), 0) + 1
 
     stuck = set()  # needed nodes that cannot run: dead-lettered, or reading one that is
     for n in nodes:
