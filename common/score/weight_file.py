@@ -12,14 +12,15 @@ from common.score.errors import ScoreFileError
 from common.sd.weights import WeightFileError, load_state_dict, read_weights
 
 
-def load_network(module, path, what: str, fix: str) -> None:
+def load_network(module, path, what: str, fix: str, read=read_weights, adjust=lambda name, array: array) -> None:
     """Fill `module` from `path` (its keys = the module's names); ScoreFileError naming the file, `what`
-    it is and the `fix` if the file is missing, unreadable or lacks or misshapes a tensor."""
+    it is and the `fix` if the file is missing, unreadable or lacks or misshapes a tensor. `read(path)` gives
+    {name: array}; `adjust(name, array)` the value the network takes (a cast, say)."""
     path = Path(path)
     if not path.is_file():
         raise ScoreFileError(f"{path}: {what} not found; {fix}")
     try:
-        state = read_weights(path)
+        state = read(path)
     except WeightFileError as e:
         raise ScoreFileError(f"{what}: {e}; or {fix}") from None
     wanted = {name: tuple(var.shape) for name, var in module.state_dict().items()}
@@ -31,4 +32,4 @@ def load_network(module, path, what: str, fix: str) -> None:
         if tuple(state[name].shape) != shape or not np.issubdtype(state[name].dtype, np.floating):
             raise ScoreFileError(f"{path}: {what} tensor {name} is {state[name].dtype} {tuple(state[name].shape)}, "
                                  f"expected float {shape}: not this network's file; {fix}")
-    load_state_dict(module, {name: state[name] for name in wanted}, path)
+    load_state_dict(module, {name: adjust(name, state[name]) for name in wanted}, path)
