@@ -336,6 +336,10 @@ class Graph:
         """Every job the dataset asks of every stage, with its prerequisites, in stage order."""
         nodes = []
         keys = {}  # (stage, style, prompt key or None) -> job key
+        publisher = {}  # job key -> the key of the job whose completion publishes it
+
+        def in_order(key):  # a published job is waited for after its publishers: queued by then
+            return in_order(publisher[key]) + [key] if key in publisher else [key]
         for spec in self.specs:
             for style in styles:
                 units = [None] if spec.unit == STYLE else list(style.prompts)
@@ -351,9 +355,12 @@ class Graph:
                         elif upstream.unit == STYLE:
                             needs.append(keys[(up, style.name, None)])
                         else:  # a per-style stage reading a per-prompt one waits for all its prompts
-                            needs += [keys[(up, style.name, p.key)] for p in style.prompts]
+                            for p in style.prompts:
+                                needs += [k for k in in_order(keys[(up, style.name, p.key)]) if k not in needs]
                     job = self.job(spec, style.name, payload)
                     keys[(spec.name, style.name, prompt.key if prompt else None)] = job.key
+                    if published_by is not None:
+                        publisher[job.key] = published_by
                     nodes.append(Node(job, tuple(needs), published_by))
         return nodes
 
