@@ -133,7 +133,7 @@ def stage_config(tiny_model_dir, tmp_path_factory):
 
 def task(style_dir, out: Path):
     return types.SimpleNamespace(style="00", style_dir=style_dir, files={"lora_file": out / "style_00" / LORA_BIN},
-                                 scratch_dir=out / "queue" / "train-00")
+                                 scratch_dir=out / "queue" / "train-00", made_by=None)
 
 
 def test_stage_beats_every_step_and_writes_the_lora(stage_config, style_dir, tmp_path):
