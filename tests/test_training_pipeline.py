@@ -5,6 +5,7 @@ import json
 import time
 
 import launch
+from common.config import load_config
 from common.devkit.fake_stage import FAKE_TRAIN_STEPS, fake_lora
 from common.jobqueue.job import read_job
 from common.jobqueue.manifest import write_manifest
@@ -30,7 +31,7 @@ def test_styles_without_a_lora_are_trained_first_and_their_generation_waits(tmp_
     assert result.returncode == 0, result.stderr
     check_invariants(path)
     for style in ("00", "01"):
-        assert lora_of(tmp_path, style).read_bytes() == fake_lora(style)
+        assert lora_of(tmp_path, style).read_bytes() == fake_lora(style, config.train_hash())
     assert all(not read_job(p).errors for p in q.scan("gen")["done"].values())  # none ran before its LoRA
     assert not list((q.layout.scratch / "train").glob("*"))  # checkpoints go once the LoRA lands
 
@@ -44,7 +45,7 @@ def test_an_existing_lora_is_used_and_never_overwritten(tmp_path):
     report = plan(q, nodes)
     assert report.queued["train"] == 1 and len(q.scan("gen")["pending"]) == 3  # style 00 starts at once
     assert run_launcher(path).returncode == 0
-    assert mine.read_bytes() == b"the user's own LoRA" and lora_of(tmp_path, "01").read_bytes() == fake_lora("01")
+    assert mine.read_bytes() == b"the user's own LoRA" and lora_of(tmp_path, "01").read_bytes() == fake_lora("01", load_config(path).train_hash())
     check_invariants(path)
 
 
@@ -74,7 +75,7 @@ def test_a_launcher_killed_during_training_resumes_from_the_last_step(tmp_path):
     logs = "".join(p.read_text() for p in set(queue.layout.logs.glob("*.log")) - before)
     assert f"resuming at step {saved}" in logs  # not from step 0
     check_invariants(path)
-    assert lora_of(tmp_path, "00").read_bytes() == fake_lora("00")
+    assert lora_of(tmp_path, "00").read_bytes() == fake_lora("00", load_config(path).train_hash())
 
 
 def test_status_and_the_progress_bar_count_training_steps(tmp_path, capsys):
