@@ -44,9 +44,9 @@ from common.jobqueue.planner import plan
 from common.jobqueue.queue import Queue
 from common.jobqueue.recovery import clear_queue, foreign_entries, recover
 from common.jobqueue.status import collect, format_failures, format_status
-from common.jobqueue.supervisor import LocalWorker, Supervisor
+from common.workers.supervisor import LocalWorker, Supervisor
 from common.naming import NamingError
-from common.scheduling import split_gpus
+from common.workers.scheduling import split_gpus
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 OUTPUT_LOCK, OUTPUT_HOLDER = ".jstyleid.lock", ".jstyleid.json"  # in the output folder, held for a run
@@ -191,7 +191,7 @@ def open_cluster(args):
     if args.gpus is not None:
         raise UsageError("--gpus with --ray: a cluster's workers take its GPUs; --workers N caps how many")
     try:
-        from common.jobqueue.ray_slots import RayCluster
+        from common.workers.ray_slots import RayCluster
     except ImportError as e:
         raise UsageError(f"--ray needs Ray ({e}); install it with pip install -e '.[ray]'") from None
     return RayCluster(args.ray, log=say)

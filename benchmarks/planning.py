@@ -45,7 +45,7 @@ def setup(root: Path, n: int):
     with graph.planning():
         for node in nodes:
             task = graph.task(node.job)
-            write_png(task.content_png if node.job.stage == "gen" else task.output_png, pixels, task.made_by,
+            write_png(task.files["content_png"] if node.job.stage == "gen" else task.files["output_png"], pixels, task.made_by,
                       fsync=False)
 
 

@@ -1,4 +1,4 @@
-"""Makespan of the real scheduling policy (common/scheduling.py) in a discrete-event simulation.
+"""Makespan of the real scheduling policy (common/workers/scheduling.py) in a discrete-event simulation.
 
 N workers run styles x prompts tasks; each task is a gen job (content image) then a sty job (StyleID)
 that can start only after its gen job. Stage durations are stand-ins with the measured cost ratio
@@ -12,7 +12,7 @@ unbounded queue). An idle worker re-asks the policy at the next completion (the 
 With training (the stage graph's `train` stage, `lora.missing: train`), every style first needs a LoRA
 job of `--train-ratio` sty-job units (a published figure: about 8.5 minutes per style at 500 steps on an
 RTX 4090, against a few seconds per StyleID image) and its gen jobs become claimable when it lands. The
-real worker takes stages outside the balanced gen/sty pair first (common/jobqueue/worker.py); the
+real worker takes stages outside the balanced gen/sty pair first (common/workers/worker.py); the
 baseline trains every style before any generation starts (a barrier).
 
     python benchmarks/scheduling.py --json scheduling.json            # N = 1, 2, 4, 8 and 16, 32, 64 (a cluster)
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.scheduling import DOWN, UP, BurstPolicy, backlog_marks, choose_stage, split_gpus  # noqa: E402
+from common.workers.scheduling import DOWN, UP, BurstPolicy, backlog_marks, choose_stage, split_gpus  # noqa: E402
 
 TRAIN = "train"  # the stage taken before the balanced pair (pipeline_stages() checks the graph agrees)
 

@@ -1,7 +1,5 @@
-"""Write files so that a reader sees the old state or the whole new file, never a half-written one.
-
-Write to a unique temporary name in the target's own folder (a rename across filesystems fails), flush,
-fsync, rename over the target, and fsync the folder so the rename itself is durable.
+"""A stage's outputs, written whole or not at all (`write_bytes`, the queue's atomic write: temp file in
+the target's folder, flush, fsync, rename, fsync the folder), and cheap checks that one is whole.
 
 A stage's output is a pure function of its task, so `write_png` and `write_npy` place it once: the temp
 file is `link`ed to the target and the first whole file wins (EEXIST: another writer's is there, ours is
@@ -10,61 +8,13 @@ dropped). A worker that was thought dead and writes late can then never replace 
 """
 import io
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: files are created 0600 by mkstemp, then given the mode any tool would give
+from common.jobqueue.atomic import write_bytes
 
-
-def _fsync_dir(folder: Path):
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_bytes(path, data: bytes, *, fsync: bool, tmp_dir=None, once=None) -> Path:
-    """Atomically replace `path` with `data`; `fsync` (config queue.fsync) makes it durable too.
-
-    The temp file is `.<name>.<pid>.<random>.tmp` in the target's folder, or in `tmp_dir` (on the same
-    filesystem), so a crash leaves a file that recovery can attribute to its dead writer.
-    `once(path) -> bool` (is the file there whole?) places the file only if no whole one is there yet."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        if once is None:
-            os.replace(tmp, path)
-        else:
-            _place_once(tmp, path, once)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    if fsync:
-        _fsync_dir(path.parent)
-    return path
-
-
-def _place_once(tmp: str, path: Path, whole):
-    """Give `tmp` the name `path` unless a whole file has it already (link: only one writer can win)."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        if not whole(path):
-            os.replace(tmp, path)
-            return
-    os.unlink(tmp)
+__all__ = ["write_bytes", "write_png", "write_npy", "png_is_complete", "npy_is_complete"]
 
 
 def write_png(path, image, *, fsync: bool, replace: bool = False) -> Path:

@@ -1,8 +1,9 @@
 """The pipeline as a declared graph of stages (docs/stage_graph.md).
 
 Each stage declares its name, its unit of work (one job per style, or per style and prompt), which earlier
-stages' outputs it reads, its outputs (the truth that a job is done), the hand-offs a later stage consumes
-and the working files to drop once it is done, and the checks to run at launch. Everything else reads this
+stages' outputs it reads, the files its jobs read and write (by role), its outputs among them (the truth
+that a job is done), the hand-offs a later stage consumes and the working files to drop once it is done,
+and the checks to run at launch. Everything else reads this
 declaration: the planner expands it over the dataset into jobs, the queue learns from it what "done" means
 and what to do on completion (`StageRules`), and the launcher, workers, status, progress and scheduling
 take their stage names, batch sizes and costs from it. A new stage is a `StageSpec` plus a stage class.
@@ -10,8 +11,9 @@ take their stage names, batch sizes and costs from it. A new stage is a `StageSp
     train (per style, only for styles without a LoRA when lora training is on)
       -> gen (per prompt: content image + latent)  -> sty (per prompt: StyleID result)
 
-Paths are never read from job files: a task's files are derived here from the config and the job's style
-and file name (both checked to be plain names), so a forged job cannot make a worker write elsewhere.
+Paths are never read from job files: a task's files are derived by its stage's declaration from the
+config and the job's id, style and file name (both names checked to be plain), so a forged job cannot make
+a worker write elsewhere.
 """
 import contextlib
 import hashlib
@@ -48,12 +50,14 @@ def plain_name(value, what: str) -> str:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage's declaration. Functions take the stage's Task."""
+    """One stage's declaration. `files` takes the graph and the job's Task without files; the other
+    functions take the Task with the files `files` declared."""
     name: str
     unit: str  # STYLE or PROMPT
     impl: str  # module:Class of the stage a worker builds (common.stage's contract)
     verb: str  # what the launcher says it queued: "6 to generate"
     needs: Tuple[str, ...] = ()  # earlier stages whose outputs its jobs read
+    files: Callable[["Graph", Task], Dict[str, Path]] = lambda g, t: {}  # {role: path} its jobs read and write
     # {file: its state}: check(path, the record this run would write) -> common.provenance OK, MISSING, PARTIAL,
     # FOREIGN (whole, made by no record of ours) or STALE (made by another record)
     outputs: Callable[[Task], Dict[Path, Callable[[Path, Optional[bytes]], str]]] = lambda t: {}
@@ -228,17 +232,24 @@ class Graph:
                 prompt, name, seed = p["prompt"], plain_name(p.get("name"), "name"), p["seed"]
         except ValueError as e:
             raise CorruptJob(f"{job.stage} job {job.id}: {e}") from None
-        out = self.output / style
-        if out.is_symlink() or (out / "content").is_symlink():  # planted after launch: never write through it
-            raise CorruptJob(f"{job.stage} job {job.id}: {out} or its content/ is a symbolic link; results are "
-                             "written only inside the output folder")
         task = Task(id=job.id, style=style, prompt=prompt, name=name, seed=seed, style_dir=self.dataset / style,
-                    content_png=out / "content" / f"{name}.png" if name else None,
-                    content_latent=self.layout.handoff_path("gen", job.id, ".npy") if name else None,
-                    output_png=out / f"{name}.png" if name else None,
-                    lora_file=lora_target(self.config, style),
                     scratch_dir=self.layout.scratch_dir(job.stage, job.id))
+        task = replace(task, files=dict(spec.files(self, task)))
         return replace(task, made_by=self.made_by(spec, task))
+
+    def task_to_run(self, job: Job) -> Task:
+        """The task of a job a worker claimed: `task`, and no folder between the output folder and one of its
+        files is a symbolic link (planted after the launch check); CorruptJob otherwise, so nothing is
+        written through it. Checked once per claim."""
+        task = self.task(job)
+        for path in task.files.values():
+            folder = path.parent
+            while self.output in folder.parents:
+                if folder.is_symlink():
+                    raise CorruptJob(f"{job.stage} job {job.id}: {folder} is a symbolic link; results are written "
+                                     "only inside the output folder")
+                folder = folder.parent
+        return task
 
     # -- provenance (docs/queue.md §11) ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -272,8 +283,9 @@ class Graph:
         chain = [spec]
         while chain:
             s = chain.pop()
-            for name, path in s.made_of(task).items():
-                inputs[name] = self.identities.of(path) if not self._to_be_made(s, path, task) else "to be made"
+            files = task if s is spec else replace(task, files=dict(s.files(self, task)))  # the same job's, upstream
+            for name, path in s.made_of(files).items():
+                inputs[name] = self.identities.of(path) if not self._to_be_made(s, path, files) else "to be made"
             chain += [self.spec(up) for up in s.needs if self.spec(up).unit == spec.unit]
         return inputs
 
@@ -493,6 +505,22 @@ def scratch_progress(task: Task) -> Optional[dict]:
     return data if ok else None
 
 
+def lora_files(graph: Graph, task: Task) -> Dict[str, Path]:
+    """The style's LoRA: training writes it, generation (and StyleID with consumer.use_lora) reads it."""
+    return {"lora_file": lora_target(graph.config, task.style)}
+
+
+def content_files(graph: Graph, task: Task) -> Dict[str, Path]:
+    """Generation's outputs: OUTPUT/STYLE/content/NAME.png and its final latent, a hand-off in the queue."""
+    return {"content_png": graph.output / task.style / "content" / f"{task.name}.png",
+            "content_latent": graph.layout.handoff_path("gen", task.id, ".npy")}
+
+
+def result_files(graph: Graph, task: Task) -> Dict[str, Path]:
+    """StyleID's output: OUTPUT/STYLE/NAME.png."""
+    return {"output_png": graph.output / task.style / f"{task.name}.png"}
+
+
 def _style_inputs(config: RunConfig, task: Task) -> Tuple[Path, ...]:
     from common.style_files import style_image_path
     try:
@@ -505,28 +533,30 @@ def jstyleid_specs(config: RunConfig) -> List[StageSpec]:
     """train (when LoRAs are trained here) -> gen -> sty, as the config asks."""
     from common.provenance import png_state
     st = config.stages
-    training = config.lora.missing == "train"
+    training, use_lora = config.lora.missing == "train", config.consumer.use_lora
     specs = []
     if training:
         trained = lora_check(Identities())
         specs.append(StageSpec(
-            name="train", unit=STYLE, impl=st.train, verb="train", cost=st.train_cost,
-            outputs=lambda t: {t.lora_file: trained},  scratch=lambda t: (t.scratch_dir,),
+            name="train", unit=STYLE, impl=st.train, verb="train", cost=st.train_cost, files=lora_files,
+            outputs=lambda t: {t.files["lora_file"]: trained}, scratch=lambda t: (t.scratch_dir,),
             checks=(check_model,), progress_unit="step", inputs=lambda t: (t.style_dir / "images",),
             steps=config.train.steps, progress=scratch_progress, made_of=lambda t: {"images": t.style_dir / "images"},
             recipe=RunConfig.train_hash))
     specs.append(StageSpec(
         name="gen", unit=PROMPT, impl=st.gen, verb="generate", needs=("train",) if training else (),
-        outputs=lambda t: {t.content_latent: whole(npy_is_complete), t.content_png: png_state},
-        handoffs=lambda t: (t.content_latent,), batch=config.producer.batch, cost=st.gen_cost, sharded=True,
-        checks=(check_model,), style_checks=(check_lora,), inputs=lambda t: (t.lora_file,),
-        made_of=lambda t: {"lora": t.lora_file}))
+        files=lambda g, t: {**lora_files(g, t), **content_files(g, t)},
+        outputs=lambda t: {t.files["content_latent"]: whole(npy_is_complete), t.files["content_png"]: png_state},
+        handoffs=lambda t: (t.files["content_latent"],), batch=config.producer.batch, cost=st.gen_cost,
+        sharded=True, checks=(check_model,), style_checks=(check_lora,), inputs=lambda t: (t.files["lora_file"],),
+        made_of=lambda t: {"lora": t.files["lora_file"]}))
     specs.append(StageSpec(
         name="sty", unit=PROMPT, impl=st.sty, verb="style",
-        needs=("gen", "train") if training and config.consumer.use_lora else ("gen",),
-        outputs=lambda t: {t.output_png: png_state}, batch=config.consumer.batch, cost=st.sty_cost,
+        needs=("gen", "train") if training and use_lora else ("gen",),
+        files=lambda g, t: {**content_files(g, t), **result_files(g, t), **(lora_files(g, t) if use_lora else {})},
+        outputs=lambda t: {t.files["output_png"]: png_state}, batch=config.consumer.batch, cost=st.sty_cost,
         checks=(check_model, check_layers), style_checks=(check_style_image,),
-        inputs=lambda t: _style_inputs(config, t) + ((t.lora_file,) if config.consumer.use_lora else ()),
+        inputs=lambda t: _style_inputs(config, t) + ((t.files["lora_file"],) if use_lora else ()),
         made_of=lambda t: {"style image": _style_inputs(config, t)[0]}))
     return specs
 

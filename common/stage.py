@@ -1,29 +1,28 @@
-"""What a worker runs: a Task, and the Stage interface both pipeline stages implement.
+"""What a worker runs: a Task, and the Stage interface every pipeline stage implements.
 
 A worker builds its stage once (loading models, minutes), then feeds it batches of tasks of one style.
 The stage writes each task's outputs itself, atomically (common.atomic), and raises on failure; the worker
 marks a job done only after the stage returned and the outputs are in place.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Protocol
+from typing import Callable, List, Mapping, Optional, Protocol
 
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of work: a style (train) or a (style, prompt) pair (gen, sty). Every path is derived
-    from the config by the stage graph (common/graph.py), never read from a job file."""
+    """One unit of work: a style (train) or a (style, prompt) pair (gen, sty). Its identity comes from the
+    job; its files are the ones its stage declares (`StageSpec.files`, by role: "content_png",
+    "output_png", ...), derived from the config by the stage graph (common/graph.py), never read from a
+    job file."""
     id: str  # deterministic: hash of what the job produces and the config's pixel hash
     style: str  # the style folder's name, e.g. "00"
     prompt: Optional[str]  # as written in prompt.json (None for a per-style task)
     name: Optional[str]  # the prompt as a safe, unique file name, without .png (None for a per-style task)
     seed: int
     style_dir: Path  # DATASET/STYLE, holding images/ and prompt.json
-    content_png: Optional[Path]  # gen output: the DreamBooth-only content image
-    content_latent: Optional[Path]  # gen output: its final latent (.npy), the hand-off to sty
-    output_png: Optional[Path]  # sty output: the stylized result
-    lora_file: Optional[Path] = None  # the style's LoRA: where the producer looks, where training writes
     scratch_dir: Optional[Path] = None  # the job's working files (training checkpoints), kept across attempts
+    files: Mapping[str, Path] = field(default_factory=dict)  # {role: path} its stage reads and writes
     made_by: Optional[bytes] = None  # the record its outputs carry (docs/queue.md §11): what made them
 
 

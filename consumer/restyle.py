@@ -25,7 +25,7 @@ def restyle_tasks(style_dir: Path, content_dir: Path, out_dir: Path) -> list:
         raise FileNotFoundError(f"{content_dir}: no content images ({', '.join(IMAGE_SUFFIXES)}); "
                                 "fix --content-dir")
     return [Task(id=p.stem, style=style_dir.name, prompt="", name=p.stem, seed=0, style_dir=style_dir,
-                 content_png=p, content_latent=NO_LATENT, output_png=out_dir / f"{p.stem}.png")
+                 files={"content_png": p, "content_latent": NO_LATENT, "output_png": out_dir / f"{p.stem}.png"})
             for p in contents if not (out_dir / f"{p.stem}.png").is_file()]
 
 

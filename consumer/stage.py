@@ -50,13 +50,13 @@ class ConsumerStage:
 
     def content_latent(self, task: Task) -> np.ndarray:
         """fp32 (4, h, w): the producer's latent when present, else the VAE-encoded content PNG."""
-        if task.content_latent.is_file():
-            return load_latent(task.content_latent)
-        if not task.content_png.is_file():
-            raise FileNotFoundError(f"{task.content_latent}: no content latent, nor {task.content_png}; "
-                                    "run the producer for this task first")
+        latent, png = task.files["content_latent"], task.files["content_png"]
+        if latent.is_file():
+            return load_latent(latent)
+        if not png.is_file():
+            raise FileNotFoundError(f"{latent}: no content latent, nor {png}; run the producer for this task first")
         size = self.config.consumer.size
-        image = load_image(task.content_png, (size, size))
+        image = load_image(png, (size, size))
         with jt.no_grad():
             return _numpy(self.sd.encode_images(image[None]))[0].astype(np.float32)
 
@@ -100,5 +100,5 @@ class ConsumerStage:
                 except NonFiniteError as e:
                     raise nonfinite_error([task for task, _ in chunk], e, self.config, lora) from e
                 for (task, _), image in zip(chunk, images):
-                    write_png(task.output_png, image, task.made_by, fsync=self._fsync)
+                    write_png(task.files["output_png"], image, task.made_by, fsync=self._fsync)
                 beat("sty written")

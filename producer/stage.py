@@ -41,5 +41,5 @@ class ProducerStage:
             except NonFiniteError as e:
                 raise nonfinite_error(chunk, e, self.config, lora) from e
             for task, latent, image in zip(chunk, latents, images):
-                write_npy(task.content_latent, latent, fsync=self._fsync, replace=True)  # a hand-off: this run's
-                write_png(task.content_png, image, task.made_by, fsync=self._fsync)
+                write_npy(task.files["content_latent"], latent, fsync=self._fsync, replace=True)  # a hand-off: this run's
+                write_png(task.files["content_png"], image, task.made_by, fsync=self._fsync)

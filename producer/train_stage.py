@@ -1,9 +1,10 @@
 """Stage 0: train each style's DreamBooth LoRA where the producer looks for it.
 
-A task names its style, its style folder (DATASET/STYLE with images/), the LoRA's target file and a
-scratch folder inside the queue folder, which holds the job's checkpoint and progress.json: a worker
-killed mid-training resumes there. Training runs in float32 on the model `StableDiffusion.shared` gives
-this process (the producer on the CPU shares it); the LoRA processors are removed again afterwards.
+A task names its style, its style folder (DATASET/STYLE with images/), the LoRA's target file (its file
+"lora_file") and a scratch folder inside the queue folder, which holds the job's checkpoint and
+progress.json: a worker killed mid-training resumes there. Training runs in float32 on the model
+`StableDiffusion.shared` gives this process (the producer on the CPU shares it); the LoRA processors are
+removed again afterwards.
 """
 from typing import List
 
@@ -32,7 +33,7 @@ class TrainStage:
             return
         style_of(tasks)
         for task in tasks:
-            self.train(task.style, task.style_dir, task.lora_file, task.scratch_dir, beat, task.made_by)
+            self.train(task.style, task.style_dir, task.files["lora_file"], task.scratch_dir, beat, task.made_by)
 
     def train(self, style: str, style_dir, lora_file, scratch_dir, beat=lambda phase: None, made_by=None) -> str:
         """Train (resume, skip, or restore) one style's LoRA; returns "trained", "skipped" or "restored".

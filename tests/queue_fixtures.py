@@ -108,13 +108,13 @@ def check_invariants(config_path, expect_failed=()):
     for t in tasks:
         failed = [s for s in q.stages if t.id in scans[s]["failed"]]
         if t.prompt in expect_failed:
-            assert failed and not t.output_png.exists(), f"{t.prompt} should have been dead-lettered"
+            assert failed and not t.files["output_png"].exists(), f"{t.prompt} should have been dead-lettered"
             continue
         assert not failed, f"{t.prompt} dead-lettered: {read_job(scans[failed[0]]['failed'][t.id]).errors}"
-        assert png_is_complete(t.output_png), f"missing or partial output {t.output_png}"
+        assert png_is_complete(t.files["output_png"]), f"missing or partial output {t.files['output_png']}"
         assert t.id in scans["sty"]["done"], f"no done record for {t.prompt}"
-        got = np.asarray(Image.open(t.output_png))
-        assert np.array_equal(got, fake_output(fake_latent(t.id), t.style)), f"wrong bytes in {t.output_png}"
+        got = np.asarray(Image.open(t.files["output_png"]))
+        assert np.array_equal(got, fake_output(fake_latent(t.id), t.style)), f"wrong bytes in {t.files['output_png']}"
     leftovers = [p for p in Path(config.output).rglob("*.tmp")] + list((q.layout.tmp).glob("*"))
     assert not leftovers, f"temp files left: {leftovers}"
     return config, tasks

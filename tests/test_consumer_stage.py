@@ -52,14 +52,15 @@ def dataset(tmp_path) -> Path:
 
 def make_task(root: Path, i: int, out: str = "out", style: str = "00") -> Task:
     return Task(id=f"{style}-c{i}", style=style, prompt=f"prompt {i}", name=f"c{i}", seed=i,
-                style_dir=root / "data" / "00", content_png=root / "content" / f"c{i}.png",
-                content_latent=root / "queue" / f"c{i}.npy", output_png=root / out / f"c{i}.png")
+                style_dir=root / "data" / "00", files={"content_png": root / "content" / f"c{i}.png",
+                                                       "content_latent": root / "queue" / f"c{i}.npy",
+                                                       "output_png": root / out / f"c{i}.png"})
 
 
 def run(stage, root: Path, out="out", n=3, beats=None):
     tasks = [make_task(root, i, out) for i in range(n)]
     stage.run(tasks, (beats.append if beats is not None else lambda phase: None))
-    return [t.output_png.read_bytes() for t in tasks]
+    return [t.files["output_png"].read_bytes() for t in tasks]
 
 
 def pixels(data: bytes) -> np.ndarray:

@@ -13,7 +13,7 @@ from common.jobqueue import crash
 from common.jobqueue.lease import make_wid
 from common.jobqueue.planner import plan
 from common.jobqueue.queue import Queue
-from common.jobqueue.worker import Worker
+from common.workers.worker import Worker
 from queue_fixtures import check_invariants, graph_of, write_config
 
 POINTS = ["after_claim", "mid_output", "after_output", "after_stage", "after_publish", "before_done"]

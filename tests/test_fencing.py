@@ -15,7 +15,7 @@ from common.atomic import write_npy, write_png
 from common.config import load_config
 from common.jobqueue import lease
 from common.jobqueue.planner import plan
-from common.jobqueue.worker import EXIT_FENCED, Worker
+from common.workers.worker import EXIT_FENCED, Worker
 from queue_fixtures import check_invariants, graph_of, tasks_of, wait_for, write_config
 from test_queue import fill, finish, make_queue
 
@@ -108,7 +108,7 @@ def test_a_worker_stopped_past_its_ttl_whose_jobs_went_to_another_changes_nothin
     assert other.exitcode == 0
     _, tasks = tasks_of(path)
     placed = {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for t in tasks
-              for p in (t.output_png, t.content_png) if p.exists()}
+              for p in (t.files["output_png"], t.files["content_png"]) if p.exists()}
     done = {s: q.count_done(s) for s in q.stages}
     wait_for(lambda: time.monotonic() - stopped > 1.5, 5)  # past its TTL, whatever the machine
     os.kill(slow.pid, signal.SIGCONT)

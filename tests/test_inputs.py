@@ -177,7 +177,8 @@ def test_a_dead_letter_is_requeued_by_a_plain_rerun_once_a_file_it_reads_changed
     again = plan(q, nodes)
     assert [j.id for j in again.failed] == [job.id] and not again.retried  # nothing changed: it stays dead
     time.sleep(0.05)  # file times come from a coarse clock
-    fixed = graph.task(job).lora_file if stage == "gen" else tmp_path / "data" / job.group / "images" / "ref.png"
+    fixed = graph.task(job).files["lora_file"] if stage == "gen" else \
+        tmp_path / "data" / job.group / "images" / "ref.png"
     fixed.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (4, 4), (1, 2, 3)).save(fixed, format="PNG")  # the user's fix (for gen: a LoRA appears)
     report = plan(q, nodes)
@@ -187,7 +188,7 @@ def test_a_dead_letter_is_requeued_by_a_plain_rerun_once_a_file_it_reads_changed
 
 def test_a_full_disk_while_the_supervisor_reclaims_stops_the_run_with_one_line(tmp_path, monkeypatch):
     import time
-    from common.jobqueue.supervisor import Supervisor
+    from common.workers.supervisor import Supervisor
     path = write_config(tmp_path)
     config, graph, nodes, q = graph_of(path)
     lines = []

@@ -34,8 +34,8 @@ def test_a_deleted_output_is_rebuilt_by_one_rerun(tmp_path):
     assert run_launcher(path).returncode == 0
     config, tasks = tasks_of(path)
     lost = tasks[0]
-    lost.output_png.unlink()
-    lost.content_png.unlink()
+    lost.files["output_png"].unlink()
+    lost.files["content_png"].unlink()
     again = run_launcher(path)
     assert again.returncode == 0, again.stderr
     assert "5 finished, 1 to generate" in again.stderr
@@ -128,10 +128,10 @@ def test_corrupt_jobs_truncated_outputs_and_stray_temp_files_are_repaired_at_sta
     pending[0].write_text("{garbage")
     pending[1].write_bytes(b"")
     pending[2].write_text(json.dumps({"v": 2, "id": pending[2].stem}))
-    write_png(tasks[3].output_png, np.zeros((8, 8, 3), np.uint8), fsync=False)
-    tasks[3].output_png.write_bytes(tasks[3].output_png.read_bytes()[:30])
-    tasks[4].output_png.write_bytes(b"")
-    stray = tasks[5].output_png.parent / f".{tasks[5].output_png.name}.abc123.tmp"
+    write_png(tasks[3].files["output_png"], np.zeros((8, 8, 3), np.uint8), fsync=False)
+    tasks[3].files["output_png"].write_bytes(tasks[3].files["output_png"].read_bytes()[:30])
+    tasks[4].files["output_png"].write_bytes(b"")
+    stray = tasks[5].files["output_png"].parent / f".{tasks[5].files['output_png'].name}.abc123.tmp"
     stray.write_bytes(b"half")
     (q.layout.tmp / "x.1.2.json").write_text("{")
     result = run_launcher(path)
@@ -185,7 +185,7 @@ def test_roles_split_by_cost_or_by_producers():
 
 
 def test_two_workers_with_split_roles_share_the_work(tmp_path, monkeypatch):
-    from common.jobqueue.supervisor import Supervisor
+    from common.workers.supervisor import Supervisor
     # Jobs last long enough (12 x 0.3 s) that the second worker is up before the first could finish them all,
     # even on a loaded 2-core machine where a Python start takes a second.
     monkeypatch.setenv("JSTYLEID_FAKE_MS", "300-350")

@@ -99,5 +99,5 @@ def test_a_changed_output_folder_is_followed_by_the_jobs_already_queued(tmp_path
     check_invariants(moved)
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*.png")) == old_results
     for t in tasks_of(moved)[1]:
-        assert t.output_png.parent.parent == tmp_path / "elsewhere"
-        assert np.array_equal(np.asarray(Image.open(t.output_png)), fake_output(fake_latent(t.id), t.style))
+        assert t.files["output_png"].parent.parent == tmp_path / "elsewhere"
+        assert np.array_equal(np.asarray(Image.open(t.files["output_png"])), fake_output(fake_latent(t.id), t.style))

@@ -76,9 +76,9 @@ def test_task_paths_and_ids_follow_the_layout(tmp_path):
     config, tasks = tasks_of(write_config(tmp_path))
     assert len(tasks) == 6 and len({t.id for t in tasks}) == 6
     t = next(t for t in tasks if t.prompt == "A cat / dog?")
-    assert t.output_png == (tmp_path / "out" / "00" / "A cat _ dog.png")
-    assert t.content_png == (tmp_path / "out" / "00" / "content" / "A cat _ dog.png")
-    assert t.content_latent == (tmp_path / "q" / "handoff" / "gen" / f"{t.id}.npy")
+    assert t.files["output_png"] == (tmp_path / "out" / "00" / "A cat _ dog.png")
+    assert t.files["content_png"] == (tmp_path / "out" / "00" / "content" / "A cat _ dog.png")
+    assert t.files["content_latent"] == (tmp_path / "q" / "handoff" / "gen" / f"{t.id}.npy")
     assert [t.id for t in tasks_of(write_config(tmp_path))[1]] == [t.id for t in tasks]  # deterministic
 
 
@@ -95,9 +95,9 @@ def test_finished_tasks_are_skipped_and_existing_content_goes_to_stage_two(tmp_p
     tasks = tasks_of(write_config(tmp_path))[1]
     done, styled_only = tasks[0], tasks[1]
     gen_task = graph.task(next(n.job for n in nodes if n.job.stage == "gen" and n.job.id == styled_only.id))
-    write_result(done.output_png, np.zeros((4, 4, 3), np.uint8), done.made_by, fsync=False)
-    write_result(styled_only.content_png, np.zeros((4, 4, 3), np.uint8), gen_task.made_by, fsync=False)
-    write_npy(styled_only.content_latent, np.zeros((4, 8, 8), np.float32), fsync=False)
+    write_result(done.files["output_png"], np.zeros((4, 4, 3), np.uint8), done.made_by, fsync=False)
+    write_result(styled_only.files["content_png"], np.zeros((4, 4, 3), np.uint8), gen_task.made_by, fsync=False)
+    write_npy(styled_only.files["content_latent"], np.zeros((4, 8, 8), np.float32), fsync=False)
     report = plan(q, nodes)
     assert (report.finished, report.queued["sty"], report.queued["gen"]) == (1, 1, 4)
     assert set(q.scan("sty")["pending"]) == {styled_only.id}
@@ -107,8 +107,8 @@ def test_finished_tasks_are_skipped_and_existing_content_goes_to_stage_two(tmp_p
 def test_truncated_output_is_removed_and_replanned(tmp_path):
     config, graph, nodes, q = graph_of(write_config(tmp_path))
     t = tasks_of(write_config(tmp_path))[1][0]
-    write_png(t.output_png, np.zeros((4, 4, 3), np.uint8), fsync=False)
-    t.output_png.write_bytes(t.output_png.read_bytes()[:20])
+    write_png(t.files["output_png"], np.zeros((4, 4, 3), np.uint8), fsync=False)
+    t.files["output_png"].write_bytes(t.files["output_png"].read_bytes()[:20])
     report = plan(q, nodes)
-    assert report.queued["gen"] == 6 and not t.output_png.exists()
+    assert report.queued["gen"] == 6 and not t.files["output_png"].exists()
     assert any("truncated output" in n for n in report.notes)

@@ -37,8 +37,8 @@ def make_stage(tiny: Path, lora=None, **producer):
 def make_task(out: Path, prompt: str, seed: int, style: str = "00") -> Task:
     name = prompt.replace(" ", "_")
     return Task(id=f"{style}-{name}", style=style, prompt=prompt, name=name, seed=seed,
-                style_dir=out / "data" / style, content_png=out / style / "content" / f"{name}.png",
-                content_latent=out / "queue" / f"{style}-{name}.npy", output_png=out / style / f"{name}.png")
+                style_dir=out / "data" / style, files={"content_png": out / style / "content" / f"{name}.png",
+                                                       "content_latent": out / "queue" / f"{style}-{name}.npy"})
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -59,23 +59,23 @@ def test_same_seed_gives_the_same_content_image_bytes(tiny, tmp_path):
     stage = make_stage(tiny)
     a = run(stage, tmp_path / "a", prompts=PROMPTS[:1])[0]
     b = run(make_stage(tiny), tmp_path / "b", prompts=PROMPTS[:1])[0]
-    assert a.content_png.read_bytes() == b.content_png.read_bytes()
-    assert np.array_equal(np.load(a.content_latent), np.load(b.content_latent))
+    assert a.files["content_png"].read_bytes() == b.files["content_png"].read_bytes()
+    assert np.array_equal(np.load(a.files["content_latent"]), np.load(b.files["content_latent"]))
 
 
 def test_batched_equals_one_at_a_time(tiny, tmp_path):
     batched = run(make_stage(tiny, batch=3), tmp_path / "b3")
     single = run(make_stage(tiny, batch=1), tmp_path / "b1")
     for b, s in zip(batched, single):
-        zb, zs = np.load(b.content_latent), np.load(s.content_latent)
+        zb, zs = np.load(b.files["content_latent"]), np.load(s.files["content_latent"])
         assert np.abs(zb - zs).max() <= 1e-4 * np.abs(zs).max()
-        assert np.abs(pixels(b.content_png) - pixels(s.content_png)).max() <= 1
+        assert np.abs(pixels(b.files["content_png"]) - pixels(s.files["content_png"])).max() <= 1
 
 
 def test_different_seeds_give_different_images(tiny, tmp_path):
     one = run(make_stage(tiny), tmp_path / "1", prompts=[("Dolphin", 1)])[0]
     two = run(make_stage(tiny), tmp_path / "2", prompts=[("Dolphin", 2)])[0]
-    assert np.abs(np.load(one.content_latent) - np.load(two.content_latent)).max() > 1e-2
+    assert np.abs(np.load(one.files["content_latent"]) - np.load(two.files["content_latent"])).max() > 1e-2
 
 
 def test_image_seeds_differ_across_prompts_and_styles_and_repeat_for_the_same_ones():
@@ -88,7 +88,7 @@ def test_image_seeds_differ_across_prompts_and_styles_and_repeat_for_the_same_on
 
 def test_prompts_sharing_the_base_seed_get_different_images(tiny, tmp_path):
     tasks = run(make_stage(tiny, batch=3), tmp_path, prompts=[(p, 0) for p, _ in PROMPTS])
-    latents = [np.load(t.content_latent) for t in tasks]
+    latents = [np.load(t.files["content_latent"]) for t in tasks]
     for i in range(len(latents)):
         for j in range(i + 1, len(latents)):
             assert np.abs(latents[i] - latents[j]).max() > 1e-2
@@ -97,12 +97,12 @@ def test_prompts_sharing_the_base_seed_get_different_images(tiny, tmp_path):
 def test_the_latent_written_decodes_to_the_png_written(tiny, tmp_path):
     stage = make_stage(tiny)
     task = run(stage, tmp_path, prompts=PROMPTS[:1])[0]
-    latent = np.load(task.content_latent)
+    latent = np.load(task.files["content_latent"])
     assert latent.dtype == np.float32 and latent.shape == (4, 16, 16)
     with jt.no_grad():
         decoded = stage.sd.decode_latents(jt.array(latent[None]))
     decoded = decoded.numpy() if hasattr(decoded, "numpy") else decoded
-    assert np.array_equal(decoded[0].astype(np.int16), pixels(task.content_png))
+    assert np.array_equal(decoded[0].astype(np.int16), pixels(task.files["content_png"]))
 
 
 def test_a_lora_changes_the_output_and_a_zero_scale_lora_does_not(tiny, tmp_path):
@@ -110,7 +110,7 @@ def test_a_lora_changes_the_output_and_a_zero_scale_lora_does_not(tiny, tmp_path
     zero = run(make_stage(tiny, {"scale": 0.0}), tmp_path / "zero", prompts=PROMPTS[:1])[0]
     base = run(make_stage(tiny, {"dir": str(tmp_path / "none"), "missing": "warn"}), tmp_path / "base",
                prompts=PROMPTS[:1])[0]
-    z_lora, z_zero, z_base = (np.load(t.content_latent) for t in (with_lora, zero, base))
+    z_lora, z_zero, z_base = (np.load(t.files["content_latent"]) for t in (with_lora, zero, base))
     assert np.abs(z_lora - z_base).max() > 1e-3
     assert np.abs(z_zero - z_base).max() <= 1e-5
 
@@ -120,8 +120,8 @@ def test_switching_styles_swaps_the_lora_and_back_without_drift(tiny, tmp_path):
     first = run(stage, tmp_path / "1", "00", PROMPTS[:1])[0]
     other = run(stage, tmp_path / "2", "01", PROMPTS[:1])[0]
     again = run(stage, tmp_path / "3", "00", PROMPTS[:1])[0]
-    assert np.abs(np.load(first.content_latent) - np.load(other.content_latent)).max() > 1e-3
-    assert np.abs(np.load(first.content_latent) - np.load(again.content_latent)).max() <= 1e-5
+    assert np.abs(np.load(first.files["content_latent"]) - np.load(other.files["content_latent"])).max() > 1e-3
+    assert np.abs(np.load(first.files["content_latent"]) - np.load(again.files["content_latent"])).max() <= 1e-5
 
 
 @pytest.mark.parametrize("missing", ["error", "train"])

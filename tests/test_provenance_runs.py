@@ -171,8 +171,8 @@ def expect_made_by(config_path, lora_identity):
             continue
         task = graph.task(node.job)
         latent = fake_latent(task.id)
-        pixels, path = ((fake_content(latent), task.content_png) if node.job.stage == "gen" else
-                        (fake_output(latent, task.style), task.output_png))
+        pixels, path = ((fake_content(latent), task.files["content_png"]) if node.job.stage == "gen" else
+                        (fake_output(latent, task.style), task.files["output_png"]))
         assert path.read_bytes() == png_bytes(pixels, task.made_by), path
         if task.style == "01":
             assert parse(task.made_by)["inputs"]["lora"] == lora_identity
@@ -193,7 +193,7 @@ def test_a_result_without_provenance_counts_only_with_trust_existing(tmp_path):
 
 
 def _work(config_path, spec):
-    from common.jobqueue.worker import Worker
+    from common.workers.worker import Worker
     os.environ["JSTYLEID_FAKE_MS"] = "0"
     crash.arm(spec)
     os._exit(Worker(load_config(config_path), "cpu", "both", 1).run())
@@ -216,14 +216,14 @@ def test_a_kill_inside_the_replace_step_never_leaves_a_result_missing_or_a_stale
     assert worker.exitcode == -signal.SIGKILL, f"{spec} was never reached"
     for node in nodes:  # every result and content image in place and whole: the old one or the new one
         task = graph.task(node.job)
-        for png in (task.content_png, task.output_png):
+        for png in (task.files[k] for k in ("content_png", "output_png") if k in task.files):
             assert png_made_by(png) is not None, png
     _, graph, nodes, queue = graph_of(new)
     with graph.planning():
         counted = [n for n in nodes if queue.rules[n.job.stage].done(n.job)]
     for node in counted:  # counted means made by this run's record
         task = graph.task(node.job)
-        out = task.content_png if node.job.stage == "gen" else task.output_png
+        out = task.files["content_png"] if node.job.stage == "gen" else task.files["output_png"]
         assert png_made_by(out) == task.made_by
     err = finished(new)
     same_as_clean(new)

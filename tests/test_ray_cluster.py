@@ -138,8 +138,9 @@ def test_driver_sigkill_then_a_rerun_does_only_what_is_missing(cluster, tmp_path
     tasks = tasks_of(path)[1]
     wait_for(lambda: not any(lease.alive(i) for i in live_leases(queue)), 30)  # Ray kills the driver's actors,
     # and they their workers
-    finished = sum(t.output_png.exists() for t in tasks)
-    before = {t.output_png: os.stat(t.output_png).st_ino for t in tasks if t.output_png.exists()}
+    outputs = [t.files["output_png"] for t in tasks]
+    finished = sum(p.exists() for p in outputs)
+    before = {p: os.stat(p).st_ino for p in outputs if p.exists()}
     rerun = ray_launch(path, cluster.address)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{finished} finished" in rerun.stderr and finished < TASKS
@@ -164,7 +165,7 @@ DRIVER = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import ray
-    from common.jobqueue.ray_slots import RayCluster, SlotActor
+    from common.workers.ray_slots import RayCluster, SlotActor
     cluster = RayCluster(sys.argv[1], log=lambda m: None)
     blind = ray.get(SlotActor.options(num_cpus=0).remote().start.remote(
         ["python"], {}, "/", sys.argv[2] + "/launcher.json", b"not what this node sees"))

@@ -12,7 +12,7 @@ from common.config import load_config
 from common.jobqueue.job import Job
 from common.jobqueue.planner import plan
 from common.jobqueue.recovery import clear_queue, recover
-from common.jobqueue.worker import Worker
+from common.workers.worker import Worker
 from queue_fixtures import graph_of, write_config
 
 pytestmark = pytest.mark.timeout(60)

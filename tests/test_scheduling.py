@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from common.scheduling import DOWN, UP, BurstPolicy, backlog_marks, choose_stage, split_gpus
+from common.workers.scheduling import DOWN, UP, BurstPolicy, backlog_marks, choose_stage, split_gpus
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -51,6 +51,6 @@ def test_a_third_stage_runs_first_and_the_pipeline_completes_through_the_launche
     assert len(q.scan("prep")["done"]) == 2 and not q.failures()
     from common.jobqueue.job import read_job
     assert all(not read_job(p).errors for p in q.scan("gen")["done"].values())  # no gen ever ran before prep
-    assert sorted(p.name for p in (tmp_path / "prep").iterdir()) == ["00.txt", "01.txt"]
+    assert sorted(p.parent.name for p in (tmp_path / "out").glob("*/prep.txt")) == ["00", "01"]
     again = launch(path, env=ENV)
     assert again.returncode == 0 and "6 finished, 0 to prepare, 0 to generate" in again.stderr

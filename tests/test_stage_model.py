@@ -66,8 +66,8 @@ def test_without_a_lora_warn_uses_the_base_model_warning_once_per_style(tmp_path
 
 def test_the_nonfinite_error_names_each_task_and_the_weights(tmp_path):
     from common.sd.pipeline import NonFiniteError
-    tasks = [Task(id=str(i), style="00", prompt=p, name=p, seed=0, style_dir=tmp_path, content_png=tmp_path,
-                  content_latent=tmp_path, output_png=tmp_path) for i, p in enumerate(["Dolphin", "Cat"])]
+    tasks = [Task(id=str(i), style="00", prompt=p, name=p, seed=0, style_dir=tmp_path)
+             for i, p in enumerate(["Dolphin", "Cat"])]
     config = load_config(None, {"model.path": "/models/sd21"})
     message = str(nonfinite_error(tasks, NonFiniteError("latent", [1]), config, Path("/l/x.bin")))
     assert message.startswith("style 00, prompt 'Cat': the latent has NaN/inf values")

@@ -132,7 +132,7 @@ def stage_config(tiny_model_dir, tmp_path_factory):
 
 
 def task(style_dir, out: Path, made_by: bytes = None):
-    return types.SimpleNamespace(style="00", style_dir=style_dir, lora_file=out / "style_00" / LORA_BIN,
+    return types.SimpleNamespace(style="00", style_dir=style_dir, files={"lora_file": out / "style_00" / LORA_BIN},
                                  scratch_dir=out / "queue" / "train-00", made_by=made_by)
 
 
@@ -144,7 +144,7 @@ def test_stage_beats_every_step_and_writes_the_lora(stage_config, style_dir, tmp
     stage.run([t], phases.append)
     assert [p for p in phases if re.fullmatch(r"train \d+/\d+", p)] == ["train 1/2", "train 2/2"]
     assert [p for p in phases if p.startswith("train encode")] == [f"train encode {i}/4" for i in (1, 2, 3, 4)]
-    assert t.lora_file.is_file() and (t.lora_file.parent / LOSS_CURVE).is_file()
+    assert t.files["lora_file"].is_file() and (t.files["lora_file"].parent / LOSS_CURVE).is_file()
     assert not t.scratch_dir.exists()
     assert stage.sd.unet.attention_layers()["mid_block.attentions.0.transformer_blocks.0.attn1"].processor \
         .__class__.__name__ == "AttnProcessor"  # the LoRA processors are gone again
@@ -158,31 +158,31 @@ def test_a_lora_of_ours_made_by_another_recipe_is_retrained_kept_and_put_back(st
     first, second = record("recipe-a", "00", {}), record("recipe-b", "00", {})
     t = task(style_dir, tmp_path, first)
     stage.run([t], lambda phase: None)
-    lora_a = t.lora_file.read_bytes()
-    assert lora_made_by(t.lora_file, Identities().of(t.lora_file)) == first
+    lora_a = t.files["lora_file"].read_bytes()
+    assert lora_made_by(t.files["lora_file"], Identities().of(t.files["lora_file"])) == first
     stage.run([t], lambda phase: None)  # made by this record: skipped
-    assert t.lora_file.read_bytes() == lora_a
+    assert t.files["lora_file"].read_bytes() == lora_a
 
     stage.config = stage_config(steps=2, rank=2)
     phases = []
     stage.run([task(style_dir, tmp_path, second)], phases.append)
-    assert "train 2/2" in phases and lora_made_by(t.lora_file, Identities().of(t.lora_file)) == second
-    assert kept_path(t.lora_file, first).read_bytes() == lora_a != t.lora_file.read_bytes()
+    assert "train 2/2" in phases and lora_made_by(t.files["lora_file"], Identities().of(t.files["lora_file"])) == second
+    assert kept_path(t.files["lora_file"], first).read_bytes() == lora_a != t.files["lora_file"].read_bytes()
 
     phases = []
     stage.run([t], phases.append)  # back to the first recipe: put back, not trained
-    assert not phases and t.lora_file.read_bytes() == lora_a
-    assert lora_made_by(t.lora_file, Identities().of(t.lora_file)) == first
+    assert not phases and t.files["lora_file"].read_bytes() == lora_a
+    assert lora_made_by(t.files["lora_file"], Identities().of(t.files["lora_file"])) == first
 
 
 def test_a_users_lora_is_never_overwritten(stage_config, style_dir, tmp_path):
     from common.provenance import record
     from producer.train_stage import TrainStage
     t = task(style_dir, tmp_path, record("recipe-a", "00", {}))
-    t.lora_file.parent.mkdir(parents=True)
-    t.lora_file.write_bytes(b"the user's LoRA")
+    t.files["lora_file"].parent.mkdir(parents=True)
+    t.files["lora_file"].write_bytes(b"the user's LoRA")
     TrainStage(stage_config(steps=2), "cpu").run([t], lambda phase: None)
-    assert t.lora_file.read_bytes() == b"the user's LoRA"
+    assert t.files["lora_file"].read_bytes() == b"the user's LoRA"
 
 
 def test_diverging_loss_fails_naming_style_and_step(stage_config, style_dir, tmp_path):
@@ -195,7 +195,7 @@ def test_diverging_loss_fails_naming_style_and_step(stage_config, style_dir, tmp
     message = str(error.value)
     assert isinstance(error.value, ValueError) and "\n" not in message
     assert "style 00" in message and "step 2" in message
-    assert not t.lora_file.exists()
+    assert not t.files["lora_file"].exists()
 
 
 def test_images_crop_or_stretch_to_the_size_in_minus_one_to_one(tmp_path):

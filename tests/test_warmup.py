@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from common.jobqueue.planner import plan
-from common.jobqueue.supervisor import Supervisor
+from common.workers.supervisor import Supervisor
 from queue_fixtures import check_invariants, graph_of, wait_for, write_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -81,9 +81,9 @@ class FakeTrain:
 
     def run(self, tasks, beat):
         for task in tasks:
-            todo, old = prepare_lora(task.lora_file, task.made_by, self.identities.of, fsync=self.fsync)
+            todo, old = prepare_lora(task.files["lora_file"], task.made_by, self.identities.of, fsync=self.fsync)
             if todo != "train":
-                print(f"train style {task.style}: {task.lora_file} {todo}", flush=True)
+                print(f"train style {task.style}: {task.files['lora_file']} {todo}", flush=True)
                 continue
             progress = task.scratch_dir / "progress.json"
             try:
@@ -99,7 +99,7 @@ class FakeTrain:
                 write_bytes(progress, json.dumps({"step": step, "steps": FAKE_TRAIN_STEPS, "loss": 1.0 / step})
                             .encode(), fsync=False)
                 crash.point("mid_train")
-            place_lora(task.lora_file, fake_lora(task.style, self.recipe), task.made_by, old, fsync=self.fsync)
+            place_lora(task.files["lora_file"], fake_lora(task.style, self.recipe), task.made_by, old, fsync=self.fsync)
 
 
 class FakeGen:
@@ -111,15 +111,16 @@ class FakeGen:
 
     def run(self, tasks, beat):
         for task in tasks:
-            if self.trained and not task.lora_file.is_file():
-                raise FileNotFoundError(f"{task.lora_file}: generation ran before its style's LoRA was trained")
+            lora = task.files["lora_file"]
+            if self.trained and not lora.is_file():
+                raise FileNotFoundError(f"{lora}: generation ran before its style's LoRA was trained")
             beat("working")
             _faults(task, beat)
             _pause(task.id)
             latent = fake_latent(task.id)
-            write_npy(task.content_latent, latent, fsync=self.fsync, replace=True)
+            write_npy(task.files["content_latent"], latent, fsync=self.fsync, replace=True)
             crash.point("mid_output")
-            write_result(task.content_png, fake_content(latent), task.made_by, fsync=self.fsync)
+            write_result(task.files["content_png"], fake_content(latent), task.made_by, fsync=self.fsync)
             crash.point("after_output")
 
 
@@ -133,8 +134,8 @@ class FakeSty:
         for task in tasks:
             beat("working")
             _pause(task.id)
-            latent = np.load(task.content_latent)
-            write_result(task.output_png, fake_output(latent, task.style), task.made_by, fsync=self.fsync)
+            latent = np.load(task.files["content_latent"])
+            write_result(task.files["output_png"], fake_output(latent, task.style), task.made_by, fsync=self.fsync)
             crash.point("after_output")
 
 

@@ -14,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from common.atomic import write_bytes
+from common.jobqueue.atomic import write_bytes
 
 HOST = socket.gethostname()
 NODE_ENV = "JSTYLEID_NODE"  # set by a cluster slot: the node a worker runs on, for status and logs
@@ -45,7 +45,7 @@ def make_wid(gpu, pid: int = None) -> str:
     return f"{HOST}-g{gpu}-{os.getpid() if pid is None else pid}"
 
 
-WORKER_MODULE = "common.jobqueue.worker"
+WORKER_MODULE = "common.workers.worker"  # the program a lease may name: named here, never imported
 
 
 def runs_worker(pid: int) -> bool:

@@ -7,7 +7,7 @@ It also names the stages it was planned with, so `--fresh` removes exactly the f
 import json
 import time
 
-from common.atomic import write_bytes
+from common.jobqueue.atomic import write_bytes
 
 VERSION = 2
 

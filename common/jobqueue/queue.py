@@ -35,7 +35,7 @@ from glob import escape as glob_escape
 from pathlib import Path
 from typing import Iterable, List, Mapping, Protocol
 
-from common.atomic import write_bytes
+from common.jobqueue.atomic import write_bytes
 from common.jobqueue import crash
 from common.jobqueue.job import CorruptJob, Job, read_job
 from common.jobqueue.layout import LIVE, Layout

@@ -1,6 +1,6 @@
 """The launcher's process manager (docs/queue.md §6): one worker process per slot, restarted with backoff.
 
-- Workers are exec'd (`python -m common.jobqueue.worker`) in their own session, CUDA_VISIBLE_DEVICES
+- Workers are exec'd (`python -m common.workers.worker`) in their own session, CUDA_VISIBLE_DEVICES
   pinned; they die with the launcher via PR_SET_PDEATHSIG.
 - Exit 0 means no work left: no restart. Any other exit: reclaim its jobs (waitpid proved the death),
   restart after min(base * 2^k, 60) s with jitter; exit 3 or 5 failures in 10 minutes park the slot.
@@ -8,7 +8,7 @@
 - First SIGINT/SIGTERM: stop restarting, SIGTERM every worker (they release their jobs and exit 0),
   SIGKILL stragglers after stop_grace_s. A second signal SIGKILLs everything at once.
 - How a slot's process is started is pluggable (`start_worker`): here a child process, on a cluster a Ray
-  actor that runs the same command on its node (common/jobqueue/ray_slots.py, docs/queue.md §10). Either
+  actor that runs the same command on its node (common/workers/ray_slots.py, docs/queue.md §10). Either
   returns a handle like subprocess.Popen's (poll, send_signal, terminate, kill) that also names its
   worker (`wid`, `node`): a cluster worker names itself once it is placed (`placed`), and its lease is
   watched from then on.
@@ -133,7 +133,7 @@ class Supervisor:
 
     # -- processes ------------------------------------------------------------------------------------
     def spawn(self, slot: Slot):
-        cmd = [sys.executable, "-m", "common.jobqueue.worker", "--gpu", slot.gpu, "--role", slot.role,
+        cmd = [sys.executable, "-m", "common.workers.worker", "--gpu", slot.gpu, "--role", slot.role,
                "--workers", str(len(self.slots)), "--parent", str(os.getpid()), "--log"]
         if self.config_path:
             cmd += ["--config", str(self.config_path)]
@@ -204,10 +204,10 @@ class Supervisor:
 
     def warm_up(self):
         """Several workers would start on a cold kernel cache at once: first one process fills it
-        (common.warmup). None to go on, else the exit code (a signal, or the warm-up failed: no job run)."""
+        (common.workers.warmup). None to go on, else the exit code (a signal, or the warm-up failed: no job run)."""
         if len(self.slots) < 2 or self.start_worker is not LocalWorker:
             return None  # one worker warms its own cache; a cluster's nodes each have theirs, not this host's
-        from common.warmup import EXIT_NO_DEVICE as WARM_NO_DEVICE, WarmUp
+        from common.workers.warmup import EXIT_NO_DEVICE as WARM_NO_DEVICE, WarmUp
         gpu = self.slots[0].gpu
         self.log(f"warming the kernel cache on gpu {gpu} before starting {len(self.slots)} workers")
         warm = WarmUp(self.config, self.config_path, gpu, self.q.layout.logs / "warmup.log", REPO)

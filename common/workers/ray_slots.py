@@ -1,7 +1,7 @@
 """Workers on a Ray cluster (docs/queue.md §10): the same worker loop, on the same queue, placed by Ray.
 
 The launcher is the Ray driver. It plans as on one machine; then each of the Supervisor's slots is a small
-actor (`SlotActor`: one GPU each, or one CPU) that execs the very same `python -m common.jobqueue.worker`
+actor (`SlotActor`: one GPU each, or one CPU) that execs the very same `python -m common.workers.worker`
 as a child on its node, so the worker loop, its signals, PR_SET_PDEATHSIG and its log are unchanged, and
 that reports the child's exit status (waitpid on that node proves the death). The Supervisor drives each
 actor through a `RaySlot`, a handle with Popen's methods, with its restart, hang and Ctrl-C rules as they
@@ -37,7 +37,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from common.config import ConfigError
 from common.jobqueue import lease
 from common.jobqueue.layout import Layout
-from common.jobqueue.supervisor import EXIT_LOST, EXIT_NO_DEVICE, REPO
+from common.workers.supervisor import EXIT_LOST, EXIT_NO_DEVICE, REPO
 
 NAMESPACE = "jstyleid"
 LOCK_WAIT_S = 30.0  # how long a dead launcher's lock actor may take to go (Ray notices the driver's death)

@@ -9,7 +9,7 @@ StyleID) on the first slot's device and runs one batch of each, at the stages' b
 sizes, with WARM_STEPS steps, into a temporary folder. No job is claimed; on a warm cache it costs one
 model load and a few steps. If it fails, no worker starts and the launcher reports its last line.
 
-    python -m common.warmup --config CFG --gpu 0 --log queue_dir/logs/warmup.log
+    python -m common.workers.warmup --config CFG --gpu 0 --log queue_dir/logs/warmup.log
 
 Its log is its heartbeat: it writes a line on every beat (at most every queue.heartbeat_s), and the
 supervisor ends it when the log has been silent longer than queue.ttl_loading_s.
@@ -50,9 +50,8 @@ def warm_tasks(graph, styles, kind: str, folder: Path) -> list:
     for i in range(spec.batch if spec.unit == PROMPT else 1):
         payload = {"prompt": prompt.text, "name": f"warm{i}", "seed": graph.config.producer.seed + i}
         task = graph.task(graph.job(spec, style.name, payload))
-        tasks.append(dataclasses.replace(task, content_png=folder / f"warm{i}-content.png",
-                                         content_latent=folder / f"warm{i}.npy", output_png=folder / f"warm{i}.png",
-                                         scratch_dir=folder / "scratch"))
+        files = {role: folder / f"warm{i}-{role}{path.suffix}" for role, path in task.files.items()}
+        tasks.append(dataclasses.replace(task, files=files, scratch_dir=folder / "scratch"))
     return tasks
 
 
@@ -85,7 +84,7 @@ def warm_up(config, gpu: str, say=print) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m common.warmup", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m common.workers.warmup", description=__doc__.split("\n")[0])
     p.add_argument("--config", default=None)
     p.add_argument("--gpu", default="cpu")
     p.add_argument("--log", default=None, help="append output here (the supervisor watches it)")
@@ -99,7 +98,7 @@ def main(argv=None) -> int:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
     say(f"warm-up on gpu {args.gpu} pid {os.getpid()}")  # first, before the imports: the heartbeat starts
-    from common.jobqueue.worker import _set_pdeathsig
+    from common.workers.worker import _set_pdeathsig
     _set_pdeathsig()  # it ends with the launcher, as workers do
     from common.config import load_config
     from common.stage import DeviceError
@@ -121,7 +120,7 @@ class WarmUp:
     def __init__(self, config, config_path, gpu: str, log_path: Path, repo: Path):
         self.ttl, self.log_path = config.queue.ttl_loading_s, Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "common.warmup", "--gpu", gpu, "--log", str(self.log_path)]
+        cmd = [sys.executable, "-m", "common.workers.warmup", "--gpu", gpu, "--log", str(self.log_path)]
         if config_path:
             cmd += ["--config", str(config_path)]
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if gpu == "cpu" else gpu,

@@ -1,6 +1,6 @@
 """The worker loop: one long-lived process per GPU (or one on the CPU), building its stages once.
 
-Each turn it picks a stage (common.scheduling: elastic roles with back-pressure, or bursts when one
+Each turn it picks a stage (common.workers.scheduling: elastic roles with back-pressure, or bursts when one
 worker does both ends), claims a batch of one group, runs it, checks the outputs and completes the jobs.
 Stages outside the balanced pair (per-style work such as training, which later stages wait for) are
 taken first. SIGTERM (or the launcher's death, via PR_SET_PDEATHSIG) stops it at the next beat:
@@ -9,7 +9,7 @@ On a cluster (`--fenced`), a worker whose lease went unrenewed past its TTL (sto
 lost its jobs to another worker (docs/queue.md §10): it stops at once without completing, failing or
 releasing anything (exit 4).
 
-    python -m common.jobqueue.worker --config CFG --gpu 0 --role ROLE --workers 4 --parent PID --log [--fenced]
+    python -m common.workers.worker --config CFG --gpu 0 --role ROLE --workers 4 --parent PID --log [--fenced]
 """
 import argparse
 import ctypes
@@ -25,7 +25,7 @@ from common.jobqueue import crash
 from common.jobqueue.job import CorruptJob
 from common.jobqueue.lease import Fenced, Lease, make_wid
 from common.jobqueue.queue import Queue
-from common.scheduling import DOWN, UP, BurstPolicy, choose_stage
+from common.workers.scheduling import DOWN, UP, BurstPolicy, choose_stage
 from common.stage import DeviceError
 
 PR_SET_PDEATHSIG = 1
@@ -105,7 +105,7 @@ class Worker:
                 if job.plan != self.graph.plan:
                     raise CorruptJob(f"{path}: planned under other settings ({job.plan}, this run "
                                      f"{self.graph.plan}); not run")
-                self.graph.task(job)
+                self.graph.task_to_run(job)
             except CorruptJob as e:
                 log(f"quarantined {path}: {e}")
                 self.q.quarantine(kind, path, str(e))
@@ -196,7 +196,7 @@ def _set_pdeathsig():
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m common.jobqueue.worker", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m common.workers.worker", description=__doc__.split("\n")[0])
     p.add_argument("--config", default=None)
     p.add_argument("--gpu", default="cpu")
     p.add_argument("--role", default="both", help="a stage name (its home role), or 'both'")
