@@ -45,8 +45,8 @@ def setup(root: Path, n: int):
     with graph.planning():
         for node in nodes:
             task = graph.task(node.job)
-            write_png(task.files["content_png"] if node.job.stage == "gen" else task.files["output_png"], pixels, task.made_by,
-                      fsync=False)
+            path = task.files["content_png"] if node.job.stage == "gen" else task.files["output_png"]
+            write_png(path, pixels, task.made_by, fsync=False)
 
 
 def planner_inputs(root: Path):
