@@ -13,7 +13,8 @@ settings, the model, LoRA and style image it was made from); any other is made a
 old file staying until its replacement is in place (docs/inputs.md §6). --trust-existing also counts
 results that carry no provenance (made by another tool or an older jstyleid).
 --fresh deletes the queue folder's contents (jobs, leases, logs, hand-off latents, manifest) and never
-the outputs; it is needed when pixel settings changed since the queue was planned.
+the outputs; it is needed when pixel settings changed since the queue was planned, and the results made
+under the old settings are then made again and replaced (never counted as this run's).
 Exit codes: 0 done, 1 some jobs dead-lettered or results missing (listed), 2 usage/config/dataset/
 manifest/queue-folder error (also a full disk), 3 no usable device, 75 queue or output folder in use by
 another launcher, 130/143 interrupted. What is refused at launch, and why: docs/inputs.md, docs/queue.md §9.
@@ -76,7 +77,8 @@ def parse_args(argv):
     p.add_argument("--config", help="a YAML file (see configs/default.yaml); defaults otherwise")
     p.add_argument("--gpus", help="comma-separated GPU indices, or 'cpu' (default: every visible GPU)")
     p.add_argument("--producers", type=int, help="number of GPUs whose home stage is generation")
-    p.add_argument("--fresh", action="store_true", help="clear the queue folder (never the outputs) and re-plan")
+    p.add_argument("--fresh", action="store_true", help="clear the queue folder and re-plan; outputs are kept, and "
+                   "each made under other settings or inputs is made again and replaced once the new one is whole")
     p.add_argument("--retry-failed", action="store_true", help="give dead-lettered jobs another max_attempts")
     p.add_argument("--trust-existing", action="store_true", help="count results without provenance (made by "
                    "another tool or an older jstyleid) as finished instead of making them again")

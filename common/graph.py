@@ -177,7 +177,7 @@ class Graph:
         self.layout = Layout(self.queue_dir, {s.name: s.sharded for s in specs})
         self.identities = Identities(self.layout.identities)
         self.trust_existing = False  # count outputs without provenance as done (launch.py --trust-existing)
-        self.check_provenance = True  # False: outputs count when whole, whatever made them (benchmarks only)
+        self.check_provenance = True  # False: no records; whole outputs count, as before provenance (benchmarks)
         self._memo: Optional[dict] = None  # while planning: records' parts per (stage, style)
 
     # -- the declaration ------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ class Graph:
         task = Task(id=job.id, style=style, prompt=prompt, name=name, seed=seed, style_dir=self.dataset / style,
                     scratch_dir=self.layout.scratch_dir(job.stage, job.id))
         task = replace(task, files=dict(spec.files(self, task)))
-        return replace(task, made_by=self.made_by(spec, task))
+        return replace(task, made_by=self.made_by(spec, task) if self.check_provenance else None)
 
     def task_to_run(self, job: Job) -> Task:
         """The task of a job a worker claimed: `task`, and no folder between the output folder and one of its
@@ -308,13 +308,17 @@ class Graph:
         return False
 
     def output_states(self, spec: StageSpec, task: Task) -> Dict[Path, str]:
-        made_by = task.made_by if task.made_by is not None else self.made_by(spec, task)
+        made_by = task.made_by
+        if made_by is None and self.check_provenance:
+            made_by = self.made_by(spec, task)
         return {path: check(path, made_by) for path, check in spec.outputs(task).items()}
 
     def outputs_ok(self, spec: StageSpec, task: Task) -> bool:
         """Every output is whole and made by what this run would make it with (docs/queue.md §11); one
         without provenance counts only with --trust-existing."""
-        trusted = (OK, FOREIGN, STALE) if not self.check_provenance else (OK, FOREIGN) if self.trust_existing else (OK,)
+        trusted = (OK, FOREIGN) if self.trust_existing else (OK,)
+        if not self.check_provenance:
+            trusted = (OK, FOREIGN, STALE)
         return all(state in trusted for state in self.output_states(spec, task).values())
 
     def superseded(self, spec: StageSpec, task: Task) -> Optional[str]:

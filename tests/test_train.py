@@ -131,9 +131,9 @@ def stage_config(tiny_model_dir, tmp_path_factory):
     return make
 
 
-def task(style_dir, out: Path):
+def task(style_dir, out: Path, made_by: bytes = None):
     return types.SimpleNamespace(style="00", style_dir=style_dir, files={"lora_file": out / "style_00" / LORA_BIN},
-                                 scratch_dir=out / "queue" / "train-00", made_by=None)
+                                 scratch_dir=out / "queue" / "train-00", made_by=made_by)
 
 
 def test_stage_beats_every_step_and_writes_the_lora(stage_config, style_dir, tmp_path):
@@ -148,6 +148,41 @@ def test_stage_beats_every_step_and_writes_the_lora(stage_config, style_dir, tmp
     assert not t.scratch_dir.exists()
     assert stage.sd.unet.attention_layers()["mid_block.attentions.0.transformer_blocks.0.attn1"].processor \
         .__class__.__name__ == "AttnProcessor"  # the LoRA processors are gone again
+
+
+def test_a_lora_of_ours_made_by_another_recipe_is_retrained_kept_and_put_back(stage_config, style_dir, tmp_path):
+    from common.identity import Identities
+    from common.provenance import kept_path, lora_made_by, record
+    from producer.train_stage import TrainStage
+    stage = TrainStage(stage_config(steps=2), "cpu")
+    first, second = record("recipe-a", "00", {}), record("recipe-b", "00", {})
+    t = task(style_dir, tmp_path, first)
+    stage.run([t], lambda phase: None)
+    lora_a = t.files["lora_file"].read_bytes()
+    assert lora_made_by(t.files["lora_file"], Identities().of(t.files["lora_file"])) == first
+    stage.run([t], lambda phase: None)  # made by this record: skipped
+    assert t.files["lora_file"].read_bytes() == lora_a
+
+    stage.config = stage_config(steps=2, rank=2)
+    phases = []
+    stage.run([task(style_dir, tmp_path, second)], phases.append)
+    assert "train 2/2" in phases and lora_made_by(t.files["lora_file"], Identities().of(t.files["lora_file"])) == second
+    assert kept_path(t.files["lora_file"], first).read_bytes() == lora_a != t.files["lora_file"].read_bytes()
+
+    phases = []
+    stage.run([t], phases.append)  # back to the first recipe: put back, not trained
+    assert not phases and t.files["lora_file"].read_bytes() == lora_a
+    assert lora_made_by(t.files["lora_file"], Identities().of(t.files["lora_file"])) == first
+
+
+def test_a_users_lora_is_never_overwritten(stage_config, style_dir, tmp_path):
+    from common.provenance import record
+    from producer.train_stage import TrainStage
+    t = task(style_dir, tmp_path, record("recipe-a", "00", {}))
+    t.files["lora_file"].parent.mkdir(parents=True)
+    t.files["lora_file"].write_bytes(b"the user's LoRA")
+    TrainStage(stage_config(steps=2), "cpu").run([t], lambda phase: None)
+    assert t.files["lora_file"].read_bytes() == b"the user's LoRA"
 
 
 def test_diverging_loss_fails_naming_style_and_step(stage_config, style_dir, tmp_path):
