@@ -7,6 +7,8 @@ proves the plumbing (planning, queue, every stage, resume, the score), not image
 networks are random too, so its numbers mean nothing.
 """
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import List
 
@@ -83,12 +85,9 @@ def write_score_files(folder: Path) -> dict:
     files = {"dino": "dino", "clip": "clip", "fid_inception": "inception.pth", "lpips_backbone": "squeezenet.pth",
              "lpips_linear": "squeeze.pth", "clip_iqa": "RN50.pt", "clip_iqa_tokenizer": "clip_tokenizer",
              "clip_r_prompts": "clip_r_prompts.txt"}
-    if not folder.is_dir():
-        tmp = folder.with_name(folder.name + ".tmp")
-        if tmp.exists():
-            import shutil
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+    if not folder.is_dir():  # a folder of its own per writer: two processes preparing at once both finish
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         write_dino(tmp / files["dino"])
         write_clip(tmp / files["clip"])
         write_inception(tmp / files["fid_inception"])
@@ -97,7 +96,10 @@ def write_score_files(folder: Path) -> dict:
         write_clip_rn50(tmp / files["clip_iqa"])
         write_clip_tokenizer(tmp / files["clip_iqa_tokenizer"])
         (tmp / files["clip_r_prompts"]).write_text("\n".join(DEMO_WORDS))
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process placed its copy first: the same files
+            shutil.rmtree(tmp, ignore_errors=True)
     return {"enabled": True, **{key: str(folder / name) for key, name in files.items()}}
 
 
