@@ -9,7 +9,7 @@ Where a record lives: images carry it in a PNG text chunk (keyword `jstyleid`, b
 reading it costs one small read; any viewer shows it). A LoRA trained here is named, by its content
 identity, in `provenance.json` beside it (a torch `.bin` has no room for text), written before the LoRA
 itself: the LoRA's rename is the one commit point, and a record whose LoRA never landed names content that
-is not there. A retrained LoRA's predecessor stays beside it as `<stem>.<digest of its record><suffix>`,
+is not there. A retrained LoRA's previous version stays beside it as `<stem>.<digest of its record><suffix>`,
 so switching back to an earlier recipe costs a link, not a training run.
 """
 import hashlib

@@ -80,7 +80,7 @@ def test_a_folder_identity_changes_with_any_of_its_files(tmp_path):
     assert ids.of(tmp_path / "images") != before
 
 
-def test_a_retrained_lora_keeps_its_predecessor_and_switching_back_restores_it(tmp_path):
+def test_a_retrained_lora_keeps_its_previous_version_and_switching_back_restores_it(tmp_path):
     ids = Identities()
     lora = tmp_path / "style_00" / "pytorch_lora_weights.bin"
     rank4, rank8 = prov.record("train4", "00", {}), prov.record("train8", "00", {})
