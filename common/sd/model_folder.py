@@ -65,8 +65,8 @@ def resolve_model_folder(path_or_repo_id) -> Path:
         return given
     repo = str(path_or_repo_id)
     if given.is_file():
-        raise ModelFolderError(f"{given}: is a file; pass the diffusers model folder that holds model_index.json "
-                               "(single-file .ckpt/.safetensors checkpoints are unsupported)")
+        raise ModelFolderError(f"{given}: is a file but not a single-file checkpoint (.safetensors, .ckpt, .pt, "
+                               ".pth); pass one of those or the diffusers model folder that holds model_index.json")
     if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
         raise ModelFolderError(f"{repo}: no such model folder (and not an org/name repo id); "
                                "pass the folder that holds model_index.json")

@@ -530,15 +530,18 @@ def save_torch_zip(state: dict, path, extras: dict = None) -> None:
 
 def load_state_dict(module, state: dict, source, ignore=("position_ids",)) -> None:
     """Copy `state` into `module`'s Vars by exact name; cast to each Var's dtype (fp16 files → fp32 models).
+    `state` may read its tensors on lookup (`open_weights`); it then says their `shapes`, and one tensor at a
+    time is held.
 
     Any missing key, unexpected key (other than names ending in `ignore`) or shape mismatch raises one
     line naming `source`, the first offending keys and what to do.
     """
     params = module.state_dict()
+    stored = getattr(state, "shapes", None) or {k: tuple(v.shape) for k, v in state.items()}  # lazy: no reads
     unexpected = [k for k in state if k not in params and not k.endswith(tuple(ignore))]
     missing = [k for k in params if k not in state]
-    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(params[k].shape)}"
-              for k in params if k in state and tuple(state[k].shape) != tuple(params[k].shape)]
+    shapes = [f"{k} {tuple(stored[k])} vs model {tuple(params[k].shape)}"
+              for k in params if k in state and tuple(stored[k]) != tuple(params[k].shape)]
     hint = ("the file does not belong to this model type or its config.json (wrong component, "
             "unsupported model, or mismatched config): use the weights that ship with this config")
     for problem, keys in (("missing keys", missing), ("unexpected keys", unexpected),
