@@ -7,7 +7,11 @@ the original LDM config is a local YAML file (`original_config_file`), and the t
 tokenizer it fetches by repo id (`stabilityai/stable-diffusion-2`, `openai/clip-vit-large-patch14`) are
 the tiny folder's, placed in a private Hugging Face cache (HF_HUB_OFFLINE=1). Every tensor diffusers
 builds must equal the folder's (the UNet's the EMA values with extract_ema=True: 0.27.2's
-`from_single_file` ignores that argument, so its converter `convert_ldm_unet_checkpoint` is called); the golden holds the
+`from_single_file` ignores that argument, so its converter `convert_ldm_unet_checkpoint` is called). The
+original LDM code fixes GroupNorm at 32 groups, so `from_single_file` builds the UNet and VAE with 32; the
+tiny models use 8, which an LDM YAML cannot say, so the UNet and VAE are rebuilt from the folder's
+config.json and the file is loaded into them by diffusers' own converters (`convert_ldm_unet_checkpoint`,
+`convert_ldm_vae_checkpoint`), as model.config does for us. The golden holds the
 UNet, VAE decoder and text encoder outputs of the SD 2.x safetensors file (EMA and not) and the SD 1.x
 one. torch 2.6+ loads `.ckpt` with weights_only, which refuses Lightning's classes: the .ckpt files are
 loaded as diffusers 0.27.2 was written for (weights_only=False), with a stand-in `pytorch_lightning` module.
@@ -28,8 +32,9 @@ CACHE = tempfile.mkdtemp(prefix="hf-cache-")
 os.environ.update(HF_HUB_CACHE=CACHE, HF_HUB_OFFLINE="1", HF_HOME=CACHE)
 
 import torch  # noqa: E402
-from diffusers import StableDiffusionPipeline  # noqa: E402
-from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, load_single_file_model_checkpoint  # noqa: E402
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
+from diffusers.loaders.single_file_utils import (  # noqa: E402
+    convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint, load_single_file_model_checkpoint)
 
 from common.devkit.single_file import EMA_SEED, write_single_file  # noqa: E402
 from common.devkit.tiny_weights import tiny_param  # noqa: E402
@@ -91,7 +96,14 @@ def check_modules(pipe, ema: bool) -> None:
             assert np.array_equal(value.numpy(), expected), f"{name}.{key}"
 
 
-def outputs(pipe, prefix: str, rng) -> dict:
+def outputs(pipe, prefix: str, rng, folder: Path) -> dict:
+    """LDM's YAML cannot say the tiny models' 8 norm groups (LDM hard-codes 32): the converted tensors run in
+    modules built from the folder's configs, as model.config makes ours."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
+        module = cls.from_config(json.loads((folder / name / "config.json").read_text())).eval()
+        module.load_state_dict(getattr(pipe, name).state_dict())
+        setattr(pipe, name, module)
     sample = rng.standard_normal((2, 4, 16, 24)).astype(np.float32)
     context = rng.standard_normal((2, 77, 32)).astype(np.float32)
     latents = rng.standard_normal((1, 4, 16, 16)).astype(np.float32)
@@ -123,16 +135,19 @@ def main():
                     path = write_single_file(folder, Path(tmp) / f"{family}{'-ema' if ema else ''}.{suffix}", ema=ema)
                     pipe = StableDiffusionPipeline.from_single_file(
                         str(path), original_config_file=str(config), local_files_only=True, load_safety_checker=False)
-                    if ema:  # from_single_file 0.27.2 drops extract_ema: its own converter takes it
-                        checkpoint = load_single_file_model_checkpoint(str(path))
-                        pipe.unet.load_state_dict(convert_ldm_unet_checkpoint(checkpoint, pipe.unet.config, extract_ema=True))
+                    assert pipe.unet.config.norm_num_groups == 32  # LDM's fixed GroupNorm: see the docstring
+                    checkpoint = load_single_file_model_checkpoint(str(path))
+                    pipe.unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+                    pipe.unet.load_state_dict(convert_ldm_unet_checkpoint(checkpoint, pipe.unet.config, extract_ema=ema))
+                    pipe.vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+                    pipe.vae.load_state_dict(convert_ldm_vae_checkpoint(checkpoint, pipe.vae.config))
                     check_modules(pipe, ema)
                     expected = "v_prediction" if family == "sd21" else "epsilon"
                     assert pipe.scheduler.config.prediction_type == expected
                     assert pipe.tokenizer.pad_token == ("!" if family == "sd21" else "<|endoftext|>")
                     print(family, path.name, "loads in diffusers to the folder's modules")
                     if suffix == "safetensors" and (family == "sd21" or not ema):
-                        out.update(outputs(pipe, f"{family}{'-ema' if ema else ''}", rng))
+                        out.update(outputs(pipe, f"{family}{'-ema' if ema else ''}", rng, folder))
     path = ROOT / "tests" / "golden" / "single_file.npz"
     np.savez_compressed(path, **out)
     print(f"wrote {path} ({path.stat().st_size} bytes):", {k: v.shape for k, v in out.items()})
