@@ -1,7 +1,11 @@
-"""Find a diffusers model folder on disk, offline: a local path, or a repo id in the Hugging Face cache.
+"""Find a diffusers model folder on disk, offline: a local path, or a repo id in the Hugging Face or
+ModelScope cache.
 
 The hub cache keeps `models--org--name/refs/main` (a commit hash) and `snapshots/<commit>/` (the tree,
-symlinks into `blobs/`). We never download: a missing model is an error saying where we looked.
+symlinks into `blobs/`). ModelScope keeps the tree itself at `<cache>/models/org/name` (older releases
+`<cache>/org/name`, and `.` in a name as `___`), with its own files (configuration.json, .msc, .mdl)
+beside the diffusers ones, which we ignore. We never download: a missing model is an error saying where
+we looked.
 """
 import json
 import os
@@ -42,6 +46,11 @@ def hub_cache_roots() -> list:
     return [hub.expanduser(), old.expanduser()]
 
 
+def modelscope_cache_root() -> Path:
+    """Where ModelScope caches live: $MODELSCOPE_CACHE, else ~/.cache/modelscope/hub."""
+    return Path(os.environ.get("MODELSCOPE_CACHE") or Path.home() / ".cache" / "modelscope" / "hub").expanduser()
+
+
 def _snapshot(repo_dir: Path) -> Path:
     ref = repo_dir / "refs" / "main"
     if ref.is_file():
@@ -75,7 +84,13 @@ def resolve_model_folder(path_or_repo_id) -> Path:
         repo_dir = root / ("models--" + repo.replace("/", "--"))
         if repo_dir.is_dir():
             return _snapshot(repo_dir)
-    raise ModelFolderError(f"{repo}: not a folder and not in the Hugging Face cache "
+    modelscope = modelscope_cache_root()
+    for folder in (modelscope / "models" / repo, modelscope / repo):
+        for name in (folder, folder.with_name(folder.name.replace(".", "___"))):
+            if (name / "model_index.json").is_file():
+                return name
+    roots.append(modelscope)
+    raise ModelFolderError(f"{repo}: not a folder and not in the Hugging Face or ModelScope cache "
                            f"({', '.join(map(str, roots))}); " + _DOWNLOAD_HINT.format(repo=repo))
 
 
