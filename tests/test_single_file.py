@@ -120,3 +120,11 @@ def test_a_single_file_without_a_tokenizer_names_the_key(files, tmp_path):
     pytest.importorskip("importlib").util.find_spec("open_clip") and pytest.skip("open_clip installed here")
     with pytest.raises(ModelCheckError, match="set model.tokenizer"):
         inspect_model(_model(files["sd21", "safetensors", False]))
+
+
+def test_model_config_needs_only_the_folders_configs(files, folders, tmp_path):
+    """model.config reads config.json files, scheduler and tokenizer: a folder without weights will do."""
+    import shutil
+    configs = shutil.copytree(folders["sd21"], tmp_path / "configs", ignore=shutil.ignore_patterns("*.safetensors", "loras"))
+    path = files["sd21", "safetensors", False]
+    assert inspect_model(_model(path, config=str(configs))) == inspect_model(_model(path, config=str(folders["sd21"])))

@@ -97,8 +97,20 @@ def resolve_model_folder(path_or_repo_id) -> Path:
 def component_files(folder, component: str):
     """(config dict, weight file) of one component: prefer `.safetensors`, then the `.fp16.safetensors`
     variant, then `.bin` (and its fp16 variant)."""
+    config = component_config(folder, component)
+    sub = Path(folder) / component
+    weight_names = COMPONENTS[component][1]
+    for name in weight_names:
+        if (sub / name).is_file():
+            return config, sub / name
+    raise ModelFolderError(f"{sub}: no {weight_names[0]} (or {', '.join(weight_names[1:])}) weights; "
+                           "download the model's weights (sharded checkpoints are unsupported)")
+
+
+def component_config(folder, component: str) -> dict:
+    """One component's checked config.json: all a single file's `model.config` folder needs (no weights)."""
     folder = Path(folder)
-    classes, weight_names = COMPONENTS[component]
+    classes = COMPONENTS[component][0]
     sub = folder / component
     config_path = sub / "config.json"
     if not config_path.is_file():
@@ -112,11 +124,7 @@ def component_files(folder, component: str):
     if name not in classes:
         raise ModelFolderError(f"{config_path}: {component} class {name!r} is unsupported (need "
                                f"{'/'.join(sorted(classes))}); use a Stable Diffusion 1.x or 2.x model folder")
-    for name in weight_names:
-        if (sub / name).is_file():
-            return config, sub / name
-    raise ModelFolderError(f"{sub}: no {weight_names[0]} (or {', '.join(weight_names[1:])}) weights; "
-                           "download the model's weights (sharded checkpoints are unsupported)")
+    return config
 
 
 def scheduler_config(folder) -> dict:

@@ -13,7 +13,8 @@ from typing import NamedTuple, Optional
 
 from common.sd import single_file
 from common.sd.configs import text_encoder_key, vae_key
-from common.sd.model_folder import ModelFolderError, component_files, resolve_model_folder, scheduler_config
+from common.sd.model_folder import (ModelFolderError, component_config, component_files, resolve_model_folder,
+                                    scheduler_config)
 from common.sd.weights import WeightFileError, inspect_weights, open_weights
 
 COMPONENTS = ("unet", "vae", "text_encoder")
@@ -136,7 +137,7 @@ class SingleFile:
             prediction = single_file.default_prediction(self.stored)
         self.prediction = prediction
         if folder is not None:
-            self.configs = {c: component_files(folder, c)[0] for c in COMPONENTS}
+            self.configs = {c: component_config(folder, c) for c in COMPONENTS}
             if options.image_size:
                 self.configs["unet"] = {**self.configs["unet"], "sample_size": options.image_size // 8}
                 self.configs["vae"] = {**self.configs["vae"], "sample_size": options.image_size}
