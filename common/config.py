@@ -43,8 +43,18 @@ FSYNC_WORDS = {"all": True, "none": False}  # queue.fsync in YAML -> whether wri
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str = pixels("stabilityai/stable-diffusion-2-1")  # a diffusers folder, or a repo id in the HF cache
+    """The SD model: a diffusers folder, a repo id in the HF cache, or a single-file checkpoint
+    (docs/engine.md §13 says what a single file takes from the keys below). The single-file keys enter the
+    pixel hash only when set, so runs planned before they existed keep their hash."""
+    path: str = pixels("stabilityai/stable-diffusion-2-1")  # a diffusers folder, a repo id in the HF cache
     dtype: str = pixels("float16")  # UNet/text encoder precision on a GPU; the CPU always runs float32
+    prediction: str = pixels("auto", when_set=True)  # auto (scheduler config, else inferred) | v_prediction | epsilon
+    # single files only: the UNet's EMA weights; the native size (None: 768 for v-prediction, else 512); a tokenizer
+    # folder, diffusers folder or CLIP BPE .txt.gz; a diffusers folder (or repo id) whose configs describe the file
+    ema: bool = pixels(False, when_set=True)
+    image_size: Optional[int] = pixels(None, when_set=True)
+    tokenizer: Optional[str] = pixels(None, when_set=True)
+    config: Optional[str] = pixels(None, when_set=True)
 
 
 @dataclass(frozen=True)
@@ -200,8 +210,10 @@ def _digest(settings: dict) -> str:
 
 
 def pixel_settings(section) -> dict:
-    """{name: value} of a section's settings declared `pixels`."""
-    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.metadata["pixels"]}
+    """{name: value} of a section's settings declared `pixels` (those declared `when_set`: only when not
+    at their default)."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.metadata["pixels"]
+            and not (f.metadata.get("when_set") and getattr(section, f.name) == f.default)}
 
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
@@ -345,6 +357,10 @@ def _check_values(c: RunConfig, source: str):
         bad("lora.missing", f"must be one of {', '.join(MISSING_LORA)}, not {c.lora.missing!r}")
     if c.model.dtype not in ("float16", "float32"):
         bad("model.dtype", f"must be 'float16' or 'float32', not {c.model.dtype!r}")
+    if c.model.prediction not in ("auto", "v_prediction", "epsilon"):
+        bad("model.prediction", f"must be auto, v_prediction or epsilon, not {c.model.prediction!r}")
+    if c.model.image_size is not None and (c.model.image_size < 8 or c.model.image_size % 8):
+        bad("model.image_size", f"must be a positive multiple of 8, not {c.model.image_size}")
     for key, value in (("producer.steps", c.producer.steps), ("consumer.steps", c.consumer.steps),
                        ("producer.batch", c.producer.batch), ("consumer.batch", c.consumer.batch),
                        ("queue.max_attempts", c.queue.max_attempts), ("scheduling.burst", c.scheduling.burst)):

@@ -406,7 +406,7 @@ def check_model(config: RunConfig):
     """Model files: configs our modules accept, weight headers that match them (common/model_check.py)."""
     from common.model_check import ModelCheckError, inspect_model
     try:
-        inspect_model(config.model.path)
+        inspect_model(config.model)
     except ModelCheckError as e:
         raise ConfigError(f"{_where(config)}: model.path: {e}") from None
 
@@ -415,7 +415,7 @@ def check_layers(config: RunConfig):
     """consumer.layers names attention blocks this UNet has (they follow from its block types and
     layers_per_block); StyleID would otherwise fail in every job."""
     from common.model_check import attention_blocks, inspect_model
-    blocks = attention_blocks(inspect_model(config.model.path))
+    blocks = attention_blocks(inspect_model(config.model))
     for layer in config.consumer.layers:
         if layer not in blocks:
             raise ConfigError(f"{_where(config)}: consumer.layers has {layer!r}, which the UNet of {config.model.path} "
@@ -444,7 +444,7 @@ def check_lora(config: RunConfig, style: Style):
             raise DatasetError(missing_lora_message(config, style.name))
         return
     try:
-        check_lora_file(path, inspect_model(config.model.path))
+        check_lora_file(path, inspect_model(config.model))
     except ModelCheckError as e:
         raise DatasetError(f"{e} (lora of style {style.name})") from None
 
@@ -466,7 +466,9 @@ def check_queue_dir(config: RunConfig):
     others = [("dataset", Path(config.dataset)), ("output", Path(config.output)), ("lora.dir", Path(config.lora.dir))]
     try:
         from common.sd.model_folder import resolve_model_folder
-        others.append(("model.path", resolve_model_folder(config.model.path)))
+        from common.sd.single_file import is_single_file
+        model = config.model.path
+        others.append(("model.path", Path(model) if is_single_file(model) else resolve_model_folder(model)))
     except (OSError, ValueError):  # no such model: its own check says so
         pass
     for key, folder in others:

@@ -103,18 +103,24 @@ class Identities:
         return identity
 
     def model(self, path_or_repo_id) -> Optional[str]:
-        """The identity of a model: its model_index.json and every file of the parts the engine reads."""
+        """The identity of a model: a single-file checkpoint's content, or a folder's model_index.json and
+        every file of the parts the engine reads."""
         from common.sd.model_folder import resolve_model_folder
+        from common.sd.single_file import is_single_file
         if self._frozen is not None and ("model", str(path_or_repo_id)) in self._frozen:
             return self._frozen[("model", str(path_or_repo_id))]
-        try:
-            folder = resolve_model_folder(path_or_repo_id)
-        except (OSError, ValueError):
-            return None
-        files = [folder / "model_index.json"]
-        for part in MODEL_PARTS:
-            files += sorted(p for p in (folder / part).rglob("*") if p.is_file()) if (folder / part).is_dir() else []
-        identity = combined((str(p.relative_to(folder)), self._file(p)) for p in files)
+        if is_single_file(path_or_repo_id):
+            identity = self._file(Path(str(path_or_repo_id)).expanduser())
+        else:
+            try:
+                folder = resolve_model_folder(path_or_repo_id)
+            except (OSError, ValueError):
+                return None
+            files = [folder / "model_index.json"]
+            for part in MODEL_PARTS:
+                if (folder / part).is_dir():
+                    files += sorted(p for p in (folder / part).rglob("*") if p.is_file())
+            identity = combined((str(p.relative_to(folder)), self._file(p)) for p in files)
         if self._frozen is not None:
             self._frozen[("model", str(path_or_repo_id))] = identity
         return identity

@@ -14,12 +14,15 @@ Every problem is one `ModelCheckError` line naming the file and the fix.
 import functools
 import json
 import re
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, Tuple
 
 from common.sd.configs import _positive_int, text_config, text_encoder_key, unet_config, vae_config, vae_key
 from common.sd.model_folder import ModelFolderError, component_files, resolve_model_folder, scheduler_config
+from common.sd.model_source import ModelOptions, open_model, options_of
+from common.sd.single_file import is_single_file
 from common.sd.weights import WeightFileError, inspect_weights
 
 Shapes = Dict[str, Tuple[int, ...]]
@@ -256,7 +259,11 @@ def _inspect_folder(folder: Path, _stamp) -> Dict[str, Shapes]:
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
         raise ModelCheckError(f"{scheduler}: {' '.join(str(e).split())[:200]}; restore the scheduler config") from None
-    tokenizer = folder / "tokenizer"
+    _check_tokenizer_folder(folder / "tokenizer")
+    return shapes
+
+
+def _check_tokenizer_folder(tokenizer: Path) -> None:
     names = [n for n in ("vocab.json", "tokenizer.json") if (tokenizer / n).is_file()]
     if not names or (names[0] == "vocab.json" and not (tokenizer / "merges.txt").is_file()):
         raise ModelCheckError(f"{tokenizer}: no vocab.json + merges.txt (or tokenizer.json); restore the tokenizer")
@@ -266,7 +273,6 @@ def _inspect_folder(folder: Path, _stamp) -> Dict[str, Shapes]:
         except (OSError, ValueError) as e:
             raise ModelCheckError(f"{tokenizer / name}: not valid JSON ({' '.join(str(e).split())[:120]}); "
                                   "restore the tokenizer file") from None
-    return shapes
 
 
 def _stamp(folder: Path) -> tuple:
@@ -281,13 +287,55 @@ def _stamp(folder: Path) -> tuple:
     return tuple(out)
 
 
-def inspect_model(path_or_repo_id) -> Dict[str, Shapes]:
-    """{component: {parameter: shape}} of a model folder every check passed; ModelCheckError otherwise."""
+def inspect_model(model) -> Dict[str, Shapes]:
+    """{component: {parameter: shape}} of a model every check passed; ModelCheckError otherwise. `model`: a
+    path or repo id, or the run config's `model` section (its other keys select how a single file is read)."""
+    path = getattr(model, "path", model)
+    options = options_of(model) if hasattr(model, "path") else ModelOptions()
+    if is_single_file(path):
+        file = Path(str(path)).expanduser().resolve()
+        stat = file.stat()
+        return _inspect_single_file(file, options, (stat.st_size, stat.st_mtime_ns))
     try:
-        folder = resolve_model_folder(path_or_repo_id).resolve()
+        folder = resolve_model_folder(path).resolve()
     except ModelFolderError as e:
         raise ModelCheckError(str(e)) from None
     return _inspect_folder(folder, _stamp(folder))
+
+
+@functools.lru_cache(maxsize=8)
+def _inspect_single_file(file: Path, options: ModelOptions, _stamp) -> Dict[str, Shapes]:
+    """As _inspect_folder, for a single-file checkpoint: the file's keys and shapes (header only) against
+    the configs it is read with; then the tokenizer. Notes (e.g. no EMA weights) go to stderr, once."""
+    try:
+        source = open_model(file, options)
+        shapes = {}
+        for component, params in PARAMS.items():
+            try:
+                expected = params(source.config(component))
+            except (ValueError, TypeError, KeyError) as e:
+                raise ModelCheckError(f"{source.config_path(component)}: {component} config: {' '.join(str(e).split())}; "
+                                      "set model.config to the diffusers folder this checkpoint belongs to") from None
+            _compare(expected, source.header(component), file, component)
+            shapes[component] = expected
+        _check_tokenizer(source.tokenizer)
+    except (ModelFolderError, WeightFileError, ValueError) as e:
+        raise ModelCheckError(" ".join(str(e).split())) from None
+    for note in source.notes:
+        print(f"jstyleid: {note}", file=sys.stderr)
+    return shapes
+
+
+def _check_tokenizer(tokenizer) -> None:
+    if tokenizer.bpe is not None:
+        from common.sd.clip_vocab import vocab_and_merges
+        try:
+            vocab_and_merges(tokenizer.bpe)
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise ModelCheckError(f"{tokenizer.bpe}: unreadable ({' '.join(str(e).split())[:120]}); point "
+                                  "model.tokenizer at CLIP's bpe_simple_vocab_16e6.txt.gz") from None
+        return
+    _check_tokenizer_folder(tokenizer.folder)
 
 
 def attention_blocks(shapes: Dict[str, Shapes]) -> list:

@@ -22,10 +22,12 @@ def load_model(config: RunConfig, device: str, dtype: str = None):
     """This process's shared StableDiffusion on `device` (selected here, once per process), in `dtype`
     (default: model_dtype's rule)."""
     from common.jittor_env import DeviceUnavailable, use_device
+    from common.sd.model_source import options_of
     from common.sd.pipeline import StableDiffusion
     try:
         use_device(device)
-        return StableDiffusion.shared(config.model.path, dtype or model_dtype(config, device), device)
+        return StableDiffusion.shared(config.model.path, dtype or model_dtype(config, device), device,
+                                      options_of(config.model))
     except DeviceUnavailable as e:
         raise DeviceError(str(e)) from e
 

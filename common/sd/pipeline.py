@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from common.jittor_env import load_jittor, require_device
-from common.sd.clip import CLIPTextModel, CLIPTokenizer, rename_text_encoder_keys
+from common.sd.clip import CLIPTextModel, CLIPTokenizer
 from common.sd.ddim import DDIMScheduler
 from common.sd.lora import LoraMerger, LoraSet
-from common.sd.model_folder import component_files, resolve_model_folder, scheduler_config
+from common.sd.model_folder import resolve_model_folder
+from common.sd.model_source import ModelOptions, open_model
+from common.sd.single_file import is_single_file
 from common.sd.unet import UNet2DConditionModel
-from common.sd.vae import AutoencoderKL, rename_legacy_keys
-from common.sd.weights import load_state_dict, read_weights
+from common.sd.vae import AutoencoderKL
+from common.sd.weights import load_state_dict
 
 DTYPES = ("float32", "float16")
 _SHARED = {}
@@ -43,7 +45,7 @@ def require_finite(batch, what: str) -> None:
 
 
 class StableDiffusion:
-    """`.unet .vae .text_encoder .tokenizer .scheduler` of one model folder. The UNet and text encoder run in
+    """`.unet .vae .text_encoder .tokenizer .scheduler` of one model (`.folder`: its folder or single file). The UNet and text encoder run in
     `dtype`; the VAE always in float32 (SD 2.x's VAE overflows in fp16)."""
 
     def __init__(self, folder: Path, unet, vae, text_encoder, tokenizer, scheduler, dtype: str, device: str):
@@ -54,40 +56,47 @@ class StableDiffusion:
         self._lora_sets = {}  # (path, mtime, size) → LoraSet: switching back to a style re-reads nothing
 
     @classmethod
-    def load(cls, path_or_repo_id, dtype: str = "float32", device: str = "cuda") -> "StableDiffusion":
-        """Build the components from `path_or_repo_id` (a folder, or a repo id in the HF cache) offline.
-        Raises common.jittor_env.DeviceUnavailable when this process's Jittor does not run on `device`."""
+    def load(cls, path_or_repo_id, dtype: str = "float32", device: str = "cuda",
+             options: ModelOptions = ModelOptions()) -> "StableDiffusion":
+        """Build the components from `path_or_repo_id` (a diffusers folder, a repo id in the HF cache, or a
+        single-file checkpoint; `options`: the run config's other `model.*` keys) offline. Each weight file
+        is read one tensor at a time. Raises common.jittor_env.DeviceUnavailable when this process's Jittor
+        does not run on `device`."""
         if dtype not in DTYPES:
             raise ValueError(f"model dtype {dtype!r} is unsupported; use one of {DTYPES}")
         require_device(device)
-        folder = resolve_model_folder(path_or_repo_id)
+        source = open_model(path_or_repo_id, options)
         models = {}
         for name, cls_, half in (("unet", UNet2DConditionModel, True), ("vae", AutoencoderKL, False),
                                  ("text_encoder", CLIPTextModel, True)):
-            config, weights = component_files(folder, name)
+            config = source.config(name)
             try:
                 model = cls_(config)
             except (ValueError, KeyError) as e:
-                raise ValueError(f"{weights.parent / 'config.json'}: {e}") from e
+                raise ValueError(f"{source.config_path(name)}: {e}") from e
             if half and dtype == "float16":
                 model.float16()  # before loading, so fp16 files load without an fp32 copy
-            state = read_weights(weights)
-            rename = {"vae": rename_legacy_keys, "text_encoder": rename_text_encoder_keys}.get(name, dict)
-            load_state_dict(model, rename(state), weights)
+            with source.weights(name) as state:
+                load_state_dict(model, state, source.weights_path(name))
             model.eval()
             models[name] = model
-        tokenizer_dir = folder / "tokenizer"
-        scheduler = DDIMScheduler.from_config(scheduler_config(folder))
-        return cls(folder, models["unet"], models["vae"], models["text_encoder"],
-                   CLIPTokenizer.from_folder(tokenizer_dir), scheduler, dtype, device)
+        files = source.tokenizer
+        tokenizer = CLIPTokenizer.from_folder(files.folder) if files.folder else \
+            CLIPTokenizer.from_bpe(files.bpe, files.pad_token)
+        scheduler = DDIMScheduler.from_config(source.scheduler_config())
+        return cls(source.where, models["unet"], models["vae"], models["text_encoder"], tokenizer, scheduler,
+                   dtype, device)
 
     @classmethod
-    def shared(cls, path_or_repo_id, dtype: str = "float32", device: str = "cuda") -> "StableDiffusion":
-        """One loaded copy per (folder, dtype, device) in this process."""
-        key = (str(resolve_model_folder(path_or_repo_id).resolve()), dtype, device)
+    def shared(cls, path_or_repo_id, dtype: str = "float32", device: str = "cuda",
+               options: ModelOptions = ModelOptions()) -> "StableDiffusion":
+        """One loaded copy per (model, options, dtype, device) in this process."""
+        where = Path(str(path_or_repo_id)).expanduser()
+        where = where if is_single_file(where) else resolve_model_folder(path_or_repo_id)
+        key = (str(where.resolve()), tuple(options), dtype, device)
         with _SHARED_LOCK:
             if key not in _SHARED:
-                _SHARED[key] = cls.load(path_or_repo_id, dtype, device)
+                _SHARED[key] = cls.load(path_or_repo_id, dtype, device, options)
             return _SHARED[key]
 
     @property

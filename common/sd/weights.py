@@ -14,15 +14,22 @@ checked against the zip member that holds it (present, uncompressed, exactly its
 the file) and every tensor's offset, size and stride against its storage, so a crafted file gets a
 one-line `WeightFileError` instead of a crash or an allocation sized by its claims. `inspect_weights`
 runs those checks alone (safetensors: the library's header checks), for launch-time validation.
+
+A training checkpoint (`.ckpt`, PyTorch Lightning's) wraps its `state_dict` in other objects (epoch,
+callbacks, optimizer states). With `checkpoint=True` a global the pickle names outside the tensor machinery
+becomes an inert stand-in (nothing is imported or called) and only the `state_dict` is read.
+`open_weights` reads one tensor at a time on demand, so loading a model never holds a second copy of it.
 """
 import collections
 import io
+import json
 import math
 import pickle
 import pickletools
 import struct
 import sys
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,14 +70,49 @@ def read_weights(path) -> dict:
     return _guarded(path, _read_safetensors, lambda p: _torch_zip(p, load=True))
 
 
-def inspect_weights(path) -> dict:
+def inspect_weights(path, checkpoint: bool = False) -> dict:
     """{name: (np.dtype, shape)} as `read_weights` would return them, from the headers alone.
 
     Reads no tensor data (zip: the pickle, with each storage checked against its member's size;
     safetensors: the header, with offsets checked against the file size), so a launcher can check many
-    files cheaply; a file it accepts can still fail to read if its data bytes are damaged.
+    files cheaply; a file it accepts can still fail to read if its data bytes are damaged. `checkpoint`:
+    a torch zip may be a training checkpoint (see the module docstring); its state_dict is inspected.
     """
-    return _guarded(path, _inspect_safetensors, lambda p: _torch_zip(p, load=False))
+    return _guarded(path, _inspect_safetensors, lambda p: _torch_zip(p, load=False, parse=_parser(checkpoint)))
+
+
+def open_weights(path, checkpoint: bool = False) -> "WeightFile":
+    """The file's tensors as a read-only mapping that reads each one from disk when it is looked up (all
+    checks of `inspect_weights` done first); use it in a `with` block, which closes the file."""
+    return _guarded(path, _open_safetensors, lambda p: _open_torch_zip(p, checkpoint))
+
+
+class WeightFile(Mapping):
+    """{name: np.ndarray} read on demand: `header` gives (dtype, shape) without data; each lookup reads that
+    tensor alone into a fresh native-endian array, so a caller holding one at a time holds one at most."""
+
+    def __init__(self, path: Path, header: dict, read, close=lambda: None):
+        self.path, self.header, self._read, self._close = path, header, read, close
+
+    def __getitem__(self, name):
+        if name not in self.header:
+            raise KeyError(name)
+        return _guarded(self.path, lambda _: self._read(name), lambda _: self._read(name))
+
+    def __iter__(self):
+        return iter(self.header)
+
+    def __len__(self):
+        return len(self.header)
+
+    def close(self):
+        self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exc):
+        self.close()
 
 
 def _guarded(path, safetensors_reader, zip_reader):
@@ -130,6 +172,25 @@ def _read_safetensors(path: Path) -> dict:
     return state
 
 
+def _open_safetensors(path: Path) -> WeightFile:
+    """Checked by the library's header parser first; then each tensor is read at its offsets."""
+    header = _inspect_safetensors(path)
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        offsets = {k: v for k, v in json.loads(f.read(size)).items() if k != "__metadata__"}
+    start, handle = 8 + size, open(path, "rb")
+
+    def read(name):
+        begin, end = offsets[name]["data_offsets"]
+        dtype = offsets[name]["dtype"]
+        stored = np.dtype(np.uint16 if dtype == "BF16" else _SAFETENSORS_DTYPES[dtype]).newbyteorder("<")
+        handle.seek(start + begin)
+        array = np.frombuffer(handle.read(end - begin), stored).reshape(header[name][1])
+        return _widen_bfloat16(array) if dtype == "BF16" else array.astype(stored.newbyteorder("="))
+
+    return WeightFile(path, header, read, handle.close)
+
+
 def _widen_bfloat16(bits: np.ndarray) -> np.ndarray:
     """float32 of bfloat16 values held as uint16 (bfloat16 is the high half of a float32)."""
     return (bits.astype(np.uint32) << 16).view(np.float32)
@@ -168,12 +229,27 @@ def _parameter(data, *_flags):  # torch._utils._rebuild_parameter: a Parameter i
     return data
 
 
-class _Unpickler(pickle.Unpickler):
-    """Rebuilds a torch state dict as {name: _View}; allows no other globals and reads no storage."""
+class _Foreign:
+    """What a checkpoint's other objects (Lightning callbacks, NumPy scalars, ...) unpickle to: built from
+    any arguments and state, and holding none of them, so nothing named by the file is imported or run."""
 
-    def __init__(self, data: bytes):
+    def __new__(cls, *_args, **_kwargs):
+        return super().__new__(cls)
+
+    def __init__(self, *_args, **_kwargs):
+        pass
+
+    def __setstate__(self, _state):
+        pass
+
+
+class _Unpickler(pickle.Unpickler):
+    """Rebuilds a torch state dict as {name: _View}; reads no storage. Other globals are refused, or with
+    `foreign=True` (training checkpoints) become the inert `_Foreign`."""
+
+    def __init__(self, data: bytes, foreign: bool = False):
         super().__init__(io.BytesIO(data))
-        self.storages = {}
+        self.storages, self.foreign = {}, foreign
 
     def find_class(self, module, name):
         if (module, name) == ("collections", "OrderedDict"):
@@ -184,6 +260,8 @@ class _Unpickler(pickle.Unpickler):
             return _parameter
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageKind(name, np.dtype(_STORAGE_DTYPES[name]))
+        if self.foreign:
+            return _Foreign
         raise _Refused(f"the pickle names {_short(f'{module}.{name}')}, which a weights file never holds "
                        "(refused: unpickling it could run code)", "load only files from sources you trust, "
                        "or convert the file to .safetensors")
@@ -260,22 +338,67 @@ def _checked_member(archive: zipfile.ZipFile, name: str, size: int, file_size: i
     return info
 
 
+def _checked_zip(archive: zipfile.ZipFile, path: Path, parse):
+    """(prefix, {name: _View}, byte order) of an open torch zip, every storage checked against its member."""
+    file_size = path.stat().st_size
+    prefix, state = _read_pickle(archive, file_size, parse or _state_from_pickle)
+    storages = {view.storage.key: view.storage for view in state.values()}
+    for ref in storages.values():
+        _checked_member(archive, f"{prefix}data/{ref.key}", ref.numel * ref.kind.dtype.itemsize, file_size)
+    return prefix, state, _byte_order(archive, prefix)
+
+
+def _parser(checkpoint: bool):
+    """How to read the pickle of a training checkpoint (see the module docstring); None: a state dict's."""
+    return _checkpoint_from_pickle if checkpoint else None
+
+
+def _open_torch_zip(path: Path, checkpoint: bool) -> "WeightFile":
+    """Each lookup reads its tensor's storage member (the last one is kept: tensors may share it). A legacy
+    file (small by nature: nothing large was saved before torch 1.6) is read whole."""
+    parse = _parser(checkpoint)
+    if parse is None and not zipfile.is_zipfile(path):
+        arrays = _torch_legacy(path, load=True)
+        return WeightFile(path, {k: (v.dtype, v.shape) for k, v in arrays.items()}, arrays.__getitem__, lambda: None)
+    _require_zip(path)
+    archive = zipfile.ZipFile(path)
+    try:
+        prefix, state, order = _checked_zip(archive, path, parse)
+    except BaseException:
+        archive.close()
+        raise
+    last = {}
+
+    def read(name):
+        view = state[name]
+        ref = view.storage
+        if last.get("key") != ref.key:
+            last.clear()
+            array = np.frombuffer(archive.read(f"{prefix}data/{ref.key}"), ref.kind.dtype.newbyteorder(order))
+            last.update(key=ref.key, array=_widen_bfloat16(array) if ref.kind.name == "BFloat16Storage" else array)
+        return _materialize(last["array"], view)
+
+    header = {name: (_native(v.storage.kind), tuple(v.size)) for name, v in state.items()}
+    return WeightFile(path, header, read, archive.close)
+
+
+def _require_zip(path: Path) -> None:
+    if not zipfile.is_zipfile(path):
+        raise _Refused("not a zip archive", "the file is damaged or of another kind: download it again")
+
+
 def _torch_zip(path: Path, load: bool, parse=None) -> dict:
     """{name: array} (load) or {name: (dtype, shape)}: every check runs before any storage is read.
-    `parse(pickle bytes) -> ({name: checked _View}, storages)` reads the pickle (default: a state dict's)."""
-    if not zipfile.is_zipfile(path):
-        if parse is not None:
-            raise _Refused("not a zip archive", "the file is damaged or not a TorchScript archive: download it again")
+    `parse(pickle bytes) -> ({name: checked _View}, storages)` reads the pickle (default: a state dict's;
+    only a plain state dict may be a legacy file)."""
+    if parse is None and not zipfile.is_zipfile(path):
         return _torch_legacy(path, load)
-    file_size = path.stat().st_size
+    _require_zip(path)
     with zipfile.ZipFile(path) as archive:
-        prefix, state = _read_pickle(archive, file_size, parse or _state_from_pickle)
-        storages = {view.storage.key: view.storage for view in state.values()}
-        for ref in storages.values():
-            _checked_member(archive, f"{prefix}data/{ref.key}", ref.numel * ref.kind.dtype.itemsize, file_size)
-        order = _byte_order(archive, prefix)
+        prefix, state, order = _checked_zip(archive, path, parse)
         if not load:
             return {name: (_native(v.storage.kind), tuple(v.size)) for name, v in state.items()}
+        storages = {view.storage.key: view.storage for view in state.values()}
         arrays = {}
         for key, ref in storages.items():
             array = np.frombuffer(archive.read(f"{prefix}data/{key}"), ref.kind.dtype.newbyteorder(order))
@@ -297,11 +420,14 @@ def _read_pickle(archive: zipfile.ZipFile, file_size: int, parse):
     return info.filename[:-len("data.pkl")], state
 
 
-def _state_from_pickle(data: bytes):
-    """({name: checked _View}, {key: _StorageRef} of every storage declared) of a state dict's pickle."""
+def _state_from_pickle(data: bytes, checkpoint: bool = False):
+    """({name: checked _View}, {key: _StorageRef} of every storage declared) of a state dict's pickle, or of
+    a training checkpoint's `state_dict` (its other objects skipped)."""
     _prescan(data)
-    unpickler = _Unpickler(data)
+    unpickler = _Unpickler(data, foreign=checkpoint)
     state = unpickler.load()
+    if checkpoint:
+        state = _state_dict_of(state)
     if not isinstance(state, dict) or not all(type(k) is str and isinstance(v, _View) for k, v in state.items()):
         raise _Refused("expected a flat {name: tensor} state dict", "save the state_dict only")
     for name, view in state.items():
@@ -385,6 +511,21 @@ def _torch_legacy(path: Path, load: bool) -> dict:
     return {name: _materialize(arrays[v.storage.key], v) for name, v in state.items()}
 
 
+def _checkpoint_from_pickle(data: bytes):
+    return _state_from_pickle(data, checkpoint=True)
+
+
+def _state_dict_of(checkpoint) -> dict:
+    """The tensors of a training checkpoint: its innermost `state_dict` (Lightning nests the model's there),
+    else the object itself; entries that are not tensors (counters, stand-ins) are skipped."""
+    while isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, dict):
+        raise _Refused(f"the pickle holds a {type(checkpoint).__name__}, not a checkpoint with a state_dict",
+                       "save the model's state_dict")
+    return {k: v for k, v in checkpoint.items() if isinstance(v, _View)}
+
+
 def _native(kind: _StorageKind) -> np.dtype:
     return np.dtype(np.float32) if kind.name == "BFloat16Storage" else kind.dtype.newbyteorder("=")
 
@@ -418,15 +559,16 @@ class _Storage:
         self.key, self.array = key, array
 
 
-def _torch_global(module, name):
-    """A stand-in class whose pickle reference is `module.name` (what torch.load looks up)."""
-    stub = type(name, (), {})
+def named_global(module: str, name: str):
+    """A stand-in class whose pickle reference is `module.name` (what torch.load looks up), so files other
+    programs read can name their classes without importing them here."""
+    stub = type(name, (), {"_pickled_by_name": True})
     stub.__module__, stub.__qualname__, stub.__name__ = module, name, name
     return stub
 
 
-_REBUILD = _torch_global("torch._utils", "_rebuild_tensor_v2")
-_STORAGE_STUBS = {k: _torch_global("torch", k) for k in _STORAGE_NAMES.values()}
+_REBUILD = named_global("torch._utils", "_rebuild_tensor_v2")
+_STORAGE_STUBS = {k: named_global("torch", k) for k in _STORAGE_NAMES.values()}
 
 
 class _TensorRef:
@@ -449,17 +591,31 @@ class _Pickler(pickle._Pickler):  # the Python pickler: its save_global can name
         return None
 
     def save_global(self, obj, name=None):
-        if obj is _REBUILD or any(obj is s for s in _STORAGE_STUBS.values()):
+        if getattr(obj, "_pickled_by_name", False):
             self.write(pickle.GLOBAL + f"{obj.__module__}\n{obj.__qualname__}\n".encode())
             self.memoize(obj)
             return
         super().save_global(obj, name)
 
 
-def _pickled_tree(state: dict, legacy: bool = False):
-    """(the storages, in order; the state dict's pickle referring to them)."""
-    storages = [_Storage(str(i), np.array(a, order="C")) for i, a in enumerate(state.values())]
-    tree = collections.OrderedDict((k, _TensorRef(s)) for k, s in zip(state, storages))
+def _pickled_tree(state: dict, legacy: bool = False, extras: dict = None):
+    """(the storages, in order; the state dict's pickle referring to them). With `extras` the pickle is a
+    training checkpoint's, {**extras, "state_dict": state}, arrays anywhere in `extras` stored as tensors."""
+    storages = []
+
+    def tensors(value):
+        if isinstance(value, np.ndarray):
+            storages.append(_Storage(str(len(storages)), np.array(value, order="C")))
+            return _TensorRef(storages[-1])
+        if isinstance(value, dict):
+            return type(value)((k, tensors(v)) for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return type(value)(tensors(v) for v in value)
+        return value
+
+    tree = tensors(collections.OrderedDict(state))
+    if extras is not None:
+        tree = {**tensors(dict(extras)), "state_dict": tree}
     buffer = io.BytesIO()
     pickler = _Pickler(buffer, protocol=2)
     pickler.legacy = legacy
@@ -471,10 +627,11 @@ def _little_endian_bytes(array: np.ndarray) -> bytes:
     return array.astype(array.dtype.newbyteorder("<")).tobytes()
 
 
-def save_torch_zip(state: dict, path) -> None:
-    """Write {name: np.ndarray} as a torch zip checkpoint that `torch.load` (weights_only too) reads."""
+def save_torch_zip(state: dict, path, extras: dict = None) -> None:
+    """Write {name: np.ndarray} as a torch zip checkpoint that `torch.load` (weights_only too) reads; with
+    `extras`, a training checkpoint (see `_pickled_tree`)."""
     path = Path(path)
-    storages, data = _pickled_tree(state)
+    storages, data = _pickled_tree(state, extras=extras)
     root = path.name.split(".")[0] or "archive"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
         archive.writestr(f"{root}/data.pkl", data)
@@ -501,16 +658,19 @@ def save_torch_legacy(state: dict, path) -> None:
 
 def load_state_dict(module, state: dict, source, ignore=("position_ids",)) -> None:
     """Copy `state` into `module`'s Vars by exact name; cast to each Var's dtype (fp16 files → fp32 models).
+    `state` may read its tensors on lookup (`open_weights`); it then says their `shapes`, and one tensor at a
+    time is held.
 
     Any missing key, unexpected key (other than names ending in `ignore`) or shape mismatch raises one
     line naming `source`, the first offending keys and what to do. A 0-d tensor (CLIP's `logit_scale`)
     fills a Jittor scalar, which has shape (1,).
     """
     params = module.state_dict()
+    stored = getattr(state, "shapes", None) or {k: tuple(v.shape) for k, v in state.items()}  # lazy: no reads
     unexpected = [k for k in state if k not in params and not k.endswith(tuple(ignore))]
     missing = [k for k in params if k not in state]
-    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(params[k].shape)}"
-              for k in params if k in state and (tuple(state[k].shape) or (1,)) != tuple(params[k].shape)]
+    shapes = [f"{k} {tuple(stored[k])} vs model {tuple(params[k].shape)}"
+              for k in params if k in state and (tuple(stored[k]) or (1,)) != tuple(params[k].shape)]
     hint = ("the file does not belong to this model type or its config.json (wrong component, "
             "unsupported model, or mismatched config): use the weights that ship with this config")
     for problem, keys in (("missing keys", missing), ("unexpected keys", unexpected),

@@ -4,35 +4,17 @@ SD 2.x's tokenizer folder (vocab.json + merges.txt) is this file's first 48,894 
 alphabet: rebuilding it here lets the tiny test checkpoint tokenize exactly like the real model without
 shipping model files. Pure Python (no numpy, jittor or torch) so reference scripts can use it too.
 """
-import gzip
 import json
 from pathlib import Path
 
+from common.sd.clip_vocab import BOS, EOS, NUM_MERGES, bytes_to_unicode, vocab_and_merges  # noqa: F401
+
 BPE_GZ = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
-NUM_MERGES = 48894  # 49408 - 2*256 byte symbols - 2 specials
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-
-
-def bytes_to_unicode() -> dict:
-    """GPT-2's byte -> printable character table (bytes that print stay themselves)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = list(bs)
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
 
 
 def clip_vocab_and_merges() -> tuple:
     """({token: id} with 49408 entries, [merge lines 'a b']) in CLIP's id order."""
-    lines = gzip.open(BPE_GZ, "rt", encoding="utf-8").read().split("\n")
-    merges = lines[1:NUM_MERGES + 1]
-    symbols = list(bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + [BOS, EOS]
-    return {tok: i for i, tok in enumerate(tokens)}, merges
+    return vocab_and_merges(BPE_GZ)
 
 
 def write_tokenizer_folder(folder, pad_token: str = "!") -> Path:
