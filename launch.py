@@ -120,8 +120,8 @@ def parse_gpus(spec) -> list:
     return gpus
 
 
-def assign_roles(gpus: list, graph, producers) -> list:
-    """[(gpu, home role)]: one slot does every stage; more split the balanced pair by their costs."""
+def assign_homes(gpus: list, graph, producers) -> list:
+    """[(gpu, home stage)]: one slot does every stage; more split the balanced pair by their costs."""
     if len(gpus) == 1:
         return [(gpus[0], "both")]
     up, down = graph.flow()
@@ -274,7 +274,7 @@ def summary(queue: Queue, graph, sup: Supervisor, progress: Progress, wall: floa
     lines = [f"done in {wall:.1f} s: {images} image(s), {images / wall * 3600 if wall else 0:.1f} images/hour; "
              + ", ".join(f"{progress.done(s)} {s} job(s)" for s in graph.stages if s != graph.results)]
     for s in sup.slots:
-        where = f"slot {s.gpu} ({s.role}) on {s.node}" if s.node else f"gpu {s.gpu} ({s.role})"
+        where = f"slot {s.gpu} ({s.home}) on {s.node}" if s.node else f"gpu {s.gpu} ({s.home})"
         lines.append(f"  {where}: busy {s.busy_s / wall if wall else 0:.0%}, {s.jobs_done} job(s)"
                      + (f", parked: {s.parked}" if s.parked else ""))
     fails = queue.failures()
@@ -301,7 +301,7 @@ def run(args) -> int:
         raise UsageError("--workers is for --ray; on one machine --gpus names the workers")
     cluster = open_cluster(args) if args.ray else None
     try:
-        slots = assign_roles(cluster.slot_labels(args.workers) if cluster else parse_gpus(args.gpus), graph,
+        slots = assign_homes(cluster.slot_labels(args.workers) if cluster else parse_gpus(args.gpus), graph,
                              args.producers)
         queue = Queue(config.queue_dir, graph.rules(), fsync=config.queue.fsync)
         check_queue_folder(queue, graph.former_folders)

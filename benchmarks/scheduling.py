@@ -6,7 +6,7 @@ that can start only after its gen job. Stage durations are stand-ins with the me
 same work. A worker that changes stage pays `--switch` (adapter swap), a gen job of a new style pays
 `--lora-swap`; both are charged to the makespan, not to the ideal (= total stage work / N; with training, the
 larger of that and the bounds training imposes: `Work.ideal`).
-Compared in the same run: a fixed split of 1 producer : 3 consumers on 4 GPUs (no elastic roles,
+Compared in the same run: a fixed split of 1 gen : 3 sty home stages on 4 GPUs (no elastic home stages,
 unbounded queue). An idle worker re-asks the policy at the next completion (the real one polls at 0.2-2 s).
 
 With training (the stage graph's `train` stage, `lora.missing: train`), every style first needs a LoRA
@@ -31,7 +31,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.workers.scheduling import DOWN, UP, BurstPolicy, backlog_marks, choose_stage, split_gpus  # noqa: E402
+from common.workers.scheduling import BurstPolicy, Pair, backlog_marks, choose_stage, split_gpus  # noqa: E402
+
+GEN, STY = PAIR = Pair("gen", "sty")
 
 TRAIN = "train"  # the stage taken before the balanced pair (pipeline_stages() checks the graph agrees)
 
@@ -104,15 +106,15 @@ class Result:
 
 def simulate(work: Work, n_workers: int, policy: str = "elastic", burst: int = 8, producers: int | None = None,
              switch: float = 0.1, lora_swap: float = 0.05, hysteresis: bool = True, barrier: bool = False) -> Result:
-    """Run every task to completion; policy is "elastic" (choose_stage), "fixed" (home roles only, a
+    """Run every task to completion; policy is "elastic" (choose_stage), "fixed" (home stages only, a
     fixed split) or "burst" (BurstPolicy, one worker). With training, any free worker takes a train job
     first (as the real worker does) and a style's gen jobs are released when its LoRA lands, or, with
     `barrier`, when every LoRA has. Raises if the policy stalls with work left."""
     if policy == "burst" and n_workers != 1:
         raise ValueError("the burst policy runs one worker")
     n_prod = 0 if policy == "burst" else split_gpus(n_workers, work.ratio, 1.0, producers)
-    homes = [UP if w < n_prod else DOWN for w in range(n_workers)]
-    bursts = [BurstPolicy(burst) for _ in range(n_workers)] if policy == "burst" else None
+    homes = [GEN if w < n_prod else STY for w in range(n_workers)]
+    bursts = [BurstPolicy(PAIR, burst) for _ in range(n_workers)] if policy == "burst" else None
     gen_pending = [deque(range(s * work.prompts, (s + 1) * work.prompts)) for s in range(work.styles)]
     train_pending = deque(range(len(work.train)))
     released = [not work.train] * work.styles  # a style's gen jobs are claimable once its LoRA exists
@@ -133,9 +135,9 @@ def simulate(work: Work, n_workers: int, policy: str = "elastic", burst: int = 8
         if policy == "burst":
             return bursts[w].next_stage(backlog, gen_left, sty_left)
         if policy == "fixed":
-            return homes[w] if (gen_left if homes[w] == UP else sty_left) else None
+            return homes[w] if (gen_left if homes[w] == GEN else sty_left) else None
         cur = current[w] if hysteresis else homes[w]
-        return choose_stage(homes[w], cur, backlog, gen_left, sty_left, n_workers)
+        return choose_stage(PAIR, homes[w], cur, backlog, gen_left, sty_left, n_workers)
 
     def claim_gen(w: int) -> int:
         """LoRA affinity: stay on this worker's style while it has jobs, else take the fullest style."""
@@ -154,7 +156,7 @@ def simulate(work: Work, n_workers: int, policy: str = "elastic", burst: int = 8
             if stage == TRAIN:
                 task = train_pending.popleft()
                 cost = work.train[task]
-            elif stage == UP:
+            elif stage == GEN:
                 if gen_count == 0:
                     raise RuntimeError(f"policy {policy} chose gen with no gen job left")
                 task = claim_gen(w)
@@ -186,7 +188,7 @@ def simulate(work: Work, n_workers: int, policy: str = "elastic", burst: int = 8
                 for s in ([task] if not barrier else range(work.styles) if trained == len(work.train) else []):
                     released[s] = True
                     gen_count += len(gen_pending[s])
-            elif stage == UP:
+            elif stage == GEN:
                 sty_pending.append(task)
                 max_backlog = max(max_backlog, len(sty_pending))
             else:

@@ -203,7 +203,7 @@ class Graph:
         return [s for s in self.specs if name in s.needs and s.unit == unit]
 
     def flow(self) -> Tuple[str, str]:
-        """(upstream, downstream) of the last 1:1 edge, which back-pressure and elastic roles balance."""
+        """(upstream, downstream) of the last 1:1 edge, which back-pressure and elastic home stages balance."""
         for s in reversed(self.specs):
             for need in s.needs:
                 if self.spec(need).unit == s.unit:
@@ -392,7 +392,7 @@ class Graph:
 
 # -- the jstyleid stages ------------------------------------------------------------------------------
 def lora_target(config: RunConfig, style: str) -> Path:
-    """The style's LoRA file: the existing one the producer will read, else where training writes it."""
+    """The style's LoRA file: the existing one the gen stage will read, else where training writes it."""
     from common.style_files import lora_path
     lora = config.lora
     return lora_path(config, style) or Path(lora.dir) / lora.subdir.format(style=style) / lora.names[0]

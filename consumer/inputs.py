@@ -1,7 +1,7 @@
-"""The consumer's inputs: images (the style's, or outside content PNGs) and content latents.
+"""The sty stage's inputs: images (the style's, or outside content PNGs) and content latents.
 
 Images are read as the RGB a viewer shows (`common.images`: any mode, upright, transparency on white),
-centre-cropped to the target's aspect ratio and Lanczos-resized, like the producer's.
+centre-cropped to the target's aspect ratio and Lanczos-resized, like the gen stage's.
 """
 from typing import Tuple
 
@@ -27,11 +27,11 @@ def load_image(path, size: Tuple[int, int]) -> np.ndarray:
 
 
 def load_latent(path) -> np.ndarray:
-    """A producer latent (.npy, already × scaling factor) as fp32 (4, h, w)."""
+    """A gen stage latent (.npy, already × scaling factor) as fp32 (4, h, w)."""
     z = np.load(path)
     if z.ndim == 4 and z.shape[0] == 1:
         z = z[0]
     if z.ndim != 3:
         raise ValueError(f"{path}: expected a latent shaped (4, h, w) or (1, 4, h, w), got {z.shape}; "
-                         "regenerate it with the producer")
+                         "regenerate it with the gen stage")
     return z.astype(np.float32)

@@ -31,7 +31,7 @@ def restyle_tasks(style_dir: Path, content_dir: Path, out_dir: Path) -> list:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m consumer.restyle", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="the run's YAML config (model, consumer settings)")
+    parser.add_argument("--config", required=True, help="the run's YAML config (model, consumer section)")
     parser.add_argument("--style-dir", required=True, type=Path, help="a style folder holding images/")
     parser.add_argument("--content-dir", required=True, type=Path, help="a folder of content images")
     parser.add_argument("--out", required=True, type=Path, help="where the stylized PNGs go")

@@ -1,4 +1,4 @@
-"""Stage 2: StyleID turns each content image of a style into the stylized result.
+"""The sty stage: StyleID turns each content image of a style into the stylized result.
 
 The model loads once per worker (shared with a producer in the same process); StyleID runs on the base
 model unless `consumer.use_lora`. The style's inversion comes from a per-worker LRU, so a style costs its
@@ -49,12 +49,12 @@ class ConsumerStage:
                        temperature=c.temperature, layers=c.layers, adain=c.adain)
 
     def content_latent(self, task: Task) -> np.ndarray:
-        """fp32 (4, h, w): the producer's latent when present, else the VAE-encoded content PNG."""
+        """fp32 (4, h, w): the gen stage's latent when present, else the VAE-encoded content PNG."""
         latent, png = task.files["content_latent"], task.files["content_png"]
         if latent.is_file():
             return load_latent(latent)
         if not png.is_file():
-            raise FileNotFoundError(f"{latent}: no content latent, nor {png}; run the producer for this task first")
+            raise FileNotFoundError(f"{latent}: no content latent, nor {png}; run the gen stage for this task first")
         size = self.config.consumer.size
         image = load_image(png, (size, size))
         with jt.no_grad():

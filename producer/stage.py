@@ -1,4 +1,4 @@
-"""Stage 1: SD 2.1 with the style's DreamBooth LoRA turns prompts into content images and latents.
+"""The gen stage: SD 2.1 with the style's DreamBooth LoRA turns prompts into content images and latents.
 
 The base model loads once per worker; moving to another style swaps only the LoRA deltas. Each task's
 final latent (.npy, already scaled) is the hand-off to StyleID, which inverts it directly: no VAE encode,

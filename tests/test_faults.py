@@ -20,15 +20,15 @@ POINTS = ["after_claim", "mid_output", "after_output", "after_stage", "after_pub
 CTX = mp.get_context("fork")
 
 
-def _work(config_path, role, n_workers, crash_spec, fake_ms):
+def _work(config_path, home, n_workers, crash_spec, fake_ms):
     os.environ["JSTYLEID_FAKE_MS"] = fake_ms
     crash.arm(crash_spec)
-    code = Worker(load_config(config_path), "cpu", role, n_workers).run()
+    code = Worker(load_config(config_path), "cpu", home, n_workers).run()
     os._exit(code)
 
 
-def start(config_path, role="both", n_workers=1, crash_spec="", fake_ms="0"):
-    p = CTX.Process(target=_work, args=(config_path, role, n_workers, crash_spec, fake_ms))
+def start(config_path, home="both", n_workers=1, crash_spec="", fake_ms="0"):
+    p = CTX.Process(target=_work, args=(config_path, home, n_workers, crash_spec, fake_ms))
     p.start()
     return p
 

@@ -176,15 +176,15 @@ def test_bad_gpu_list_is_a_usage_error(tmp_path, capsys):
     assert "--gpus" in capsys.readouterr().err
 
 
-def test_roles_split_by_cost_or_by_producers():
+def test_home_stages_split_by_cost_or_by_producers():
     from common.graph import default_graph
     graph = default_graph(load_config())
-    assert launch.assign_roles(["cpu"], graph, None) == [("cpu", "both")]
-    assert [r for _, r in launch.assign_roles(["0", "1", "2"], graph, None)] == ["gen", "sty", "sty"]
-    assert [r for _, r in launch.assign_roles(["0", "1", "2"], graph, 2)] == ["gen", "gen", "sty"]
+    assert launch.assign_homes(["cpu"], graph, None) == [("cpu", "both")]
+    assert [r for _, r in launch.assign_homes(["0", "1", "2"], graph, None)] == ["gen", "sty", "sty"]
+    assert [r for _, r in launch.assign_homes(["0", "1", "2"], graph, 2)] == ["gen", "gen", "sty"]
 
 
-def test_two_workers_with_split_roles_share_the_work(tmp_path, monkeypatch):
+def test_two_workers_with_split_home_stages_share_the_work(tmp_path, monkeypatch):
     from common.workers.supervisor import Supervisor
     # Jobs last long enough (12 x 0.3 s) that the second worker is up before the first could finish them all,
     # even on a loaded 2-core machine where a Python start takes a second.

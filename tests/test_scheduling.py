@@ -1,11 +1,13 @@
-"""The scheduling policy: GPU split, back-pressure, elastic roles, hysteresis, single-GPU bursts, makespan."""
+"""The scheduling policy: GPU split, back-pressure, elastic home stages, hysteresis, single-GPU bursts, makespan."""
 import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-from common.workers.scheduling import DOWN, UP, BurstPolicy, backlog_marks, choose_stage, split_gpus
+from common.workers.scheduling import BurstPolicy, Pair, backlog_marks, choose_stage, split_gpus
+
+GEN, STY = PAIR = Pair("gen", "sty")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +33,7 @@ def test_split_follows_the_cost_ratio(n, gen_cost, sty_cost, expected):
 
 
 @pytest.mark.parametrize("gen_cost, sty_cost", [(1.0, 1000.0), (1000.0, 1.0)])
-def test_split_keeps_at_least_one_worker_per_role(gen_cost, sty_cost):
+def test_split_keeps_at_least_one_worker_per_home_stage(gen_cost, sty_cost):
     for n in range(2, 10):
         assert 0 < split_gpus(n, gen_cost, sty_cost) < n
 
@@ -65,73 +67,73 @@ N = 4
 LOW, HIGH = backlog_marks(N)
 
 
-@pytest.mark.parametrize("home", [UP, DOWN])
-@pytest.mark.parametrize("current", [None, UP, DOWN])
+@pytest.mark.parametrize("home", [GEN, STY])
+@pytest.mark.parametrize("current", [None, GEN, STY])
 def test_back_pressure_no_gen_at_or_above_high(home, current):
     for backlog in (HIGH, HIGH + 3):
-        assert choose_stage(home, current, backlog, True, True, N) == DOWN
-        assert choose_stage(home, current, backlog, True, False, N) is None  # wait, never gen
+        assert choose_stage(PAIR, home, current, backlog, True, True, N) == STY
+        assert choose_stage(PAIR, home, current, backlog, True, False, N) is None  # wait, never gen
 
 
-@pytest.mark.parametrize("home", [UP, DOWN])
-@pytest.mark.parametrize("current", [None, UP, DOWN])
+@pytest.mark.parametrize("home", [GEN, STY])
+@pytest.mark.parametrize("current", [None, GEN, STY])
 def test_elastic_takeover_when_a_stage_runs_dry(home, current):
     for backlog in range(0, HIGH):
         if backlog:
-            assert choose_stage(home, current, backlog, False, True, N) == DOWN  # gen ran out
-    assert choose_stage(home, current, 0, True, False, N) == UP  # sty starves: everyone generates
-    assert choose_stage(home, current, 0, False, False, N) is None
+            assert choose_stage(PAIR, home, current, backlog, False, True, N) == STY  # gen ran out
+    assert choose_stage(PAIR, home, current, 0, True, False, N) == GEN  # sty starves: everyone generates
+    assert choose_stage(PAIR, home, current, 0, False, False, N) is None
 
 
-@pytest.mark.parametrize("home", [UP, DOWN])
-def test_home_role_inside_the_band(home):
+@pytest.mark.parametrize("home", [GEN, STY])
+def test_home_stage_inside_the_band(home):
     for backlog in range(1, HIGH):
-        assert choose_stage(home, home, backlog, True, True, N) == home
-        assert choose_stage(home, None, backlog, True, True, N) == home
+        assert choose_stage(PAIR, home, home, backlog, True, True, N) == home
+        assert choose_stage(PAIR, home, None, backlog, True, True, N) == home
 
 
 def test_producer_lent_to_sty_stays_until_backlog_reaches_low():
     for backlog in range(LOW + 1, HIGH):
-        assert choose_stage(UP, DOWN, backlog, True, True, N) == DOWN
-    assert choose_stage(UP, DOWN, LOW, True, True, N) == UP
+        assert choose_stage(PAIR, GEN, STY, backlog, True, True, N) == STY
+    assert choose_stage(PAIR, GEN, STY, LOW, True, True, N) == GEN
 
 
 def test_consumer_lent_to_gen_stays_until_backlog_reaches_low():
     for backlog in range(1, LOW):
-        assert choose_stage(DOWN, UP, backlog, True, True, N) == UP
-    assert choose_stage(DOWN, UP, LOW, True, True, N) == DOWN
+        assert choose_stage(PAIR, STY, GEN, backlog, True, True, N) == GEN
+    assert choose_stage(PAIR, STY, GEN, LOW, True, True, N) == STY
 
 
 # BurstPolicy
 
 def drive_burst(burst, tasks):
     """One worker running `tasks` through BurstPolicy; returns the stage sequence and the max backlog."""
-    policy, gen_left, backlog, seq = BurstPolicy(burst), tasks, 0, []
+    policy, gen_left, backlog, seq = BurstPolicy(PAIR, burst), tasks, 0, []
     while (stage := policy.next_stage(backlog, gen_left > 0, backlog > 0)) is not None:
         seq.append(stage)
-        if stage == UP:
+        if stage == GEN:
             gen_left, backlog = gen_left - 1, backlog + 1
         else:
             backlog -= 1
         assert backlog >= 0 and len(seq) <= 2 * tasks
-    return seq, max(seq[:i].count(UP) - seq[:i].count(DOWN) for i in range(len(seq) + 1))
+    return seq, max(seq[:i].count(GEN) - seq[:i].count(STY) for i in range(len(seq) + 1))
 
 
 def test_burst_alternates_generating_and_styling():
     seq, _ = drive_burst(3, 8)
-    assert "".join("g" if s == UP else "s" for s in seq) == "gggsssgggsssggss"
+    assert "".join("g" if s == GEN else "s" for s in seq) == "gggsssgggsssggss"
 
 
 @pytest.mark.parametrize("burst", [1, 4, 8])
 def test_burst_keeps_the_backlog_bounded_and_finishes(burst):
     seq, max_backlog = drive_burst(burst, 50)
-    assert seq.count(UP) == seq.count(DOWN) == 50
+    assert seq.count(GEN) == seq.count(STY) == 50
     assert max_backlog == burst
 
 
 def test_burst_rejects_a_non_positive_burst():
     with pytest.raises(ValueError, match="burst"):
-        BurstPolicy(0)
+        BurstPolicy(PAIR, 0)
 
 
 # simulation

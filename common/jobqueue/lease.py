@@ -86,13 +86,13 @@ class Lease:
     given, a renewal after a silence longer than the TTL raises Fenced (measured on this process's own
     monotonic clock, so it holds whatever the other hosts' clocks say)."""
 
-    def __init__(self, path: Path, gpu, role: str, every: float, fsync: bool, ttl_loading: float = None,
+    def __init__(self, path: Path, gpu, home: str, every: float, fsync: bool, ttl_loading: float = None,
                  ttl_working: float = None):
         self.path, self.every, self.fsync = Path(path), every, fsync
         self.ttl = (ttl_loading, ttl_working) if ttl_loading and ttl_working else None
         pid = os.getpid()
         self.info = {"wid": self.path.stem, "pid": pid, "host": HOST, "node": os.environ.get(NODE_ENV) or HOST,
-                     "boot_id": boot_id(), "start": proc_start(pid), "gpu": gpu, "role": role, "job": None,
+                     "boot_id": boot_id(), "start": proc_start(pid), "gpu": gpu, "home": home, "job": None,
                      "phase": "loading", "beat_at": 0.0, "seq": 0, "busy_s": 0.0, "jobs_done": 0}
         self._written = time.monotonic()
 
@@ -149,7 +149,7 @@ class Watch:
 
 
 def table(folder: Path) -> list:
-    """One line per lease in `folder` (status): worker, node, device, role, phase, jobs done, beat age.
+    """One line per lease in `folder` (status): worker, node, device, home stage, phase, jobs done, beat age.
     The age compares the worker host's clock with this one's: for reading, not for deciding."""
     lines = []
     for path in sorted(Path(folder).glob("*.json")):
@@ -158,7 +158,7 @@ def table(folder: Path) -> list:
             continue
         age = time.time() - info["beat_at"] if isinstance(info.get("beat_at"), (int, float)) else None
         lines.append(f"  {info.get('wid', path.stem)} on {info.get('node') or info.get('host')}: "
-                     f"gpu {info.get('gpu')}, {info.get('role')}, {info.get('phase')}"
+                     f"gpu {info.get('gpu')}, home {info.get('home')}, {info.get('phase')}"
                      + (f" ({info['job']})" if info.get("job") and info.get("phase") != "exited" else "")
                      + f", {info.get('jobs_done', 0)} job(s)" + (f", beat {age:.0f} s ago" if age is not None else ""))
     return lines

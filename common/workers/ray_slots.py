@@ -206,7 +206,7 @@ class RaySlot:
         self.wid, self.node, self.placed = info["wid"], info["node"], True
         self.node_id, self.proof = info["node_id"], info["proof"]
         self._wait = self.actor.wait.remote()
-        self.cluster.say(f"slot {self.slot.gpu} ({self.slot.role}): worker {self.wid} on {self.node}")
+        self.cluster.say(f"slot {self.slot.gpu} ({self.slot.home}): worker {self.wid} on {self.node}")
 
     def _poll_wait(self):
         if self._lost is None:

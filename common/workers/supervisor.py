@@ -38,7 +38,7 @@ EXIT_LOST = 70  # a cluster slot's actor or node died; its worker is gone (its l
 @dataclass
 class Slot:
     gpu: str
-    role: str
+    home: str
     proc: subprocess.Popen = None  # or a cluster handle with the same methods
     wid: str = None
     node: str = None  # where the worker runs, when not here
@@ -134,7 +134,7 @@ class Supervisor:
 
     # -- processes ------------------------------------------------------------------------------------
     def spawn(self, slot: Slot):
-        cmd = [sys.executable, "-m", "common.workers.worker", "--gpu", slot.gpu, "--role", slot.role,
+        cmd = [sys.executable, "-m", "common.workers.worker", "--gpu", slot.gpu, "--home", slot.home,
                "--workers", str(len(self.slots)), "--parent", str(os.getpid()), "--log"]
         if self.config_path:
             cmd += ["--config", str(self.config_path)]

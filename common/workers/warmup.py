@@ -40,10 +40,10 @@ def warm_config(config):
                                consumer=dataclasses.replace(config.consumer, steps=WARM_STEPS))
 
 
-def warm_tasks(graph, styles, kind: str, folder: Path) -> list:
-    """A batch of `kind` for the first prompt of the first style, every output inside `folder`."""
+def warm_tasks(graph, styles, stage: str, folder: Path) -> list:
+    """A batch of `stage` for the first prompt of the first style, every output inside `folder`."""
     from common.graph import PROMPT
-    spec = graph.spec(kind)
+    spec = graph.spec(stage)
     style = next(s for s in styles if s.prompts)
     prompt = style.prompts[0]
     tasks = []
@@ -74,10 +74,10 @@ def warm_up(config, gpu: str, say=print) -> float:
             last[0] = time.monotonic()
 
     try:
-        for kind in graph.flow():
-            say(f"warming {kind} ({graph.spec(kind).impl}) on {device}")
-            stage = graph.stage_class(kind)(warm, device)
-            stage.run(warm_tasks(graph, styles, kind, folder), beat)
+        for stage in graph.flow():
+            say(f"warming {stage} ({graph.spec(stage).impl}) on {device}")
+            built = graph.stage_class(stage)(warm, device)
+            built.run(warm_tasks(graph, styles, stage, folder), beat)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return time.monotonic() - t0

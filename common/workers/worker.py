@@ -1,7 +1,7 @@
 """The worker loop: one long-lived process per GPU (or one on the CPU), building its stages once.
 
-Each turn it picks a stage (common.workers.scheduling: elastic roles with back-pressure, or bursts when one
-worker does both ends), claims a batch of one group, runs it, checks the outputs and completes the jobs.
+Each turn it picks a stage (common.workers.scheduling: elastic home stages with back-pressure, or bursts
+when one worker does both ends), claims a batch of one group, runs it, checks the outputs and completes the jobs.
 Stages outside the balanced pair (per-style work such as training, which later stages wait for) are
 taken first. SIGTERM (or the launcher's death, via PR_SET_PDEATHSIG) stops it at the next beat:
 unfinished jobs go back to pending uncounted and it exits 0. It exits 0 too when no job is left in flight.
@@ -9,7 +9,7 @@ On a cluster (`--fenced`), a worker whose lease went unrenewed past its TTL (sto
 lost its jobs to another worker (docs/queue.md §10): it stops at once without completing, failing or
 releasing anything (exit 4).
 
-    python -m common.workers.worker --config CFG --gpu 0 --role ROLE --workers 4 --parent PID --log [--fenced]
+    python -m common.workers.worker --config CFG --gpu 0 --home STAGE --workers 4 --parent PID --log [--fenced]
 """
 import argparse
 import ctypes
@@ -25,7 +25,7 @@ from common.jobqueue import crash
 from common.jobqueue.job import CorruptJob
 from common.jobqueue.lease import Fenced, Lease, make_wid
 from common.jobqueue.queue import Queue
-from common.workers.scheduling import DOWN, UP, BurstPolicy, choose_stage
+from common.workers.scheduling import BurstPolicy, Pair, choose_stage
 from common.stage import DeviceError
 
 PR_SET_PDEATHSIG = 1
@@ -42,7 +42,7 @@ def log(msg: str):
 
 
 class Worker:
-    def __init__(self, config: RunConfig, gpu="cpu", role="both", n_workers=1, parent=None, wid=None, graph=None,
+    def __init__(self, config: RunConfig, gpu="cpu", home="both", n_workers=1, parent=None, wid=None, graph=None,
                  fenced=False):
         self.config, self.n_workers, self.parent = config, n_workers, parent
         self.graph = graph or build_graph(config)
@@ -51,14 +51,14 @@ class Worker:
         self.wid = wid or make_wid(gpu)
         self.device = "cpu" if str(gpu) == "cpu" else "cuda"
         ttls = (qc.ttl_loading_s, qc.ttl_working_s) if fenced else ()
-        self.lease = Lease(self.q.layout.lease_path(self.wid), gpu, role, qc.heartbeat_s, qc.fsync, *ttls)
+        self.lease = Lease(self.q.layout.lease_path(self.wid), gpu, home, qc.heartbeat_s, qc.fsync, *ttls)
         self.claimers = {s: self.q.claimer(s, self.wid) for s in self.graph.stages}
-        self.up, self.down = self.graph.flow()
-        self.first = [s for s in self.graph.stages if s not in (self.up, self.down)]
-        self.home = {self.up: UP, self.down: DOWN}.get(role, role)
+        self.pair = Pair(*self.graph.flow())
+        self.first = [s for s in self.graph.stages if s not in self.pair]
+        self.home = home  # a stage of the pair, or "both"
         # scheduling.burst counts upstream jobs; the policy counts decisions, each a batch of them
         images = config.scheduling.burst if self.device != "cpu" else 1
-        self.policy = BurstPolicy(-(-images // self.graph.spec(self.up).batch)) if role == "both" else None
+        self.policy = BurstPolicy(self.pair, -(-images // self.graph.spec(self.pair.up).batch)) if home == "both" else None
         self.stages, self.current, self.last_group, self.warm = {}, None, {}, set()
         self.backoff = {"backoff_base": qc.backoff_base_s, "backoff_max": qc.backoff_max_s}
         self.idle_cap = min(2.0, max(0.2, 5 * qc.heartbeat_s))
@@ -75,32 +75,30 @@ class Worker:
             raise Stop()
         self.lease.beat(phase, job)
 
-    def stage(self, kind: str):
-        if kind not in self.stages:
+    def built(self, stage: str):
+        """The stage's object, built (its model loaded) once per process."""
+        if stage not in self.stages:
             self.lease.beat("loading", force=True)
-            log(f"loading {kind} stage {self.graph.spec(kind).impl} on {self.device}")
-            self.stages[kind] = self.graph.stage_class(kind)(self.config, self.device)
-        return self.stages[kind]
+            log(f"loading {stage} stage {self.graph.spec(stage).impl} on {self.device}")
+            self.stages[stage] = self.graph.stage_class(stage)(self.config, self.device)
+        return self.stages[stage]
 
     def pick(self):
         for s in self.first:
             if self.claimers[s].has_work():
                 return s
-        backlog = self.q.count_pending(self.down)
-        up_left, down_left = self.claimers[self.up].has_work(), backlog > 0
+        backlog = self.q.count_pending(self.pair.down)
+        up_left, down_left = self.claimers[self.pair.up].has_work(), backlog > 0
         if self.policy is not None:
-            choice = self.policy.next_stage(backlog, up_left, down_left)
-        else:
-            current = {self.up: UP, self.down: DOWN}.get(self.current)
-            choice = choose_stage(self.home, current, backlog, up_left, down_left, self.n_workers)
-        return {UP: self.up, DOWN: self.down}.get(choice)
+            return self.policy.next_stage(backlog, up_left, down_left)
+        return choose_stage(self.pair, self.home, self.current, backlog, up_left, down_left, self.n_workers)
 
-    def claim(self, kind: str) -> list:
+    def claim(self, stage: str) -> list:
         """A batch of the stage's jobs whose records are ours: a job planned under other settings, or
         whose fields do not make a task, is quarantined (a queue folder is not trusted)."""
         jobs = []
-        for job in self.claimers[kind].claim(self.graph.spec(kind).batch, self.last_group.get(kind)):
-            path = self.q.layout.claimed_dir(kind, self.wid) / f"{job.id}.json"
+        for job in self.claimers[stage].claim(self.graph.spec(stage).batch, self.last_group.get(stage)):
+            path = self.q.layout.claimed_dir(stage, self.wid) / f"{job.id}.json"
             try:
                 if job.plan != self.graph.plan:
                     raise CorruptJob(f"{path}: planned under other settings ({job.plan}, this run "
@@ -108,7 +106,7 @@ class Worker:
                 self.graph.task_to_run(job)
             except CorruptJob as e:
                 log(f"quarantined {path}: {e}")
-                self.q.quarantine(kind, path, str(e))
+                self.q.quarantine(stage, path, str(e))
                 continue
             jobs.append(job)
         return sorted(jobs, key=lambda j: j.id)  # a batch's order is its ids', not the claim race's
@@ -119,16 +117,16 @@ class Worker:
         try:
             self.lease.beat("loading", force=True)
             while not self.stopping:
-                kind = self.pick()
+                stage = self.pick()
                 jobs = []
-                if kind is not None:
-                    self.stage(kind)
+                if stage is not None:
+                    self.built(stage)
                     if self.stopping:
                         break
-                    jobs = self.claim(kind)
+                    jobs = self.claim(stage)
                 if jobs:
                     idle = 0.2
-                    self.run_batch(kind, jobs)
+                    self.run_batch(stage, jobs)
                     continue
                 if not self.q.in_flight():
                     log("no job left; exiting")
@@ -148,43 +146,43 @@ class Worker:
         while not self.stopping and time.monotonic() < end:
             time.sleep(min(0.05, seconds))
 
-    def run_batch(self, kind: str, jobs: list):
-        self.current = kind
+    def run_batch(self, stage: str, jobs: list):
+        self.current = stage
         tasks = [self.graph.task(j) for j in jobs]
-        log(f"{kind} {len(jobs)} job(s) of {jobs[0].group}: {[j.id for j in jobs]}")
+        log(f"{stage} {len(jobs)} job(s) of {jobs[0].group}: {[j.id for j in jobs]}")
         t0 = time.monotonic()
         error = None
         # The first batch of a stage compiles Jittor's kernels: it runs under the loading TTL.
-        phase_of = (lambda phase: phase) if kind in self.warm else (lambda phase: "loading")
+        phase_of = (lambda phase: phase) if stage in self.warm else (lambda phase: "loading")
         try:
             self.beat(phase_of("working"), jobs[0].id)
-            self.stage(kind).run(tasks, lambda phase: self.beat(phase_of(phase)))
+            self.built(stage).run(tasks, lambda phase: self.beat(phase_of(phase)))
         except Stop:
             self.stopping = True
         except Exception:
             error = traceback.format_exc()
-            log(f"{kind} batch failed:\n{error}")
+            log(f"{stage} batch failed:\n{error}")
         finally:
             self.lease.info["busy_s"] += time.monotonic() - t0
         crash.point("after_stage")
         self.lease.check()  # silent past the TTL inside the stage: the jobs may be another worker's now
-        rules = self.q.rules[kind]
+        rules = self.q.rules[stage]
         for job in jobs:
             if rules.done(job):
                 if self.q.complete(self.wid, job):
                     self.lease.info["jobs_done"] += 1
                 else:
-                    log(f"{kind} {job.id}: claim taken away or completed elsewhere; not counted")
+                    log(f"{stage} {job.id}: claim taken away or completed elsewhere; not counted")
             elif self.stopping and error is None:
                 self.q.release(self.wid, job)
             else:
                 text = error or f"stage returned without writing the outputs of {job.id}"
                 where = self.q.fail(self.wid, job, "exception" if error else "missing_output", text,
                                     isolate=len(jobs) > 1, **self.backoff)
-                log(f"{kind} {job.id} -> {where}")
-        self.last_group[kind] = jobs[0].group
+                log(f"{stage} {job.id} -> {where}")
+        self.last_group[stage] = jobs[0].group
         if error is None:
-            self.warm.add(kind)
+            self.warm.add(stage)
         self.lease.beat("idle", force=True)
 
 
@@ -199,7 +197,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m common.workers.worker", description=__doc__.split("\n")[0])
     p.add_argument("--config", default=None)
     p.add_argument("--gpu", default="cpu")
-    p.add_argument("--role", default="both", help="a stage name (its home role), or 'both'")
+    p.add_argument("--home", default="both", help="the stage it prefers (its home stage), or 'both'")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--parent", type=int, default=None, help="launcher pid: exit when it is gone")
     p.add_argument("--log", action="store_true", help="write stdout/stderr to queue_dir/logs/<wid>.log")
@@ -211,7 +209,7 @@ def main(argv=None) -> int:
         return 0  # the launcher died before we could arm the death signal
     try:
         config = load_config(args.config)
-        worker = Worker(config, args.gpu, args.role, args.workers, args.parent, fenced=args.fenced)
+        worker = Worker(config, args.gpu, args.home, args.workers, args.parent, fenced=args.fenced)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -222,7 +220,7 @@ def main(argv=None) -> int:
         os.dup2(fd, 2)
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
-    log(f"worker {worker.wid} role={args.role} device={worker.device} pid={os.getpid()}")
+    log(f"worker {worker.wid} home={args.home} device={worker.device} pid={os.getpid()}")
     try:
         code = worker.run()
     except DeviceError as e:  # exit 3: the supervisor parks this GPU slot, the others go on
