@@ -474,7 +474,8 @@ def check_queue_dir(config: RunConfig):
     for key, folder in others:
         relation = _relation(queue, folder.resolve())
         if relation:
-            raise ConfigError(f"{_where(config)}: queue_dir {queue} {relation} the {key} folder {folder.resolve()}; "
+            what = "file" if folder.is_file() else "folder"
+            raise ConfigError(f"{_where(config)}: queue_dir {queue} {relation} the {key} {what} {folder.resolve()}; "
                               "recovery and --fresh delete what lies in the queue folder: give queue_dir a folder "
                               "of its own")
 

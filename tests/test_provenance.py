@@ -80,6 +80,21 @@ def test_a_folder_identity_changes_with_any_of_its_files(tmp_path):
     assert ids.of(tmp_path / "images") != before
 
 
+def test_a_model_identity_is_its_folders_files_or_its_single_files_content(tmp_path):
+    ids = Identities()
+    folder = tmp_path / "sd"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"unet")
+    single = tmp_path / "v2-1_768-ema-pruned.safetensors"
+    single.write_bytes(b"whole model")
+    before = ids.model(folder), ids.model(single)
+    assert None not in before and before[0] != before[1] and ids.model(tmp_path / "none.ckpt") is None
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"other unet")
+    single.write_bytes(b"another model")
+    assert ids.model(folder) != before[0] and ids.model(single) != before[1]
+
+
 def test_a_retrained_lora_keeps_its_previous_version_and_switching_back_restores_it(tmp_path):
     ids = Identities()
     lora = tmp_path / "style_00" / "pytorch_lora_weights.bin"

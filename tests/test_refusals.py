@@ -54,6 +54,15 @@ def test_a_queue_dir_overlapping_the_users_files_is_refused(tmp_path, capsys, wh
     assert not list(tmp_path.rglob("manifest.json")) and not list(tmp_path.rglob("launcher.lock"))
 
 
+def test_a_queue_dir_holding_a_single_file_model_is_refused(tmp_path, capsys):
+    model = tmp_path / "models" / "v2-1_768-ema-pruned.safetensors"
+    model.parent.mkdir()
+    model.write_bytes(b"the user's checkpoint")
+    path = write_config(tmp_path, queue_dir=str(model.parent), lora={"missing": "warn"}, model={"path": str(model)})
+    err = refused(capsys, path, "--fresh")
+    assert " contains the model.path file " in err and model.read_bytes() == b"the user's checkpoint"
+
+
 @pytest.mark.parametrize("fresh", [False, True])
 def test_a_folder_holding_other_files_and_no_queue_is_refused(tmp_path, capsys, fresh):
     home = tmp_path / "home"
