@@ -260,16 +260,13 @@ def _checked_member(archive: zipfile.ZipFile, name: str, size: int, file_size: i
     return info
 
 
-def _torch_zip(path: Path, load: bool, parse=None) -> dict:
-    """{name: array} (load) or {name: (dtype, shape)}: every check runs before any storage is read.
-    `parse(pickle bytes) -> ({name: checked _View}, storages)` reads the pickle (default: a state dict's)."""
+def _torch_zip(path: Path, load: bool) -> dict:
+    """{name: array} (load) or {name: (dtype, shape)}: every check runs before any storage is read."""
     if not zipfile.is_zipfile(path):
-        if parse is not None:
-            raise _Refused("not a zip archive", "the file is damaged or not a TorchScript archive: download it again")
         return _torch_legacy(path, load)
     file_size = path.stat().st_size
     with zipfile.ZipFile(path) as archive:
-        prefix, state = _read_pickle(archive, file_size, parse or _state_from_pickle)
+        prefix, state = _read_pickle(archive, file_size)
         storages = {view.storage.key: view.storage for view in state.values()}
         for ref in storages.values():
             _checked_member(archive, f"{prefix}data/{ref.key}", ref.numel * ref.kind.dtype.itemsize, file_size)
@@ -283,7 +280,7 @@ def _torch_zip(path: Path, load: bool, parse=None) -> dict:
     return {name: _materialize(arrays[v.storage.key], v) for name, v in state.items()}
 
 
-def _read_pickle(archive: zipfile.ZipFile, file_size: int, parse):
+def _read_pickle(archive: zipfile.ZipFile, file_size: int):
     """(folder prefix inside the zip, {name: checked _View}) from the zip's one data.pkl."""
     pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
     if len(pickles) != 1:
@@ -293,7 +290,7 @@ def _read_pickle(archive: zipfile.ZipFile, file_size: int, parse):
         raise _Refused(f"data.pkl declares {info.file_size} bytes, more than any state dict's pickle")
     if info.compress_type == zipfile.ZIP_STORED:
         _checked_member(archive, info.filename, info.file_size, file_size)
-    state, _ = parse(archive.read(info))
+    state, _ = _state_from_pickle(archive.read(info))
     return info.filename[:-len("data.pkl")], state
 
 
