@@ -7,18 +7,15 @@ size: its 0..255 pixel values divided by `data_range`, which the checker leaves 
 quirk, kept: the leaderboard was scored so), then CLIP's mean and std. The score of an image is the
 softmax of 100 x its cosine with each anchor, the "Good" column.
 """
-from pathlib import Path
-
 import numpy as np
 
 from common.jittor_env import load_jittor
 from common.score.checker_images import pixels_as_checker
 from common.score.clip_rn50 import CLIP, fp16_rounded, sizes
 from common.score.errors import ScoreFileError
-from common.score.weight_file import load_network
+from common.score.weight_file import load_network, read_network_file
 from common.sd.clip import CLIPTokenizer
 from common.sd.torchscript import read_torchscript
-from common.sd.weights import WeightFileError
 
 jt = load_jittor()
 
@@ -26,6 +23,7 @@ ANCHORS = ("Good photo.", "Bad photo.")
 DATA_RANGE = 1.0  # the checker's: pixels reach the network as 0..255
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32).reshape(1, 3, 1, 1)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32).reshape(1, 3, 1, 1)
+_WHAT = "CLIP-IQA's CLIP RN50"
 _FIX = ("piq's CLIP RN50 is ~/.cache/clip/RN50.pt (or set eval.clip_iqa); the tokenizer is "
         "openai/clip-vit-base-patch16's (eval.clip_iqa_tokenizer)")
 
@@ -40,29 +38,25 @@ class ClipIqa:
 
     @classmethod
     def load(cls, rn50_pt, tokenizer_folder) -> "ClipIqa":
-        path = Path(rn50_pt)
-        if not path.is_file():
-            raise ScoreFileError(f"{path}: CLIP-IQA's CLIP RN50 not found; {_FIX}")
+        state = read_network_file(rn50_pt, _WHAT, _FIX, read=read_torchscript)
         try:
-            state = read_torchscript(path)
-        except WeightFileError as e:
-            raise ScoreFileError(f"CLIP-IQA's CLIP RN50: {e}") from None
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        try:
-            model = CLIP(sizes(shapes))
+            model = CLIP(sizes({k: tuple(v.shape) for k, v in state.items()}))
         except (KeyError, IndexError, ValueError, ZeroDivisionError) as e:
-            raise ScoreFileError(f"{path}: not a ResNet CLIP archive (no {e}); {_FIX}") from None
-        load_network(model, path, "CLIP-IQA's CLIP RN50", _FIX, read=lambda _: state, adjust=fp16_rounded)
+            raise ScoreFileError(f"{rn50_pt}: not a ResNet CLIP archive (no {e}); {_FIX}") from None
+        load_network(model, rn50_pt, _WHAT, _FIX, state=state, adjust=fp16_rounded)
         model.eval()
         try:
             tokenizer = CLIPTokenizer.from_folder(tokenizer_folder)
         except (OSError, ValueError, KeyError) as e:
             raise ScoreFileError(f"{tokenizer_folder}: CLIP-IQA's tokenizer does not read ({e}); {_FIX}") from None
-        context = model.positional_embedding.shape[0]
+        context, vocab = model.positional_embedding.shape[0], model.token_embedding.weight.shape[0]
         ids = np.zeros((len(ANCHORS), context), np.int64)
         for row, text in enumerate(ANCHORS):
             tokens = tokenizer([text], longest=True)[0][:context]
             ids[row, :len(tokens)] = tokens
+        if ids.max() >= vocab:
+            raise ScoreFileError(f"{tokenizer_folder}: CLIP-IQA's tokenizer gives id {ids.max()}, beyond the "
+                                 f"vocabulary of {vocab} in {rn50_pt}: the two do not match; {_FIX}")
         with jt.no_grad():
             anchors = _unit(model.encode_text(ids).astype(np.float32))
         return cls(model, anchors)

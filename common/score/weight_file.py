@@ -12,17 +12,25 @@ from common.score.errors import ScoreFileError
 from common.sd.weights import WeightFileError, load_state_dict, read_weights
 
 
-def load_network(module, path, what: str, fix: str, read=read_weights, adjust=lambda name, array: array) -> None:
-    """Fill `module` from `path` (its keys = the module's names); ScoreFileError naming the file, `what`
-    it is and the `fix` if the file is missing, unreadable or lacks or misshapes a tensor. `read(path)` gives
-    {name: array}; `adjust(name, array)` the value the network takes (a cast, say)."""
+def read_network_file(path, what: str, fix: str, read=read_weights) -> dict:
+    """{name: array} of `path` by `read`; ScoreFileError naming the file, `what` it is and the `fix` if it
+    is missing or does not read."""
     path = Path(path)
     if not path.is_file():
         raise ScoreFileError(f"{path}: {what} not found; {fix}")
     try:
-        state = read(path)
+        return read(path)
     except WeightFileError as e:
         raise ScoreFileError(f"{what}: {e}; or {fix}") from None
+
+
+def load_network(module, path, what: str, fix: str, state=None, adjust=lambda name, array: array) -> None:
+    """Fill `module` from `path` (its keys = the module's names), or from `state` already read from it
+    (`read_network_file`); ScoreFileError naming the file, `what` it is and the `fix` if the file is
+    missing, unreadable or lacks or misshapes a tensor. `adjust(name, array)` gives the value the network
+    takes (a cast, say)."""
+    path = Path(path)
+    state = read_network_file(path, what, fix) if state is None else state
     wanted = {name: tuple(var.shape) for name, var in module.state_dict().items()}
     missing = [name for name in wanted if name not in state]
     if missing:

@@ -1,115 +1,170 @@
-"""Read the tensors of a TorchScript archive (`torch.jit.save`, e.g. CLIP's `RN50.pt`) without torch.
+"""Read a TorchScript archive's parameters and buffers without torch and without running its code.
 
-A TorchScript archive is a torch zip whose `data.pkl` pickles the module tree: each module an object of a
-`__torch__.*` class whose state is a dict of its attributes (submodules, parameters, buffers, flags). The
-restricted unpickler of `common/sd/weights.py` reads it with one more kind of global allowed: any
-`__torch__.*` class becomes an inert attribute holder (no code of the archive runs, its `code/` folder is
-never read). The tensors are collected by their attribute paths, which are the module's state-dict keys,
-and go through the same checks as a `.bin` (storages against their zip members, views against storages).
+A TorchScript archive (`torch.jit.save`, e.g. CLIP's `RN50.pt`) is a zip whose `data.pkl` pickles the
+module tree: each module is `__torch__.<module>.<Class>` rebuilt by NEWOBJ + BUILD from a dict of its
+attributes (tensors as in a `torch.save` file, submodules, flags). Which attributes are parameters or
+buffers is declared only in the class's source, `code/__torch__/<module path>.py`, by the lines
+`__parameters__ = [...]` and `__buffers__ = [...]`; those lines are matched as text, never run.
+
+The result is the module's `state_dict()` with dotted names. Every storage and view gets the checks of
+`common/sd/weights.py` before any data is read, so a crafted archive is a one-line `WeightFileError`.
 """
+import io
+import pickle
 import re
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from common.sd.weights import (_MAX_INDEX, _Refused, _Unpickler, _View, _check_view, _guarded, _prescan,
-                               _short, _torch_zip)
+from common.sd import weights
+from common.sd.weights import _Refused, _short
 
-_SCRIPT_CLASS = re.compile(r"__torch__(\.[A-Za-z_][A-Za-z0-9_]*)+")
-_MAX_DEPTH = 64  # module nesting; far deeper than any network
-# helpers TorchScript's pickler names for typed lists; each takes the list and returns it
-_LIST_HELPERS = {"build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "restore_type_tag"}
+_MAX_CODE_BYTES = 4 << 20  # a class's source is a few KB
+_MAX_DEPTH = 64  # module nesting; real models nest under ten levels
+_CLASS = re.compile(r"^class (\w+)\(")
+_SLOTS = re.compile(r"^\s+__(parameters|buffers)__ = \[(.*)\]\s*$")
+_LISTS = ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist", "build_stringlist")
 
 
 class _ScriptObject:
-    """A module (or other TorchScript object) of the archive: its attributes, nothing else."""
+    """A module as data.pkl rebuilds it: its class's qualified name and its attribute dict."""
+    qualname = None
 
     def __setstate__(self, state):
         if not isinstance(state, dict) or not all(type(k) is str for k in state):
-            raise _Refused(f"a TorchScript object's state is {_short(type(state).__name__)}, not a dict of "
-                           "attributes")
+            raise _Refused(f"module {_short(self.qualname)} has attributes {_short(type(state).__name__)}, "
+                           "not a dict of names")
         self.attributes = state
 
 
-def _list_helper(value, *_):
-    return value
+class _ScriptUnpickler(weights._Unpickler):
+    """The state-dict unpickler, also allowing `__torch__.*` module classes and TorchScript's list builders."""
 
-
-class _ScriptUnpickler(_Unpickler):
     def find_class(self, module, name):
-        qualified = f"{module}.{name}"
-        if _SCRIPT_CLASS.fullmatch(qualified) and len(qualified) < 1000:
-            return _ScriptObject
-        if module == "torch.jit._pickle" and name in _LIST_HELPERS:
-            return _list_helper
+        if type(module) is str and (module == "__torch__" or module.startswith("__torch__.")):
+            return type("ScriptModule", (_ScriptObject,), {"qualname": (module, name)})
+        if module == "torch.jit._pickle" and name in _LISTS:
+            return list
         return super().find_class(module, name)
 
 
-def _tensors(root) -> dict:
-    """{dotted attribute path: _View} of every tensor reachable through modules' attributes."""
-    found, seen = {}, set()
-    stack = [("", root, 0)]
-    while stack:
-        prefix, obj, depth = stack.pop()
-        if id(obj) in seen or depth > _MAX_DEPTH:
-            continue
-        seen.add(id(obj))
-        for name, value in getattr(obj, "attributes", {}).items():
-            key = f"{prefix}{name}"
-            if isinstance(value, _View):
-                found[key] = value
-            elif isinstance(value, _ScriptObject):
-                stack.append((key + ".", value, depth + 1))
-    return found
-
-
-def _script_state(data: bytes):
-    _prescan(data)
-    unpickler = _ScriptUnpickler(data)
-    root = unpickler.load()
-    if not isinstance(root, _ScriptObject):
-        raise _Refused(f"data.pkl holds a {_short(type(root).__name__)}, not a TorchScript module",
-                       "not a TorchScript archive: pass the .pt file torch.jit.save wrote")
-    state = _tensors(root)
-    for name, view in state.items():
-        _check_view(name, view)
-    if sum(view.storage.numel for view in {v.storage.key: v for v in state.values()}.values()) >= _MAX_INDEX:
-        raise _Refused("its storages claim more values than any file holds")
-    return state, unpickler.storages
-
-
 def read_torchscript(path) -> dict:
-    """{state-dict key: np.ndarray} of a TorchScript archive, dtypes as stored; one-line WeightFileError
-    naming the file for anything it cannot read safely."""
-    return _guarded(Path(path), _not_torchscript, lambda p: _torch_zip(p, load=True, parse=_script_state))
+    """{dotted name: np.ndarray} of the archive's parameters and buffers, as `state_dict()` names them."""
+    return weights._guarded(path, _not_torchscript, lambda p: _archive(p, load=True))
 
 
-def _not_torchscript(path):
-    raise _Refused("a .safetensors file is not a TorchScript archive", "pass the .pt file torch.jit.save wrote")
+def inspect_torchscript(path) -> dict:
+    """{dotted name: (np.dtype, shape)} as `read_torchscript` would return them, reading no tensor data."""
+    return weights._guarded(path, _not_torchscript, lambda p: _archive(p, load=False))
+
+
+def _not_torchscript(path: Path):
+    raise _Refused("a .safetensors file is not a TorchScript archive", "point at the TorchScript .pt file")
+
+
+def _archive(path: Path, load: bool) -> dict:
+    if not zipfile.is_zipfile(path):
+        raise _Refused("not a TorchScript archive (not a zip)", "download the model file again")
+    file_size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        prefix, root = _load_tree(archive, file_size)
+        state = {}
+        _collect(archive, prefix, root, "", state, {}, set(), 0)
+        for name, view in state.items():
+            weights._check_view(name, view)
+        storages = {view.storage.key: view.storage for view in state.values()}
+        for ref in storages.values():
+            weights._checked_member(archive, f"{prefix}data/{ref.key}", ref.numel * ref.kind.dtype.itemsize,
+                                    file_size)
+        if not load:
+            return {name: (weights._native(v.storage.kind), tuple(v.size)) for name, v in state.items()}
+        order = weights._byte_order(archive, prefix)
+        arrays = {}
+        for key, ref in storages.items():
+            array = np.frombuffer(archive.read(f"{prefix}data/{key}"), ref.kind.dtype.newbyteorder(order))
+            arrays[key] = weights._widen_bfloat16(array) if ref.kind.name == "BFloat16Storage" else array
+    return {name: weights._materialize(arrays[v.storage.key], v) for name, v in state.items()}
+
+
+def _load_tree(archive: zipfile.ZipFile, file_size: int):
+    """(folder prefix inside the zip, the root _ScriptObject) from the zip's one data.pkl."""
+    pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+    if len(pickles) != 1:
+        raise _Refused(f"expected one data.pkl in the zip, found {len(pickles)}", "download the model file again")
+    info = archive.getinfo(pickles[0])
+    if info.file_size > weights._MAX_PICKLE_BYTES:
+        raise _Refused(f"data.pkl declares {info.file_size} bytes, more than any module's pickle")
+    weights._checked_member(archive, info.filename, info.file_size, file_size)
+    data = archive.read(info)
+    weights._prescan(data)
+    root = _ScriptUnpickler(data).load()
+    if not isinstance(root, _ScriptObject) or not hasattr(root, "attributes"):
+        raise _Refused("data.pkl does not hold a TorchScript module", "download the model file again")
+    return info.filename[:-len("data.pkl")], root
+
+
+def _declared(archive: zipfile.ZipFile, prefix: str, qualname, cache: dict) -> set:
+    """Names of the parameters and buffers that class `qualname` declares in its source file."""
+    if qualname in cache:
+        return cache[qualname]
+    module, name = qualname
+    if type(name) is not str or not re.fullmatch(r"[\w.]+", module):
+        raise _Refused(f"the pickle names class {_short(qualname)}, not a TorchScript module class")
+    source = f"{prefix}code/{module.replace('.', '/')}.py"
+    try:
+        info = archive.getinfo(source)
+    except KeyError:
+        raise _Refused(f"class {_short(module + '.' + name)} has no source {_short(source)} in the zip") from None
+    with archive.open(info) as member:  # torch deflates sources: read no more than a source can hold
+        text = member.read(_MAX_CODE_BYTES + 1)
+    if len(text) > _MAX_CODE_BYTES:
+        raise _Refused(f"{_short(source)} holds more than {_MAX_CODE_BYTES} bytes, more than any class source")
+    current, names = None, set()
+    for line in text.decode("utf-8", "replace").splitlines():
+        match = _CLASS.match(line)
+        if match:
+            current = match.group(1)
+        elif current == name and _SLOTS.match(line):
+            names.update(re.findall(r'"([^"]*)"', _SLOTS.match(line).group(2)))
+    cache[qualname] = names
+    return names
+
+
+def _collect(archive, prefix, obj, path, state, cache, seen, depth) -> None:
+    """Add `obj`'s declared tensors to `state` as path+name, then recurse into its submodules."""
+    if id(obj) in seen or depth > _MAX_DEPTH:
+        raise _Refused(f"module {_short(path or 'root')} is nested too deep or contains itself")
+    seen.add(id(obj))
+    if not hasattr(obj, "attributes"):
+        raise _Refused(f"module {_short(path or 'root')} has no attributes")
+    declared = _declared(archive, prefix, obj.qualname, cache)
+    for name, value in obj.attributes.items():
+        if isinstance(value, _ScriptObject):
+            _collect(archive, prefix, value, f"{path}{name}.", state, cache, seen, depth + 1)
+        elif name in declared and value is not None:
+            if not isinstance(value, weights._View):
+                raise _Refused(f"{_short(path + name)} is declared a parameter but holds "
+                               f"{_short(type(value).__name__)}, not a tensor")
+            state[path + name] = value
 
 
 def save_module_tree(state: dict, path) -> None:
-    """Write {dotted key: np.ndarray} in a TorchScript archive's data layout (a module tree of `__torch__`
-    objects over torch storages) that `read_torchscript` reads. It holds no code, so torch.jit.load does
-    not: the development kit's random-weight stand-in for files only our reader needs to open."""
-    import io
-    import pickle
-    import sys
-    import zipfile
-
-    from common.sd.weights import _little_endian_bytes, _Pickler, _Storage, _TensorRef, _torch_global
-
-    module_class = _torch_global("__torch__.jstyleid", "Module")
+    """Write {dotted key: np.ndarray} as a TorchScript archive's data: a tree of `__torch__.jstyleid.Module`
+    objects over torch storages, and that class's source holding only its `__parameters__` line (every
+    tensor's leaf name), which is what `read_torchscript` reads. It holds no methods, so torch.jit.load
+    does not open it: the development kit's random-weight stand-in for files only our reader opens."""
+    module_class = weights.named_global("__torch__.jstyleid", "Module")
     root, storages = module_class(), []
     for key, array in state.items():
-        node, *path_parts = root, *key.split(".")
-        for part in path_parts[:-1]:
+        node, *parts = root, *key.split(".")
+        for part in parts[:-1]:
             node = node.__dict__.setdefault(part, module_class())
-        storage = _Storage(str(len(storages)), np.array(array, order="C"))
-        storages.append(storage)
-        setattr(node, path_parts[-1], _TensorRef(storage))
+        storages.append(weights._Storage(str(len(storages)), np.array(array, order="C")))
+        setattr(node, parts[-1], weights._TensorRef(storages[-1]))
 
-    class ScriptPickler(_Pickler):
+    class ScriptPickler(weights._Pickler):
         def save_global(self, obj, name=None):
             if obj is module_class:
                 self.write(pickle.GLOBAL + f"{obj.__module__}\n{obj.__qualname__}\n".encode())
@@ -119,10 +174,13 @@ def save_module_tree(state: dict, path) -> None:
 
     buffer = io.BytesIO()
     ScriptPickler(buffer, protocol=2).dump(root)
+    leaves = sorted({key.rsplit(".", 1)[-1] for key in state})
+    source = "class Module(Module):\n  __parameters__ = [" + "".join(f'"{n}", ' for n in leaves) + "]\n"
     name = Path(path).name.split(".")[0] or "archive"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
         archive.writestr(f"{name}/data.pkl", buffer.getvalue())
+        archive.writestr(f"{name}/code/__torch__/jstyleid.py", source)
         archive.writestr(f"{name}/byteorder", sys.byteorder)
         for s in storages:
-            archive.writestr(f"{name}/data/{s.key}", _little_endian_bytes(s.array))
+            archive.writestr(f"{name}/data/{s.key}", weights._little_endian_bytes(s.array))
         archive.writestr(f"{name}/version", "3\n")

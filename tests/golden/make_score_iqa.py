@@ -4,8 +4,8 @@ piq 0.8's CLIP, offline, on the development kit's small random-weight ResNet CLI
 Run with the score's reference environment (README, "Parity references"):
     /work/venv-score/bin/python tests/golden/make_score_iqa.py
 The weights come from `common.devkit.score_weights_iqa` (NumPy); here they are saved as a real torch.jit
-archive, which our reader (`common.sd.torchscript`, NumPy only) is checked to read back exactly. A tiny
-real archive is kept as `tests/golden/script_tiny.pt` for the reader's own test.
+archive, which our reader (`common.sd.torchscript`, NumPy only) is checked to read back as torch's
+`state_dict()`. The images are tests/score_iqa_data.py's, read as the checker reads them.
 """
 import os
 import sys
@@ -15,29 +15,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import transforms
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from common.devkit.score_weights_iqa import SMALL, rn50_state, write_clip_tokenizer  # noqa: E402
 from common.sd.torchscript import read_torchscript  # noqa: E402
+from score_iqa_data import write_images  # noqa: E402
 
-SIZES = ((64, 64), (48, 80))  # (height, width): each image goes in whole, at its own size
-
-
-def images() -> dict:
-    rng = np.random.default_rng(7)
-    out = {}
-    for h, w in SIZES:
-        yy, xx = np.mgrid[:h, :w]
-        for i in range(2):
-            smooth = (np.stack([xx * (i + 1), yy * (2 - i), xx + yy], -1) * 255 / (h + w)).astype(np.float32)
-            out[f"{h}x{w}_{i}"] = np.clip(smooth + rng.normal(0, 30, (h, w, 3)), 0, 255).astype(np.uint8)
-    return out
+MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
 
-def main():
+def checker_pixels(paths) -> torch.Tensor:
+    """The checker's read of a batch: ToTensor x 255, stacked."""
+    return torch.stack([transforms.ToTensor()(Image.open(p).convert("RGB")) * 255 for p in paths])
+
+
+def clip_iqa_metric(work: Path):
+    """torchmetrics' CLIPImageQualityAssessment(prompts=("quality",)) as the checker builds it, loading the
+    devkit's weights from a real torch.jit archive at `work`/home/.cache/clip/RN50.pt (HOME is set to
+    `work`/home) and the devkit's tokenizer; our reader is checked on that archive first."""
     from piq.feature_extractors.clip import CLIP
-    work = Path(tempfile.mkdtemp())
     state = rn50_state(small=True)
     model = CLIP(embed_dim=SMALL["embed_dim"], image_resolution=SMALL["grid"] * 32, vision_layers=SMALL["layers"],
                  vision_width=SMALL["vision_width"], vision_patch_size=None, context_length=SMALL["context"],
@@ -53,13 +52,10 @@ def main():
     archive = work / "home" / ".cache" / "clip" / "RN50.pt"
     archive.parent.mkdir(parents=True)
     traced.save(str(archive))
-    ours = read_torchscript(archive)  # our reader on a real torch.jit archive
-    for key, value in state.items():
-        assert np.array_equal(ours[key], value.astype(np.float32)), key
-
-    tiny = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval())
-    tiny.save(str(ROOT / "tests" / "golden" / "script_tiny.pt"))
-    tiny_state = {f"tiny.{k}": v.numpy() for k, v in tiny.state_dict().items()}
+    ours, torchs = read_torchscript(archive), torch.jit.load(str(archive)).state_dict()
+    assert sorted(ours) == sorted(torchs), set(ours) ^ set(torchs)  # the state dict's keys, no more
+    for key, value in torchs.items():
+        assert np.array_equal(ours[key], value.numpy()), key
 
     tokenizer = write_clip_tokenizer(work / "tokenizer")
     import transformers
@@ -68,25 +64,23 @@ def main():
         image_processor=CLIPImageProcessor(), tokenizer=CLIPTokenizerFast.from_pretrained(str(tokenizer))))
     os.environ["HOME"] = str(work / "home")
     from torchmetrics.multimodal import CLIPImageQualityAssessment
-    metric = CLIPImageQualityAssessment(prompts=("quality",))  # model "clip_iqa", data_range 1.0
-    pictures = images()
-    out = {f"picture_{k}": v for k, v in pictures.items()}
-    scores, features = [], []
-    for h, w in SIZES:
-        batch = [v for k, v in pictures.items() if k.startswith(f"{h}x{w}_")]
-        pixels = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p in batch]).float()  # ToTensor x 255
-        scores.append(metric(pixels).reshape(-1).numpy())
+    return CLIPImageQualityAssessment(prompts=("quality",))  # model "clip_iqa", data_range 1.0
+
+
+def main():
+    work = Path(tempfile.mkdtemp())
+    metric = clip_iqa_metric(work)
+    out = {"anchors": metric.anchors.numpy()}
+    for group, paths in write_images(work / "images").items():  # one call per size: each goes in whole
+        pixels = checker_pixels(paths)
+        out[f"{group}_scores"] = metric(pixels).reshape(-1).numpy()
         with torch.no_grad():
-            mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-            std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-            f = metric.model.encode_image((pixels - mean) / std, pos_embedding=False).float()
-            features.append((f / f.norm(dim=-1, keepdim=True)).numpy())
-    out["scores"], out["image_features"] = np.concatenate(scores), np.concatenate(features)
-    out["anchors"] = metric.anchors.numpy()
-    out.update({f"tiny_{k}": v for k, v in tiny_state.items()})
+            f = metric.model.encode_image((pixels - MEAN) / STD, pos_embedding=False).float()
+            out[f"{group}_image_features"] = (f / f.norm(dim=-1, keepdim=True)).numpy()
     path = ROOT / "tests" / "golden" / "score_iqa.npz"
     np.savez_compressed(path, **out)
-    print(f"wrote {path} ({path.stat().st_size} bytes): scores {np.round(out['scores'], 6)}")
+    print(f"wrote {path} ({path.stat().st_size} bytes): scores",
+          {k: np.round(v, 4).tolist() for k, v in out.items() if k.endswith("_scores")})
 
 
 if __name__ == "__main__":
