@@ -11,6 +11,8 @@ Each axis is one fused Jittor gather-multiply-sum over its K taps (4 at 512 → 
 written as two matmuls with dense (m, n) weight matrices gives the same values but does n/K times the
 work: 1.5x slower at 512 → 299 on CPU, and the gap grows with the references' size (docs/score.md).
 """
+from functools import lru_cache
+
 import numpy as np
 
 from common.jittor_env import load_jittor
@@ -18,9 +20,10 @@ from common.jittor_env import load_jittor
 jt = load_jittor()
 
 
+@lru_cache(maxsize=16)
 def antialias_taps(n: int, m: int):
     """(index (m, K) int, weight (m, K) float32): output i of an axis of `n` resized to `m` is
-    Σ_k weight[i, k] · input[index[i, k]] (unused taps have weight 0)."""
+    Σ_k weight[i, k] · input[index[i, k]] (unused taps have weight 0). Cached per shape: read-only."""
     f32 = np.float32
     scale = f32(n) / f32(m)
     support = scale if scale >= 1.0 else f32(1.0)
