@@ -346,9 +346,7 @@ def _run_locked(args, config, config_path, graph, styles, slots, queue, cluster=
         say(superseded_line(report, graph))
     for job in report.retried:
         say(f"{job.stage} {job.id} ({job.group}) failed before, but a file it reads changed since: trying it again")
-    queued = ", ".join(f"{report.queued[s]} to {graph.spec(s).verb}" for s in graph.stages)
-    say(f"{report.total} task(s): {report.finished} finished, {queued}, {report.in_queue} already queued, "
-        f"{report.failed_results} failed; workers: {', '.join(f'{g}:{r}' for g, r in slots)}")
+    say(plan_line(report, graph, slots))
     if "score" not in graph.stages and config.eval.enabled is None:
         from common.graph import scoring
         missing_files = scoring(config)[1]
@@ -381,6 +379,20 @@ def _run_locked(args, config, config_path, graph, styles, slots, queue, cluster=
         for path in make_contact_sheets(config) + loss_curves(config):
             print(path)
     return code
+
+
+def plan_line(report, graph, slots) -> str:
+    """`6 result(s): 4 finished, 0 failed; 2 style score(s): 1 finished, 0 failed; jobs: 1 to generate, ...`:
+    the results the user asked for, then, when a per-style stage reads them (the score), its styles, each
+    counted in its own unit; then the jobs queued and the workers."""
+    counted = [(graph.results, "result(s)")]
+    if graph.results != graph.stages[-1]:
+        counted.append((graph.stages[-1], f"style {graph.stages[-1]}(s)"))
+    counts = "; ".join(f"{report.stages[s].total} {unit}: {report.stages[s].finished} finished, "
+                       f"{report.stages[s].failed} failed" for s, unit in counted)
+    queued = ", ".join(f"{report.queued[s]} to {graph.spec(s).verb}" for s in graph.stages)
+    return (f"{counts}; jobs: {queued} queued now, {report.in_queue} already queued; "
+            f"workers: {', '.join(f'{g}:{r}' for g, r in slots)}")
 
 
 def superseded_line(report, graph) -> str:

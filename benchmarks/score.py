@@ -42,7 +42,9 @@ def write_files(work: Path, small: bool) -> dict:
         write_clip_rn50(files["clip_iqa"], small=small)
         write_clip_tokenizer(files["clip_iqa_tokenizer"])
         files["clip_r_prompts"].write_text("\n".join(DEMO_WORDS * 18))  # about the checker's 216 lines
-        (work / "files.json").write_text(json.dumps({k: str(v) for k, v in files.items()}))
+        (work / "files.json").write_text(json.dumps({**{k: str(v) for k, v in files.items()}, "small": small}))
+    elif json.loads((work / "files.json").read_text()).get("small") != small:
+        sys.exit(f"{work} holds the files of {'the real' if small else 'small'} networks: use another --workdir")
     return files
 
 

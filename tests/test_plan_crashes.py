@@ -94,7 +94,8 @@ def test_a_changed_output_folder_is_followed_by_the_jobs_already_queued(tmp_path
     moved = write_config(tmp_path, output=str(tmp_path / "elsewhere"))
     assert launch.main(["--config", str(moved), "--gpus", "cpu"]) == 0
     err = capsys.readouterr().err
-    assert "6 task(s): 0 finished, 1 to generate, 0 to style, 5 already queued" in err, err  # nothing lost
+    assert "6 result(s): 0 finished, 0 failed; jobs: 1 to generate, 0 to style queued now, 5 already queued" \
+        in err, err  # nothing lost
     assert "6 image(s)" in err, err
     check_invariants(moved)
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*.png")) == old_results

@@ -1,12 +1,17 @@
 """Planning: prompts become safe unique names, bad datasets fail in one line, and planning queues exactly
 what is missing (finished tasks skipped, existing content goes straight to stage 2, twice adds nothing)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from common.atomic import write_npy, write_png
-from common.dataset import DatasetError
+import launch
+from common.atomic import write_bytes, write_npy, write_png
+from common.dataset import DatasetError, read_dataset
+from common.graph import STYLE, Graph, StageSpec, score_record, whole
 from common.jobqueue.planner import plan
+from common.jobqueue.queue import Queue
 from common.naming import NamingError, prompt_names, safe_name
 from common.provenance import write_png as write_result
 from queue_fixtures import graph_of, tasks_of, write_config
@@ -102,6 +107,27 @@ def test_finished_tasks_are_skipped_and_existing_content_goes_to_stage_two(tmp_p
     assert (report.finished, report.queued["sty"], report.queued["gen"]) == (1, 1, 4)
     assert set(q.scan("sty")["pending"]) == {styled_only.id}
     assert done.id not in q.scan("gen")["pending"] and styled_only.id not in q.scan("gen")["pending"]
+
+
+def test_the_launch_line_counts_results_and_scored_styles_each_in_its_own_unit(tmp_path):
+    config, graph, _, _ = graph_of(write_config(tmp_path))
+    score = StageSpec(name="score", unit=STYLE, impl="unused:Score", verb="score", needs=("sty",),
+                      files=score_record, outputs=lambda t: {t.files["score"]: whole(Path.is_file)})
+    scored = Graph(config, graph.specs + [score])
+    nodes = scored.nodes(read_dataset(scored.dataset))
+    results = [scored.task(n.job) for n in nodes if n.job.stage == "sty"]
+    for task in [t for t in results if t.style == "00"] + [next(t for t in results if t.style == "01")]:
+        write_result(task.files["output_png"], np.zeros((4, 4, 3), np.uint8), task.made_by, fsync=False)
+    write_bytes(Path(config.output) / "00" / "score.json", b"{}", fsync=False)  # style 00 scored
+    report = plan(Queue(config.queue_dir, scored.rules(), fsync=False), nodes)
+    assert (report.total, report.finished) == (2, 1)  # the final nodes are the styles' scores
+    line = launch.plan_line(report, scored, [("cpu", "gen+sty+score")])
+    # style 01's score reads its content images too, so the content of its finished result is made again
+    assert line == ("6 result(s): 4 finished, 0 failed; 2 style score(s): 1 finished, 0 failed; "
+                    "jobs: 3 to generate, 0 to style, 1 to score queued now, 0 already queued; "
+                    "workers: cpu:gen+sty+score"), line
+    assert launch.plan_line(plan(Queue(config.queue_dir, graph.rules(), fsync=False), graph.nodes(
+        read_dataset(graph.dataset))), graph, []).startswith("6 result(s): 4 finished, 0 failed; jobs: ")
 
 
 def test_truncated_output_is_removed_and_replanned(tmp_path):

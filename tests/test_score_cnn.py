@@ -17,7 +17,7 @@ from common.score.errors import ScoreFileError  # noqa: E402
 from common.score.fid import FidInception, frechet_distance  # noqa: E402
 from common.score.hist import hsv_opencv, hist_score  # noqa: E402
 from common.score.lpips import Lpips, preprocess, SHIFT, SCALE  # noqa: E402
-from common.score.resize import resize_antialias  # noqa: E402
+from common.score.resize import jt, resize_antialias  # noqa: E402
 from common.sd.weights import save_torch_zip  # noqa: E402
 from score_cnn_data import write_dataset  # noqa: E402
 
@@ -48,7 +48,7 @@ def test_dataset_is_the_one_the_goldens_saw(files):
 @pytest.mark.parametrize("name", ["down", "up", "mixed"])
 def test_antialiased_resize_matches_torch(name):
     out = GOLDEN[f"resize_{name}_out"]
-    ours = resize_antialias(GOLDEN[f"resize_{name}_in"].astype(np.float32), out.shape[2:])
+    ours = resize_antialias(jt.array(GOLDEN[f"resize_{name}_in"].astype(np.float32)), out.shape[2:]).numpy()
     assert ours.shape == out.shape and scale_error(ours, out) <= 1e-6
 
 

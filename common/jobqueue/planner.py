@@ -29,6 +29,14 @@ class Node:
 
 
 @dataclass
+class StageCount:
+    """One stage's nodes: all of them, those with nothing left to do, those that cannot finish."""
+    total: int = 0
+    finished: int = 0
+    failed: int = 0
+
+
+@dataclass
 class PlanReport:
     total: int = 0  # final nodes: the results the user asked for
     finished: int = 0  # final nodes whose outputs are in place
@@ -38,12 +46,13 @@ class PlanReport:
     retried: List[Job] = field(default_factory=list)  # dead letters requeued: their inputs changed since
     failed_results: int = 0  # final nodes that cannot finish because of them
     superseded: Dict[Tuple[str, str], int] = field(default_factory=dict)  # {(stage, why): whole outputs redone}
+    stages: Dict[str, StageCount] = field(default_factory=dict)  # the same counts per stage, every node
     notes: List[str] = field(default_factory=list)
 
 
 def plan(queue, nodes: List[Node], retry_failed: bool = False) -> PlanReport:
     """Bring the queue in line with `nodes` (in stage order) and the outputs on disk."""
-    report = PlanReport(queued={s: 0 for s in queue.stages})
+    report = PlanReport(queued={s: 0 for s in queue.stages}, stages={s: StageCount() for s in queue.stages})
     states = {}  # job key -> (state, path)
     for stage in queue.stages:
         for state, jobs in queue.scan(stage).items():
@@ -69,11 +78,12 @@ def plan(queue, nodes: List[Node], retry_failed: bool = False) -> PlanReport:
     for n in nodes:
         key, job = n.job.key, n.job
         state, path = states.get(key, (None, None))
-        final = not readers[key]
-        if final:
-            report.total += 1
+        final, count = not readers[key], report.stages[job.stage]
+        report.total += final
+        count.total += 1
         if not needed[key]:
             report.finished += final
+            count.finished += 1
             if state in WAITING:  # nothing left to do: close a job still waiting
                 queue.move(path, queue.layout.done_path(job.stage, job.id))
                 crash.point("plan_step")
@@ -84,6 +94,7 @@ def plan(queue, nodes: List[Node], retry_failed: bool = False) -> PlanReport:
         if any(k in stuck for k in n.needs):
             stuck.add(key)
             report.failed_results += final
+            count.failed += 1
             continue
         if state == "failed" and not retry_failed:
             dead = _read(path, job)
@@ -92,6 +103,7 @@ def plan(queue, nodes: List[Node], retry_failed: bool = False) -> PlanReport:
             else:
                 stuck.add(key)
                 report.failed_results += final
+                count.failed += 1
                 report.failed.append(dead)
                 continue
         remade = n.published_by is not None and needed[n.published_by]

@@ -12,8 +12,8 @@ import numpy as np
 
 from common.score.checker_images import pixels_as_checker
 from common.score.formula import frechet_distance  # noqa: F401 (the metric's other half, Jittor-free)
-from common.score.inception import INPUT_SIZE, FidInceptionStem, jt
-from common.score.resize import resize_antialias
+from common.score.inception import INPUT_SIZE, FidInceptionStem
+from common.score.resize import jt, resize_antialias
 from common.score.weight_file import load_network
 
 FILE_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -45,11 +45,11 @@ class FidInception:
     def features_of_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(n, 64) float64 features of (n, H, W, 3) uint8 images, n ≤ batch_size."""
         n = len(pixels)
-        images = resize_antialias(pixels.transpose(0, 3, 1, 2).astype(np.float32), (INPUT_SIZE, INPUT_SIZE))
-        batch = np.zeros((self.batch_size, 3, INPUT_SIZE, INPUT_SIZE), np.float32)
-        batch[:n] = images
+        batch = np.zeros((self.batch_size,) + pixels.shape[1:], np.uint8)
+        batch[:n] = pixels
         with jt.no_grad():
-            features = self.network(jt.array(batch)).numpy()
+            images = resize_antialias(jt.array(batch).transpose(0, 3, 1, 2).float32(), (INPUT_SIZE, INPUT_SIZE))
+            features = self.network(images).numpy()
         return features[:n].astype(np.float64)
 
 

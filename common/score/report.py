@@ -1,6 +1,7 @@
 """The run's score for people: the styles' records combined as the checker combines them
-(OUTPUT/scores.json), a table, a bar chart (OUTPUT/scores.png) and one static page (OUTPUT/report.html)
-with every image as a relative link (docs/score.md, "What a run shows"). Jittor-free: the launcher runs it."""
+(OUTPUT/scores.json), a table, the chart (OUTPUT/scores.png, common/score/chart.py, with the final score
+of each earlier set of settings, common/score/history.py) and one static page (OUTPUT/report.html) with
+every image as a relative link (docs/score.md). Jittor-free: the launcher runs it."""
 import html
 import json
 import math
@@ -9,10 +10,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 from urllib.parse import quote
 
-import numpy as np
-
 from common.jobqueue.atomic import write_bytes
-from common.score.formula import KEYS, combine
+from common.score.chart import draw_scores
+from common.score.formula import combine
+from common.score.history import add_to_history
 from common.score.record import KINDS, read_record
 
 COLUMNS = (("dino", "dino_score"), ("hist", "hist_score"), ("fid", "fid_score"), ("lpips", "lpip_score"),
@@ -51,43 +52,6 @@ def _json_safe(value):
 def scores_json(combined: dict) -> dict:
     """The results' scores under the checker's keys (+ per_style), and the content images' beside them."""
     return _json_safe(dict(combined["result"], content=combined["content"]))
-
-
-def draw_scores(combined: dict, path: Path, *, fsync: bool) -> Path:
-    """Grouped bars: for each style and overall, each metric (FID as its score term) for content vs result."""
-    from PIL import Image, ImageDraw
-    from common.atomic import write_png
-    groups = list(combined["result"]["per_style"]) + ["overall"]
-    metrics = [(n, k) for n, k in COLUMNS]
-    cell, bar, pad = 16 * len(metrics) + 10, 7, 30
-    width, height = pad * 2 + cell * len(groups) + 160, 260
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    base = height - pad
-    colours = {"content": (170, 190, 230), "result": (20, 60, 160)}
-    for g, style in enumerate(groups):
-        x0 = pad + g * cell
-        draw.text((x0, base + 6), style[:12], fill="black")
-        for m, (name, key) in enumerate(metrics):
-            for k, kind in enumerate(("content", "result")):
-                row = combined[kind] if style == "overall" else combined[kind]["per_style"].get(style, {})
-                value = row.get(key)
-                if key == "fid_score" and value is not None:
-                    value = (20 - min(value, 20)) / 20
-                if value is None or not np.isfinite(value):
-                    continue
-                x = x0 + m * 16 + k * bar
-                draw.rectangle((x, base - (base - pad) * max(0.0, min(value, 1.0)), x + bar - 1, base),
-                               fill=colours[kind])
-    for i, (name, _) in enumerate(metrics):
-        draw.text((width - 150, pad + 14 * i), f"{i + 1}. {name}" + (" (as (20-fid)/20)" if name == "fid" else ""),
-                  fill="black")
-    for i, kind in enumerate(("content", "result")):
-        draw.rectangle((width - 150, pad + 14 * (len(metrics) + i) + 2, width - 142,
-                        pad + 14 * (len(metrics) + i) + 10), fill=colours[kind])
-        draw.text((width - 138, pad + 14 * (len(metrics) + i)), LABELS[kind], fill="black")
-    draw.text((pad, 8), "score per style: bars are metrics in order, light = content, dark = result", fill="black")
-    return write_png(path, image, fsync=fsync, replace=True)
 
 
 def _link(path: Path, root: Path) -> str:
@@ -145,7 +109,9 @@ def publish(config, styles) -> List[str]:
     combined = combine_records(output, [s.name for s in styles])
     fsync = config.queue.fsync
     write_bytes(output / "scores.json", json.dumps(scores_json(combined), indent=1).encode(), fsync=fsync)
-    draw_scores(combined, output / "scores.png", fsync=fsync)
+    plan = config.pixel_hash()
+    runs = add_to_history(output, plan, combined, fsync=fsync)
+    draw_scores(combined, output / "scores.png", runs, plan, fsync=fsync)
     images = {s.name: style_images(Path(config.dataset), output, Path(config.lora.dir), config.lora.subdir, s)
               for s in styles}
     page = write_report(combined, output, images, fsync=fsync)
