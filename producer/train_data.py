@@ -10,11 +10,19 @@ the seed, and a checkpoint that saves the Generator's state (and the epoch's ord
 sequence. The rule for which image a step uses, as a data loader that shuffles each epoch: at every
 epoch start (step 0, N, 2N, ... for N images) a fresh permutation of the N images is drawn, and step k
 trains on image order[k mod N]. Then, per step and in this order: the VAE posterior's noise, the
-diffusion noise (both standard normal, the latent's shape), and the timestep, uniform in
-{0, ..., num_train_timesteps - 1}.
+diffusion noise (both standard normal, the latent's shape), the timestep, uniform in
+{0, ..., num_train_timesteps - 1}, and, only with a noise offset, a standard normal per latent channel.
+A batch of B is B consecutive draws.
+
+Captions: when `train.prompt` has `{caption}`, an image's caption is the text of the file beside it with
+the same stem (images/NAME.txt, the usual DreamBooth convention); an image without one gets the template
+with an empty caption, its leading and trailing spaces and commas dropped ("{caption}, in style_{style}"
+-> "in style_00"). A caption that is not UTF-8, or a prompt longer than the tokenizer's length (it would
+be cut silently), is a one-line error.
 """
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -60,20 +68,50 @@ def load_images(style_dir, size: int, resize: str = "crop") -> tuple:
     return files, np.stack([load_image(p, size, resize) for p in files])
 
 
+def image_prompts(files, template: str, style: str, too_long=None) -> list:
+    """The training prompt of each image file: `template` with {style} and, if it has one, {caption} filled
+    in; `too_long(prompt)` (the tokenizer's) says whether a prompt would be truncated."""
+    prompts = []
+    for path in files:
+        caption = ""
+        if "{caption}" in template:
+            caption_file = Path(path).with_suffix(".txt")
+            if caption_file.is_file():
+                try:
+                    caption = caption_file.read_bytes().decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    raise ValueError(f"{caption_file}: the caption is not UTF-8 text; save it as UTF-8") from None
+        prompt = template.format(style=style, caption=caption)
+        prompt = prompt if caption else prompt.strip(" ,")
+        if too_long is not None and too_long(prompt):
+            raise ValueError(f"{path}: its training prompt {prompt[:40]!r}... is longer than the tokenizer's "
+                             "length and would be cut; shorten the caption")
+        prompts.append(prompt)
+    return prompts
+
+
+def tokenizer_too_long(tokenizer):
+    """`too_long` for `image_prompts` from a common.sd.tokenizer.CLIPTokenizer: truncation would drop tokens."""
+    return lambda prompt: bool(tokenizer.tokenizer.encode(prompt).overflowing)
+
+
 @dataclass(frozen=True)
 class Draw:
-    """The random inputs of one training step."""
+    """The random inputs of one training sample."""
     image: int  # index into the style's images
     posterior_noise: np.ndarray  # float32 latent shape: z0 = mean + std · this
     noise: np.ndarray  # float32 latent shape: the diffusion noise ε
     timestep: int
+    offset: Optional[np.ndarray] = None  # float32 (channels,): the noise offset's draw, when one is set
 
 
 class Draws:
     """Every step's draws from one seeded Generator; `state()` / `restore()` carry it through checkpoints."""
 
-    def __init__(self, rng: np.random.Generator, n_images: int, latent_shape: tuple, num_timesteps: int):
+    def __init__(self, rng: np.random.Generator, n_images: int, latent_shape: tuple, num_timesteps: int,
+                 offset: bool = False):
         self.rng, self.n, self.shape, self.num_timesteps = rng, n_images, tuple(latent_shape), num_timesteps
+        self.offset = offset
         self.step = 0
         self.order = None
 
@@ -84,8 +122,9 @@ class Draws:
         posterior = self.rng.standard_normal(self.shape, dtype=np.float32)
         noise = self.rng.standard_normal(self.shape, dtype=np.float32)
         timestep = int(self.rng.integers(0, self.num_timesteps))
+        offset = self.rng.standard_normal(self.shape[:1], dtype=np.float32) if self.offset else None
         self.step += 1
-        return Draw(image, posterior, noise, timestep)
+        return Draw(image, posterior, noise, timestep, offset)
 
     def state(self) -> dict:
         return {"step": self.step, "order": None if self.order is None else [int(i) for i in self.order],
