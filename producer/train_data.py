@@ -95,6 +95,21 @@ def tokenizer_too_long(tokenizer):
     return lambda prompt: bool(tokenizer.tokenizer.encode(prompt).overflowing)
 
 
+def check_captions(config, style) -> None:
+    """A launch check (a stage's `style_checks`, Jittor-free): the style's training prompts can be made,
+    every caption UTF-8 and within the tokenizer's length; a DatasetError naming the file otherwise."""
+    if "{caption}" not in config.train.prompt:
+        return
+    from common.dataset import DatasetError
+    from common.sd.model_folder import resolve_model_folder
+    from common.sd.tokenizer import CLIPTokenizer
+    try:
+        tokenizer = CLIPTokenizer.from_folder(resolve_model_folder(config.model.path) / "tokenizer")
+        image_prompts(image_files(style.dir), config.train.prompt, style.name, tokenizer_too_long(tokenizer))
+    except (ValueError, FileNotFoundError) as e:
+        raise DatasetError(str(e)) from None
+
+
 @dataclass(frozen=True)
 class Draw:
     """The random inputs of one training sample."""

@@ -230,7 +230,7 @@ def test_train_config_defaults_are_jdiffusions(tmp_path):
     assert t.size is None and t.checkpoint_every == 50
 
 
-def test_captions_fill_the_prompt_and_bad_ones_are_one_line_errors(tmp_path):
+def test_captions_fill_the_prompt_and_bad_ones_are_one_line_errors(tiny_model_dir, tmp_path):
     from common.sd.tokenizer import CLIPTokenizer
     from common.devkit.assets.clip_bpe import write_tokenizer_folder
     from producer.train_data import image_files, image_prompts, tokenizer_too_long
@@ -253,6 +253,14 @@ def test_captions_fill_the_prompt_and_bad_ones_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match="b.png: its training prompt .* longer than the tokenizer") as e:
         image_prompts(files, template, "00", too_long)
     assert "\n" not in str(e.value)
+    # the same as a launch check, from the config and the model folder's tokenizer (no Jittor)
+    from common.dataset import DatasetError, Style
+    from producer.train_data import check_captions
+    config = load_config(overrides={"model.path": str(tiny_model_dir), "train.prompt": template})
+    with pytest.raises(DatasetError, match="b.png: its training prompt"):
+        check_captions(config, Style("00", tmp_path / "00", ()))
+    (images / "b.txt").write_text("a blue fox", encoding="utf-8")
+    check_captions(config, Style("00", tmp_path / "00", ()))
 
 
 @pytest.mark.parametrize("key,value,needle", [
@@ -269,10 +277,25 @@ def test_recipe_options_reject_bad_values(key, value, needle):
 
 
 @pytest.mark.parametrize("name", ["jdiffusion", "strong"])
-def test_recipe_files_load(name):
-    config = load_config(REPO / "configs" / "recipes" / f"{name}.yaml")
+def test_recipe_files_pass_the_launch_checks(name, tiny_model_dir, tmp_path, capsys):
+    """The recipe's train: section under a run's own paths: the launcher's checks accept it (a dry launch:
+    config, stage graph, model and dataset checks), and a broken copy is a one-line exit 2."""
+    import yaml
+    from queue_fixtures import graph_of, make_dataset, one_line_exit
+    recipe = REPO / "configs" / "recipes" / f"{name}.yaml"
+    config = load_config(recipe)
     if name == "jdiffusion":  # today's baseline: the defaults, key for key
         assert config.train == load_config().train
     else:
         t = config.train
         assert t.text_encoder is not None and "{caption}" in t.prompt and len(t.targets) > 4 and t.lr_ratio_b > 1
+    run = {**yaml.safe_load(recipe.read_text()), "dataset": str(make_dataset(tmp_path / "data")),
+           "output": str(tmp_path / "out"), "queue_dir": str(tmp_path / "q"), "model": {"path": str(tiny_model_dir)},
+           "lora": {"dir": str(tmp_path / "loras")}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run))
+    loaded, graph, nodes, _ = graph_of(path)
+    assert loaded.train == config.train and graph.stages[0] == "train"
+    run["train"]["targets"] = run["train"].get("targets", []) + ["to_x"]
+    path.write_text(yaml.safe_dump(run))
+    one_line_exit(capsys, ["--config", path, "--gpus", "cpu"], str(path), "train.targets")
