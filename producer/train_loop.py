@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from common.jittor_env import load_jittor
-from common.sd.lora_layers import TEXT_TARGETS, Lora, freeze
+from common.sd.lora_layers import TEXT_TARGETS, Lora, freeze, lora_half
 from producer.train_data import Draw
 
 jt = load_jittor()
@@ -104,7 +104,7 @@ class LoraTrainer:
         """A LoRA tensor's lr: the text encoder's own lr if set, B (up) at lr_ratio_b times (LoRA+)."""
         t = self.train
         lr = t.text_encoder.lr if key.startswith("text_encoder.") and t.text_encoder.lr is not None else t.lr
-        return lr * t.lr_ratio_b if key.endswith(".up.weight") else lr
+        return lr * t.lr_ratio_b if lora_half(key) == "up" else lr
 
     @property
     def trains_text_encoder(self) -> bool:

@@ -12,7 +12,7 @@ from common.config import UNET_TARGETS, TextEncoderLoraConfig, TrainConfig
 from common.devkit.tiny_weights import tiny_param
 from common.jittor_env import load_jittor
 from common.sd.lora import LoraMerger, LoraSet
-from common.sd.lora_layers import TARGETS, TEXT_TARGETS, Lora
+from common.sd.lora_layers import TARGETS, TEXT_TARGETS, Lora, lora_half
 from common.sd.pipeline import StableDiffusion
 from common.sd.weights import read_weights
 from producer.train_data import Draw
@@ -208,13 +208,13 @@ def test_recipe_options_train_as_diffusers_and_peft(sd, name, prediction_type):
     state = trainer.lora.state()
     weights, expected = np.concatenate([state[k].ravel() for k in keys]), golden[f"{prediction_type}/weights"]
     assert rel(weights, expected) <= TOL
-    up = np.concatenate([np.full(state[k].size, k.endswith(".up.weight")) for k in keys])
+    up = np.concatenate([np.full(state[k].size, lora_half(k) == "up") for k in keys])
     g1 = np.abs(golden[f"{prediction_type}/grads"][0])
     clear = up & (g1 >= 1e-2 * g1.max())  # B entries with a clear first gradient (see the test above)
-    assert clear.sum() >= 0.2 * up.sum()
+    assert clear.sum() >= 0.1 * up.sum()
     assert rel(weights[clear], expected[clear]) <= TOL
     if name == "te":  # the text encoder's LoRA trained, and LoRA+ moved B further than A
-        assert any(k.startswith("text_encoder.") and k.endswith(".up.weight") and np.abs(state[k]).max() > 0
+        assert any(k.startswith("text_encoder.") and lora_half(k) == "up" and np.abs(state[k]).max() > 0
                    for k in keys)
 
 

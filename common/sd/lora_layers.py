@@ -7,9 +7,10 @@ and the low-rank path is added to its output, so Jittor's autograd reaches A and
 installs the path as the module's own `execute` (the module tree and its state-dict keys stay untouched)
 and swaps in attentions that carry a gradient (the fused inference kernels have no backward); `detach()`
 puts everything back. Modules are chosen as peft's `target_modules` chooses them: a module whose path is
-a target or ends with "." + a target. Keys follow diffusers' LoRA files (`unet.<module>.lora.down.weight`
-= A, `.lora.up.weight` = B, `text_encoder.<module>...` for the text encoder), so `common.sd.lora` and
-diffusers' `load_lora_weights` read what `file_state()` returns.
+a target or ends with "." + a target. Keys are the ones diffusers' DreamBooth script saves (`lora_key`:
+`unet.<attention>.to_q.lora.down.weight` = A, `.lora.up.weight` = B, other modules peft's `lora_A` /
+`lora_B`, the text encoder's `lora_linear_layer`), so `common.sd.lora` and diffusers' `load_lora_weights`
+read what `file_state()` returns.
 """
 from typing import Dict, Optional
 
@@ -27,8 +28,19 @@ TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # the CLIP text encod
 
 
 def lora_key(model: str, module: str, half: str) -> str:
-    """The diffusers key of one LoRA half ("down" = A, "up" = B) of `model`'s module."""
-    return f"{model}.{module}.lora.{half}.weight"
+    """The key of one LoRA half ("down" = A, "up" = B) as diffusers' train_dreambooth_lora.py saves peft's
+    (convert_state_dict_to_diffusers): `lora_linear_layer.down` for the text encoder's attention,
+    `lora.down` for the UNet's, and peft's own `lora_A` for every other module."""
+    if model == "text_encoder" and module.endswith(tuple("." + t for t in TEXT_TARGETS)):
+        return f"{model}.{module}.lora_linear_layer.{half}.weight"
+    if module.endswith(tuple("." + t for t in TARGETS)):
+        return f"{model}.{module}.lora.{half}.weight"
+    return f"{model}.{module}.lora_{'A' if half == 'down' else 'B'}.weight"
+
+
+def lora_half(key: str) -> str:
+    """"down" (A) or "up" (B): which half a `lora_key` names."""
+    return "down" if key.endswith((".down.weight", ".lora_A.weight")) else "up"
 
 
 def freeze(module) -> None:
@@ -144,7 +156,7 @@ class Lora:
                 shapes[lora_key(name, path, "down")], shapes[lora_key(name, path, "up")] = \
                     lora_shapes(module, ranks[name])
         state = {key: (rng.standard_normal(shape) / int(shape[0])).astype(np.float32)
-                 if key.endswith(".down.weight") else np.zeros(shape, np.float32)
+                 if lora_half(key) == "down" else np.zeros(shape, np.float32)
                  for key, shape in sorted(shapes.items())}
         return cls(models, targets, state, alphas)
 
@@ -185,6 +197,6 @@ class Lora:
         state = self.state()
         for key in state:
             scale = self.scales[key.split(".", 1)[0]]
-            if key.endswith(".up.weight") and scale != 1.0:
+            if lora_half(key) == "up" and scale != 1.0:
                 state[key] = (state[key] * np.float32(scale)).astype(np.float32)
         return state

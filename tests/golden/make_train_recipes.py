@@ -166,7 +166,7 @@ def scenario(name, s, rng, images, vae):
     _, _, lora = models(s)
     init_rng = np.random.default_rng(INIT_SEED)
     init = {k: (init_rng.standard_normal(tuple(v.shape)) / v.shape[0]).astype(np.float32)
-            if k.endswith(".down.weight") else np.zeros(tuple(v.shape), np.float32) for k, v in lora.items()}
+            if k.endswith((".down.weight", ".lora_A.weight")) else np.zeros(tuple(v.shape), np.float32) for k, v in lora.items()}
     n = s.get("batch_size", 1) * s.get("gradient_accumulation", 1)
     draws = [[(int(rng.integers(0, 2)), rng.standard_normal((4, 8, 8)).astype(np.float32),
                rng.standard_normal((4, 8, 8)).astype(np.float32), int(rng.integers(0, 1000)),
