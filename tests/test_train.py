@@ -266,7 +266,7 @@ def test_captions_fill_the_prompt_and_bad_ones_are_one_line_errors(tiny_model_di
 @pytest.mark.parametrize("key,value,needle", [
     ("targets", ["to_q", "attn"], "train.targets"), ("targets", [], "train.targets"),
     ("alpha", 0, "train.alpha"), ("text_encoder", {"rank": 0}, "train.text_encoder"),
-    ("text_encoder", {"rnk": 2}, "train.text_encoder.rnk"), ("lr_ratio_b", 0.0, "train.lr_ratio_b"),
+    ("text_encoder", {"rnk": 2}, "train.text_encoder: unknown key .rnk."), ("lr_ratio_b", 0.0, "train.lr_ratio_b"),
     ("batch_size", 0, "train.batch_size"), ("gradient_accumulation", 0, "train.gradient_accumulation"),
     ("lr_scheduler", "linear", "train.lr_scheduler"), ("lr_warmup_steps", 501, "train.lr_warmup_steps"),
     ("snr_gamma", -1.0, "train.snr_gamma"), ("noise_offset", -0.1, "train.noise_offset"),
