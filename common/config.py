@@ -33,6 +33,12 @@ def pixels(default, **meta):
     return field(default=default, metadata={"pixels": True, **meta})
 
 
+def added(default, **meta):
+    """A pixel setting added after queues were planned: `pixel_hash()` covers it only when it differs from
+    its default, so the defaults keep the hash (and the job ids) every existing queue was planned under."""
+    return pixels(default, added=True, **meta)
+
+
 def runtime(default, **meta):
     """A setting that never changes a pixel (batching, timing, retries, paths of the run's folders)."""
     return field(default=default, metadata={"pixels": False, **meta})
@@ -104,16 +110,16 @@ class TrainConfig:
     steps: int = pixels(500)  # optimiser steps
     lr: float = pixels(1e-4)  # constant, no warm-up
     rank: int = pixels(4)  # LoRA alpha = rank (scale 1), as peft is configured there
-    alpha: Optional[float] = pixels(None)  # LoRA alpha apart from rank (scale alpha/rank); None: rank
-    targets: tuple = pixels(UNET_TARGETS[:4])  # UNet modules with a LoRA, matched by name as peft does
-    text_encoder: Optional[TextEncoderLoraConfig] = pixels(None)  # {rank, lr}: a text-encoder LoRA too
-    lr_ratio_b: float = pixels(1.0)  # LoRA+: the B (up) matrices learn at this times the lr
-    batch_size: int = pixels(1)
-    gradient_accumulation: int = pixels(1)  # micro-batches summed per optimiser step
-    lr_scheduler: str = pixels("constant")  # constant | constant_with_warmup | cosine (diffusers' get_scheduler)
-    lr_warmup_steps: int = pixels(0)
-    snr_gamma: Optional[float] = pixels(None)  # min-SNR loss weighting (e.g. 5.0); None: plain MSE
-    noise_offset: float = pixels(0.0)  # adds this times a per-channel N(0, 1) to the diffusion noise
+    alpha: Optional[float] = added(None)  # LoRA alpha apart from rank (scale alpha/rank); None: rank
+    targets: tuple = added(UNET_TARGETS[:4])  # UNet modules with a LoRA, matched by name as peft does
+    text_encoder: Optional[TextEncoderLoraConfig] = added(None)  # {rank, lr}: a text-encoder LoRA too
+    lr_ratio_b: float = added(1.0)  # LoRA+: the B (up) matrices learn at this times the lr
+    batch_size: int = added(1)
+    gradient_accumulation: int = added(1)  # micro-batches summed per optimiser step
+    lr_scheduler: str = added("constant")  # constant | constant_with_warmup | cosine (diffusers' get_scheduler)
+    lr_warmup_steps: int = added(0)
+    snr_gamma: Optional[float] = added(None)  # min-SNR loss weighting (e.g. 5.0); None: plain MSE
+    noise_offset: float = added(0.0)  # adds this times a per-channel N(0, 1) to the diffusion noise
     size: Optional[int] = pixels(None)  # training resolution; None: producer.size
     resize: str = pixels("crop")  # crop: shorter side to size, centre crop | stretch: straight to size x size
     prompt: str = pixels("style_{style}")  # the instance prompt; producer.prompt_template puts it after the prompt
@@ -193,8 +199,9 @@ class RunConfig:
 
 
 def pixel_settings(section) -> dict:
-    """{name: value} of a section's settings declared `pixels`."""
-    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.metadata["pixels"]}
+    """{name: value} of a section's settings declared `pixels` (an `added` one only when it is set)."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.metadata["pixels"]
+            and not (f.metadata.get("added") and getattr(section, f.name) == f.default)}
 
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")

@@ -284,9 +284,10 @@ def test_recipe_files_pass_the_launch_checks(name, tiny_model_dir, tmp_path, cap
     from queue_fixtures import graph_of, make_dataset, one_line_exit
     recipe = REPO / "configs" / "recipes" / f"{name}.yaml"
     config = load_config(recipe)
-    if name == "jdiffusion":  # today's baseline: the defaults, key for key
-        assert config.train == load_config().train
+    if name == "jdiffusion":  # today's baseline: the defaults, key for key, under the defaults' plan hash
+        assert config.train == load_config().train and config.pixel_hash() == load_config().pixel_hash()
     else:
+        assert config.pixel_hash() != load_config().pixel_hash()  # a queue planned without it is refused
         t = config.train
         assert t.text_encoder is not None and "{caption}" in t.prompt and len(t.targets) > 4 and t.lr_ratio_b > 1
     run = {**yaml.safe_load(recipe.read_text()), "dataset": str(make_dataset(tmp_path / "data")),
