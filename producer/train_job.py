@@ -55,9 +55,9 @@ def train_style(sd, train, style: str, style_dir, lora_file, scratch_dir, *, siz
     losses = _resume(trainer, draws, scratch_dir, mark, style, log)
     n = train.steps
     if trainer.step_count == 0:
-        captioned = len(set(prompts)) > 1
-        log(f"train style {style}: {len(files)} images at {size}px, {n} steps, "
-            + (f"{len(set(prompts))} captioned prompts, e.g. {prompts[0]!r}" if captioned else f"prompt {prompts[0]!r}"))
+        distinct = len(set(prompts))
+        said = f"{distinct} captioned prompts, e.g. {prompts[0]!r}" if distinct > 1 else f"prompt {prompts[0]!r}"
+        log(f"train style {style}: {len(files)} images at {size}px, {n} steps, {said}")
     trainer.lora.attach()
     started, first = time.perf_counter(), trainer.step_count
     try:

@@ -87,7 +87,8 @@ class LoraTrainer:
         models, targets, ranks = {"unet": sd.unet}, {"unet": train.targets}, {"unet": train.rank}
         te = train.text_encoder
         if te is not None:
-            models["text_encoder"], targets["text_encoder"], ranks["text_encoder"] = sd.text_encoder, TEXT_TARGETS, te.rank
+            models["text_encoder"], targets["text_encoder"] = sd.text_encoder, TEXT_TARGETS
+            ranks["text_encoder"] = te.rank
         self.lora = Lora.create(models, targets, ranks, rng, {"unet": train.alpha})
         self.optimizer = AdamW(self.lora.params, lr=[self._lr(key) for key in self.lora.keys],
                                betas=(train.adam_beta1, train.adam_beta2), eps=train.adam_epsilon,

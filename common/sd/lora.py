@@ -4,8 +4,9 @@ remove exactly.
 A LoRA file (JDiffusion: `pytorch_lora_weights.bin`, diffusers: `.safetensors`) holds, per Linear module,
 `down` (r, in) and `up` (out, r) and maybe `alpha`; per Conv2d module (peft's conv LoRA) `down`
 (r, in, kh, kw) and `up` (out, r, 1, 1). Merging W ← W + s·(α/r)·(up @ down) in fp32 (for a conv, over
-the flattened kernels) equals diffusers' `load_lora_weights` + `fuse_lora`. The original weights of touched modules are kept, so
-removing or swapping a LoRA restores them bit for bit without reading the base model again.
+the flattened kernels) equals diffusers' `load_lora_weights` + `fuse_lora`. The original weights of
+touched modules are kept, so removing or swapping a LoRA restores them bit for bit without reading the
+base model again.
 """
 from dataclasses import dataclass
 from pathlib import Path

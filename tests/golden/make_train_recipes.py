@@ -134,7 +134,8 @@ def train(s, prediction_type, init, images, draws, ids, prompt_index, vae):
                 z0 = (dist.mean + dist.std * posterior) * vae.config.scaling_factor
             noise = torch.from_numpy(np.stack([d[2] for d in samples]))
             if s.get("noise_offset"):
-                noise = noise + s["noise_offset"] * torch.from_numpy(np.stack([d[4] for d in samples]))[:, :, None, None]
+                offset = torch.from_numpy(np.stack([d[4] for d in samples]))[:, :, None, None]
+                noise = noise + s["noise_offset"] * offset
             timesteps = torch.tensor([d[3] for d in samples], dtype=torch.long)
             noisy = scheduler.add_noise(z0, noise, timesteps)
             target = scheduler.get_velocity(z0, noise, timesteps) if prediction_type == "v_prediction" else noise
@@ -166,7 +167,8 @@ def scenario(name, s, rng, images, vae):
     _, _, lora = models(s)
     init_rng = np.random.default_rng(INIT_SEED)
     init = {k: (init_rng.standard_normal(tuple(v.shape)) / v.shape[0]).astype(np.float32)
-            if k.endswith((".down.weight", ".lora_A.weight")) else np.zeros(tuple(v.shape), np.float32) for k, v in lora.items()}
+            if k.endswith((".down.weight", ".lora_A.weight")) else np.zeros(tuple(v.shape), np.float32)
+            for k, v in lora.items()}
     n = s.get("batch_size", 1) * s.get("gradient_accumulation", 1)
     draws = [[(int(rng.integers(0, 2)), rng.standard_normal((4, 8, 8)).astype(np.float32),
                rng.standard_normal((4, 8, 8)).astype(np.float32), int(rng.integers(0, 1000)),
