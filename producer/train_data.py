@@ -1,6 +1,6 @@
 """A style's training images, and the random draws of each training step.
 
-Images: every file with an image suffix in STYLE/images/, in sorted order, RGB (EXIF orientation
+Images: every file with an image suffix in STYLE/images/, in sorted order (common.style_files), RGB (EXIF orientation
 applied), resized with its shorter side to the resolution (bilinear) and centre-cropped (`crop`), or
 resized straight to a square (`stretch`, what JDiffusion's Jittor `transform.Resize(int)` does), then
 scaled to [-1, 1].
@@ -13,34 +13,16 @@ trains on image order[k mod N]. Then, per step and in this order: the VAE poster
 diffusion noise (both standard normal, the latent's shape), the timestep, uniform in
 {0, ..., num_train_timesteps - 1}, and, only with a noise offset, a standard normal per latent channel.
 A batch of B is B consecutive draws.
-
-Captions: when `train.prompt` has `{caption}`, an image's caption is the text of the file beside it with
-the same stem (images/NAME.txt, the usual DreamBooth convention); an image without one gets the template
-with an empty caption, its leading and trailing spaces and commas dropped ("{caption}, in style_{style}"
--> "in style_00"). A caption that is not UTF-8, or a prompt longer than the tokenizer's length (it would
-be cut silently), is a one-line error.
 """
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from common.images import open_rgb
-from common.style_files import IMAGE_SUFFIXES
+from common.style_files import training_images
 
 RESIZE_MODES = ("crop", "stretch")
-
-
-def image_files(style_dir) -> list:
-    """STYLE/images/* with an image suffix, sorted; a one-line error when there are none."""
-    folder = Path(style_dir) / "images"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a folder; a style folder must hold images/ with its training images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"{folder}: no training images ({', '.join(IMAGE_SUFFIXES)}); add some or fix the path")
-    return files
 
 
 def load_image(path, size: int, resize: str = "crop") -> np.ndarray:
@@ -64,50 +46,8 @@ def load_image(path, size: int, resize: str = "crop") -> np.ndarray:
 
 def load_images(style_dir, size: int, resize: str = "crop") -> tuple:
     """(files, float32 (N, 3, size, size)) of a style's training images."""
-    files = image_files(style_dir)
+    files = training_images(style_dir)
     return files, np.stack([load_image(p, size, resize) for p in files])
-
-
-def image_prompts(files, template: str, style: str, too_long=None) -> list:
-    """The training prompt of each image file: `template` with {style} and, if it has one, {caption} filled
-    in; `too_long(prompt)` (the tokenizer's) says whether a prompt would be truncated."""
-    prompts = []
-    for path in files:
-        caption = ""
-        if "{caption}" in template:
-            caption_file = Path(path).with_suffix(".txt")
-            if caption_file.is_file():
-                try:
-                    caption = caption_file.read_bytes().decode("utf-8").strip()
-                except UnicodeDecodeError:
-                    raise ValueError(f"{caption_file}: the caption is not UTF-8 text; save it as UTF-8") from None
-        prompt = template.format(style=style, caption=caption)
-        prompt = prompt if caption else prompt.strip(" ,")
-        if too_long is not None and too_long(prompt):
-            raise ValueError(f"{path}: its training prompt {prompt[:40]!r}... is longer than the tokenizer's "
-                             "length and would be cut; shorten the caption")
-        prompts.append(prompt)
-    return prompts
-
-
-def tokenizer_too_long(tokenizer):
-    """`too_long` for `image_prompts` from a common.sd.tokenizer.CLIPTokenizer: truncation would drop tokens."""
-    return lambda prompt: bool(tokenizer.tokenizer.encode(prompt).overflowing)
-
-
-def check_captions(config, style) -> None:
-    """A launch check (a stage's `style_checks`, Jittor-free): the style's training prompts can be made,
-    every caption UTF-8 and within the tokenizer's length; a DatasetError naming the file otherwise."""
-    if "{caption}" not in config.train.prompt:
-        return
-    from common.dataset import DatasetError
-    from common.sd.model_folder import resolve_model_folder
-    from common.sd.tokenizer import CLIPTokenizer
-    try:
-        tokenizer = CLIPTokenizer.from_folder(resolve_model_folder(config.model.path) / "tokenizer")
-        image_prompts(image_files(style.dir), config.train.prompt, style.name, tokenizer_too_long(tokenizer))
-    except (ValueError, FileNotFoundError) as e:
-        raise DatasetError(str(e)) from None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from producer.train_data import Draws, image_prompts, load_images, tokenizer_too_long
+from common.captions import image_prompts, tokenizer_too_long
+from producer.train_data import Draws, load_images
 from producer.train_files import (CHECKPOINT, LOSS_CURVE, load_checkpoint, save_checkpoint, write_lora,
                                   write_loss_curve, write_progress)
 

@@ -233,13 +233,14 @@ def test_train_config_defaults_are_jdiffusions(tmp_path):
 def test_captions_fill_the_prompt_and_bad_ones_are_one_line_errors(tiny_model_dir, tmp_path):
     from common.sd.tokenizer import CLIPTokenizer
     from common.devkit.assets.clip_bpe import write_tokenizer_folder
-    from producer.train_data import image_files, image_prompts, tokenizer_too_long
+    from common.captions import image_prompts, tokenizer_too_long
+    from common.style_files import training_images
     images = tmp_path / "00" / "images"
     images.mkdir(parents=True)
     for name in ("a", "b", "c"):
         Image.new("RGB", (8, 8)).save(images / f"{name}.png")
     (images / "a.txt").write_text("  a red fox \n", encoding="utf-8")
-    files = image_files(tmp_path / "00")
+    files = training_images(tmp_path / "00")
     write_tokenizer_folder(tmp_path / "tok", pad_token="!")
     too_long = tokenizer_too_long(CLIPTokenizer.from_folder(tmp_path / "tok"))
     template = "{caption}, in style_{style}"
@@ -255,7 +256,7 @@ def test_captions_fill_the_prompt_and_bad_ones_are_one_line_errors(tiny_model_di
     assert "\n" not in str(e.value)
     # the same as a launch check, from the config and the model folder's tokenizer (no Jittor)
     from common.dataset import DatasetError, Style
-    from producer.train_data import check_captions
+    from common.captions import check_captions
     config = load_config(overrides={"model.path": str(tiny_model_dir), "train.prompt": template})
     with pytest.raises(DatasetError, match="b.png: its training prompt"):
         check_captions(config, Style("00", tmp_path / "00", ()))
