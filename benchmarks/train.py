@@ -20,8 +20,8 @@ turns step by step, one computing while the other waits, so a busy shared machin
 - `--project`: `ours_train_var_mib`, the live Var bytes training adds over the weights at its peak
   (Jittor's memory profiler, one extra step), at the size and at half of it, and from the two points
   the projected memory of training full SD 2.1 at 512 px in float32 on a GPU (see `project()`).
-- `--rows`: one short run per recipe named (each option that costs time), the figures of each under
-  `rows` in the JSON, ours against diffusers + peft with the same option.
+- `--rows`: one short run per recipe named (each option that costs time), its figures prefixed `NAME/`,
+  ours against diffusers + peft with the same option.
 
 CPU default: `--arch half` (SD 2.1's layout, every width halved; `benchmarks/stages.py`) at 256 px.
 GPU: `--arch sd21 --size 512`.
@@ -335,11 +335,10 @@ def main():
         write_random_model(a.model, a.arch)
 
     if a.rows:
-        figures = {"rows": {}}
+        figures = {}
         for name in a.rows.split(","):
             a.recipe = name
-            figures["rows"][name] = measure(a)
-            print(f"{name}: {json.dumps(figures['rows'][name])}", file=sys.stderr, flush=True)
+            figures.update({f"{name}/{k}": v for k, v in measure(a).items()})
     else:
         figures = measure(a)
     setup = {"device": a.device, "model": f"random {a.arch} (SD 2.1 shapes)" if "random-" in str(a.model) else str(a.model),
