@@ -33,6 +33,12 @@ def pixels(default, **meta):
     return field(default=default, metadata={"pixels": True, **meta})
 
 
+def added(default, **meta):
+    """A pixel setting added after queues were planned: `pixel_hash()` covers it only when it differs from
+    its default, so the defaults keep the hash (and the job ids) every existing queue was planned under."""
+    return pixels(default, added=True, **meta)
+
+
 def runtime(default, **meta):
     """A setting that never changes a pixel (batching, timing, retries, paths of the run's folders)."""
     return field(default=default, metadata={"pixels": False, **meta})
@@ -85,12 +91,35 @@ class ConsumerConfig:
     use_lora: bool = pixels(False)  # StyleID runs on the base model by default (docs/styleid.md §12)
 
 
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out",
+                "conv1", "conv2", "conv_shortcut")
+LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine")
+
+
+@dataclass(frozen=True)
+class TextEncoderLoraConfig:
+    """LoRA on the CLIP text encoder's q_proj/k_proj/v_proj/out_proj, trained beside the UNet's."""
+    rank: int = pixels(4)  # alpha = rank
+    lr: Optional[float] = pixels(None)  # None: train.lr
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """DreamBooth-LoRA training of one style, with the values JDiffusion's train_all.sh passes."""
-    steps: int = pixels(500)
+    """DreamBooth-LoRA training of one style, with the values JDiffusion's train_all.sh passes; the recipe
+    options below (off by default) are diffusers' and peft's (docs/training.md)."""
+    steps: int = pixels(500)  # optimiser steps
     lr: float = pixels(1e-4)  # constant, no warm-up
     rank: int = pixels(4)  # LoRA alpha = rank (scale 1), as peft is configured there
+    alpha: Optional[float] = added(None)  # LoRA alpha apart from rank (scale alpha/rank); None: rank
+    targets: tuple = added(UNET_TARGETS[:4])  # UNet modules with a LoRA, matched by name as peft does
+    text_encoder: Optional[TextEncoderLoraConfig] = added(None)  # {rank, lr}: a text-encoder LoRA too
+    lr_ratio_b: float = added(1.0)  # LoRA+: the B (up) matrices learn at this times the lr
+    batch_size: int = added(1)
+    gradient_accumulation: int = added(1)  # micro-batches summed per optimiser step
+    lr_scheduler: str = added("constant")  # constant | constant_with_warmup | cosine (diffusers' get_scheduler)
+    lr_warmup_steps: int = added(0)
+    snr_gamma: Optional[float] = added(None)  # min-SNR loss weighting (e.g. 5.0); None: plain MSE
+    noise_offset: float = added(0.0)  # adds this times a per-channel N(0, 1) to the diffusion noise
     size: Optional[int] = pixels(None)  # training resolution; None: producer.size
     resize: str = pixels("crop")  # crop: shorter side to size, centre crop | stretch: straight to size x size
     prompt: str = pixels("style_{style}")  # the instance prompt; producer.prompt_template puts it after the prompt
@@ -200,8 +229,9 @@ def _digest(settings: dict) -> str:
 
 
 def pixel_settings(section) -> dict:
-    """{name: value} of a section's settings declared `pixels`."""
-    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.metadata["pixels"]}
+    """{name: value} of a section's settings declared `pixels` (an `added` one only when it is set)."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.metadata["pixels"]
+            and not (f.metadata.get("added") and getattr(section, f.name) == f.default)}
 
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
@@ -413,10 +443,27 @@ def _check_train(t: TrainConfig, bad):
         bad("train.size", f"must be a multiple of 8 (or unset for producer.size), not {t.size}")
     if t.resize not in ("crop", "stretch"):
         bad("train.resize", f"must be 'crop' or 'stretch', not {t.resize!r}")
-    try:
-        t.prompt.format(style="00")
-    except (KeyError, IndexError, ValueError) as e:
-        bad("train.prompt", f"{t.prompt!r} is not a template with only {{style}} in it ({type(e).__name__}: {e})")
+    _check_fields("train.prompt", t.prompt, ("style", "caption"), bad)
+    for key, value in (("batch_size", t.batch_size), ("gradient_accumulation", t.gradient_accumulation)):
+        if value < 1:
+            bad(f"train.{key}", f"must be at least 1, not {value}")
+    if t.alpha is not None and not t.alpha > 0:
+        bad("train.alpha", f"must be positive (or unset for alpha = rank), not {t.alpha}")
+    if not t.targets or any(target not in UNET_TARGETS for target in t.targets) or len(set(t.targets)) < len(t.targets):
+        bad("train.targets", f"must list UNet modules among {', '.join(UNET_TARGETS)} once each, not {list(t.targets)}")
+    te = t.text_encoder
+    if te is not None and (te.rank < 1 or (te.lr is not None and not te.lr > 0)):
+        bad("train.text_encoder", f"needs rank >= 1 and a positive lr (or none for train.lr), not {te}")
+    if not t.lr_ratio_b > 0:
+        bad("train.lr_ratio_b", f"must be positive (1 trains A and B at train.lr), not {t.lr_ratio_b}")
+    if t.lr_scheduler not in LR_SCHEDULES:
+        bad("train.lr_scheduler", f"must be one of {', '.join(LR_SCHEDULES)}, not {t.lr_scheduler!r}")
+    if not 0 <= t.lr_warmup_steps <= t.steps:
+        bad("train.lr_warmup_steps", f"must lie in [0, train.steps], not {t.lr_warmup_steps}")
+    if t.snr_gamma is not None and not t.snr_gamma > 0:
+        bad("train.snr_gamma", f"must be positive (or unset for plain MSE), not {t.snr_gamma}")
+    if not t.noise_offset >= 0:
+        bad("train.noise_offset", f"must be 0 or more, not {t.noise_offset}")
 
 
 def require_path(path, key: str, source: str) -> Path:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from common.atomic import npy_is_complete
+from common.captions import check_captions
 from common.config import ConfigError, RunConfig
 from common.dataset import DatasetError, Style
 from common.identity import Identities, combined
@@ -588,7 +589,8 @@ def jstyleid_specs(config: RunConfig) -> List[StageSpec]:
         specs.append(StageSpec(
             name="train", unit=STYLE, impl=st.train, verb="train", cost=st.train_cost, files=lora_files,
             outputs=lambda t: {t.files["lora_file"]: trained}, scratch=lambda t: (t.scratch_dir,),
-            checks=(check_model,), progress_unit="step", inputs=lambda t: (t.style_dir / "images",),
+            checks=(check_model,), style_checks=(check_captions,), progress_unit="step",
+            inputs=lambda t: (t.style_dir / "images",),
             steps=config.train.steps, progress=scratch_progress, made_of=lambda t: {"images": t.style_dir / "images"},
             recipe=RunConfig.train_hash))
     specs.append(StageSpec(

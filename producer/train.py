@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from common.config import ConfigError, load_config
-from producer.train_data import image_files
+from common.style_files import training_images
 from producer.train_files import LORA_BIN
 
 
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
         if lora_file.is_file():
             print(f"train: {lora_file} exists; delete it to train again")
             return 0
-        image_files(args.style_dir)
+        training_images(args.style_dir)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

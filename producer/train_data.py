@@ -1,6 +1,6 @@
 """A style's training images, and the random draws of each training step.
 
-Images: every file with an image suffix in STYLE/images/, in sorted order, RGB (EXIF orientation
+Images: every file with an image suffix in STYLE/images/, in sorted order (common.style_files), RGB (EXIF orientation
 applied), resized with its shorter side to the resolution (bilinear) and centre-cropped (`crop`), or
 resized straight to a square (`stretch`, what JDiffusion's Jittor `transform.Resize(int)` does), then
 scaled to [-1, 1].
@@ -10,29 +10,19 @@ the seed, and a checkpoint that saves the Generator's state (and the epoch's ord
 sequence. The rule for which image a step uses, as a data loader that shuffles each epoch: at every
 epoch start (step 0, N, 2N, ... for N images) a fresh permutation of the N images is drawn, and step k
 trains on image order[k mod N]. Then, per step and in this order: the VAE posterior's noise, the
-diffusion noise (both standard normal, the latent's shape), and the timestep, uniform in
-{0, ..., num_train_timesteps - 1}.
+diffusion noise (both standard normal, the latent's shape), the timestep, uniform in
+{0, ..., num_train_timesteps - 1}, and, only with a noise offset, a standard normal per latent channel.
+A batch of B is B consecutive draws.
 """
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from common.images import open_rgb
-from common.style_files import IMAGE_SUFFIXES
+from common.style_files import training_images
 
 RESIZE_MODES = ("crop", "stretch")
-
-
-def image_files(style_dir) -> list:
-    """STYLE/images/* with an image suffix, sorted; a one-line error when there are none."""
-    folder = Path(style_dir) / "images"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a folder; a style folder must hold images/ with its training images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"{folder}: no training images ({', '.join(IMAGE_SUFFIXES)}); add some or fix the path")
-    return files
 
 
 def load_image(path, size: int, resize: str = "crop") -> np.ndarray:
@@ -56,24 +46,27 @@ def load_image(path, size: int, resize: str = "crop") -> np.ndarray:
 
 def load_images(style_dir, size: int, resize: str = "crop") -> tuple:
     """(files, float32 (N, 3, size, size)) of a style's training images."""
-    files = image_files(style_dir)
+    files = training_images(style_dir)
     return files, np.stack([load_image(p, size, resize) for p in files])
 
 
 @dataclass(frozen=True)
 class Draw:
-    """The random inputs of one training step."""
+    """The random inputs of one training sample."""
     image: int  # index into the style's images
     posterior_noise: np.ndarray  # float32 latent shape: z0 = mean + std · this
     noise: np.ndarray  # float32 latent shape: the diffusion noise ε
     timestep: int
+    offset: Optional[np.ndarray] = None  # float32 (channels,): the noise offset's draw, when one is set
 
 
 class Draws:
     """Every step's draws from one seeded Generator; `state()` / `restore()` carry it through checkpoints."""
 
-    def __init__(self, rng: np.random.Generator, n_images: int, latent_shape: tuple, num_timesteps: int):
+    def __init__(self, rng: np.random.Generator, n_images: int, latent_shape: tuple, num_timesteps: int,
+                 offset: bool = False):
         self.rng, self.n, self.shape, self.num_timesteps = rng, n_images, tuple(latent_shape), num_timesteps
+        self.offset = offset
         self.step = 0
         self.order = None
 
@@ -84,8 +77,9 @@ class Draws:
         posterior = self.rng.standard_normal(self.shape, dtype=np.float32)
         noise = self.rng.standard_normal(self.shape, dtype=np.float32)
         timestep = int(self.rng.integers(0, self.num_timesteps))
+        offset = self.rng.standard_normal(self.shape[:1], dtype=np.float32) if self.offset else None
         self.step += 1
-        return Draw(image, posterior, noise, timestep)
+        return Draw(image, posterior, noise, timestep, offset)
 
     def state(self) -> dict:
         return {"step": self.step, "order": None if self.order is None else [int(i) for i in self.order],

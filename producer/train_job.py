@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.captions import image_prompts, tokenizer_too_long
 from common.identity import Identities
 from common.provenance import prepare_lora
 from producer.train_data import Draws, load_images
@@ -27,10 +28,12 @@ from producer.train_files import (CHECKPOINT, LOSS_CURVE, load_checkpoint, save_
 _NOT_IN_FINGERPRINT = ("checkpoint_every", "log_every", "safetensors", "size")
 
 
-def fingerprint(train, size: int, images: np.ndarray, model: str) -> str:
-    """A hash of everything the trained values depend on: settings, the prepared images, the model."""
+def fingerprint(train, size: int, images: np.ndarray, model: str, prompts: list) -> str:
+    """A hash of everything the trained values depend on: settings, the prepared images and their prompts,
+    the model."""
     settings = {k: v for k, v in dataclasses.asdict(train).items() if k not in _NOT_IN_FINGERPRINT}
-    digest = hashlib.sha256(json.dumps({"train": settings, "size": size, "model": model}, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps({"train": settings, "size": size, "model": model, "prompts": prompts},
+                                       sort_keys=True).encode())
     digest.update(np.ascontiguousarray(images, np.float32).tobytes())
     return digest.hexdigest()[:16]
 
@@ -52,22 +55,24 @@ def train_style(sd, train, style: str, style_dir, lora_file, scratch_dir, *, siz
                                                     "kept from an earlier run with these settings, put back"))
         return "skipped" if todo == "keep" else "restored"
     files, images = load_images(style_dir, size, train.resize)
+    prompts = image_prompts(files, train.prompt, style, tokenizer_too_long(sd.tokenizer))
     rng = np.random.default_rng(train.seed)
     sd.set_lora(None)  # train on the base weights, whatever LoRA this process merged before
     trainer = LoraTrainer(sd, train, rng, style)
-    trainer.set_data(images, train.prompt.format(style=style), beat)
-    draws = Draws(rng, len(images), trainer.latent_shape, trainer.num_timesteps)
-    mark = fingerprint(train, size, images, f"{sd.folder}:{sd.dtype}")
+    trainer.set_data(images, prompts, beat)
+    draws = Draws(rng, len(images), trainer.latent_shape, trainer.num_timesteps, offset=train.noise_offset > 0)
+    mark = fingerprint(train, size, images, f"{sd.folder}:{sd.dtype}", prompts)
     losses = _resume(trainer, draws, scratch_dir, mark, style, log)
     n = train.steps
     if trainer.step_count == 0:
-        log(f"train style {style}: {len(files)} images at {size}px, {n} steps, prompt "
-            f"{train.prompt.format(style=style)!r}")
+        distinct = len(set(prompts))
+        said = f"{distinct} captioned prompts, e.g. {prompts[0]!r}" if distinct > 1 else f"prompt {prompts[0]!r}"
+        log(f"train style {style}: {len(files)} images at {size}px, {n} steps, {said}")
     trainer.lora.attach()
     started, first = time.perf_counter(), trainer.step_count
     try:
         while trainer.step_count < n:
-            loss = trainer.step(draws.next())
+            loss = trainer.step([draws.next() for _ in range(trainer.samples_per_step)])
             losses.append(loss)
             k = trainer.step_count
             beat(f"train {k}/{n}")
@@ -82,7 +87,7 @@ def train_style(sd, train, style: str, style_dir, lora_file, scratch_dir, *, siz
                                                                "losses": losses}, fsync=fsync)
     finally:
         trainer.lora.detach()
-    state = trainer.lora.state()
+    state = trainer.lora.file_state()
     bad = next((k for k, v in state.items() if not np.isfinite(v).all()), None)
     if bad is not None:
         raise TrainingDiverged(f"style {style}: training diverged by step {n} ({bad} is not finite); "
