@@ -34,8 +34,9 @@ def pixels(default, **meta):
 
 
 def added(default, **meta):
-    """A pixel setting added after queues were planned: `pixel_hash()` covers it only when it differs from
-    its default, so the defaults keep the hash (and the job ids) every existing queue was planned under."""
+    """A pixel setting added after queues were planned: `pixel_hash()` (or `train_hash()`, for the train
+    section) covers it only when it differs from its default, so the defaults keep the hashes (the job ids,
+    the records) every existing queue and LoRA was made under."""
     return pixels(default, added=True, **meta)
 
 
@@ -104,6 +105,15 @@ class TextEncoderLoraConfig:
 
 
 @dataclass(frozen=True)
+class PriorConfig:
+    """Prior preservation: class images the base model makes from `prompt` ({style} may name the style),
+    trained beside the style's images at `weight` (diffusers' --with_prior_preservation)."""
+    prompt: str = pixels("")  # the class prompt, e.g. "a painting"; styles with the same one share its images
+    images: int = pixels(100)  # class images per class prompt (num_class_images)
+    weight: float = pixels(1.0)  # prior_loss_weight: loss = instance loss + weight x class loss
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """DreamBooth-LoRA training of one style, with the values JDiffusion's train_all.sh passes; the recipe
     options below (off by default) are diffusers' and peft's (docs/training.md)."""
@@ -120,6 +130,7 @@ class TrainConfig:
     lr_warmup_steps: int = added(0)
     snr_gamma: Optional[float] = added(None)  # min-SNR loss weighting (e.g. 5.0); None: plain MSE
     noise_offset: float = added(0.0)  # adds this times a per-channel N(0, 1) to the diffusion noise
+    prior: Optional[PriorConfig] = added(None)  # {prompt, images, weight}: prior preservation (docs/training.md)
     size: Optional[int] = pixels(None)  # training resolution; None: producer.size
     resize: str = pixels("crop")  # crop: shorter side to size, centre crop | stretch: straight to size x size
     prompt: str = pixels("style_{style}")  # the instance prompt; producer.prompt_template puts it after the prompt
@@ -156,10 +167,12 @@ class StagesConfig:
     gen: str = pixels("producer.stage:ProducerStage")
     sty: str = pixels("consumer.stage:ConsumerStage")
     score: str = runtime("consumer.score_stage:ScoreStage")
+    prior: str = added("producer.prior_stage:PriorStage")  # class images, with train.prior
     train_cost: float = runtime(150.0)  # relative seconds per job (a style's training ~ 150 content images)
     gen_cost: float = runtime(1.0)  # relative seconds per image (configured, not measured): sets the GPU split
     sty_cost: float = runtime(2.0)
     score_cost: float = runtime(20.0)  # a style's score ~ 20 StyleID images
+    prior_cost: float = runtime(1.0)  # a class image ~ a content image
 
 
 @dataclass(frozen=True)
@@ -216,12 +229,30 @@ class RunConfig:
         relevant["stages"] = list(relevant["stages"].values())
         return _digest(relevant)
 
+    @property
+    def train_size(self) -> int:
+        """The training resolution (class images are made at it too)."""
+        return self.train.size if self.train.size is not None else self.producer.size
+
     def train_hash(self) -> str:
         """A hash of the settings a LoRA trained here depends on: the train section's pixel settings (its
-        size resolved), the model and the training stage."""
+        size resolved), the model and the training stage; with prior preservation also the settings its
+        class images are made with (`class_image_hash`)."""
         relevant = dict(pixel_settings(self.train))
-        relevant["size"] = self.train.size if self.train.size is not None else self.producer.size
-        return _digest({"train": relevant, "model": pixel_settings(self.model), "stage": self.stages.train})
+        relevant["size"] = self.train_size
+        settings = {"train": relevant, "model": pixel_settings(self.model), "stage": self.stages.train}
+        if self.train.prior is not None:
+            settings["class images"] = self.class_image_hash()
+        return _digest(settings)
+
+    def class_image_hash(self) -> str:
+        """A hash of the settings prior preservation's class images are made with: sampled as content images
+        (producer.steps, guidance, negative prompt) at the training size, by the model and the prior stage.
+        The class prompt and the image's seed are its job's."""
+        p = self.producer
+        return _digest({"size": self.train_size, "steps": p.steps, "guidance": p.guidance,
+                        "negative_prompt": p.negative_prompt, "model": pixel_settings(self.model),
+                        "stage": self.stages.prior})
 
 
 def _digest(settings: dict) -> str:
@@ -410,7 +441,7 @@ def _check_values(c: RunConfig, source: str):
     for key in ("backoff_base_s", "backoff_max_s", "restart_base_s", "kill_grace_s", "stop_grace_s"):
         if not getattr(qc, key) >= 0:
             bad(f"queue.{key}", f"must be 0 or more (seconds), not {getattr(qc, key)}")
-    for key in ("train_cost", "gen_cost", "sty_cost", "score_cost"):
+    for key in ("train_cost", "gen_cost", "sty_cost", "score_cost", "prior_cost"):
         if not getattr(c.stages, key) > 0:
             bad(f"stages.{key}", f"must be positive (relative seconds per job), not {getattr(c.stages, key)}")
 
@@ -464,6 +495,14 @@ def _check_train(t: TrainConfig, bad):
         bad("train.snr_gamma", f"must be positive (or unset for plain MSE), not {t.snr_gamma}")
     if not t.noise_offset >= 0:
         bad("train.noise_offset", f"must be 0 or more, not {t.noise_offset}")
+    if t.prior is not None:
+        if not t.prior.prompt.strip():
+            bad("train.prior.prompt", "must be set: the class prompt, e.g. 'a painting'")
+        _check_fields("train.prior.prompt", t.prior.prompt, ("style",), bad)
+        if t.prior.images < 1:
+            bad("train.prior.images", f"must be at least 1, not {t.prior.images}")
+        if not t.prior.weight > 0:
+            bad("train.prior.weight", f"must be positive, not {t.prior.weight}")
 
 
 def require_path(path, key: str, source: str) -> Path:

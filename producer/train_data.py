@@ -12,7 +12,8 @@ epoch start (step 0, N, 2N, ... for N images) a fresh permutation of the N image
 trains on image order[k mod N]. Then, per step and in this order: the VAE posterior's noise, the
 diffusion noise (both standard normal, the latent's shape), the timestep, uniform in
 {0, ..., num_train_timesteps - 1}, and, only with a noise offset, a standard normal per latent channel.
-A batch of B is B consecutive draws.
+A batch of B is B consecutive draws. With prior preservation an optimiser step draws its instance
+samples, then as many class samples the same way (the class image from its own per-epoch permutation).
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -61,31 +62,53 @@ class Draw:
 
 
 class Draws:
-    """Every step's draws from one seeded Generator; `state()` / `restore()` carry it through checkpoints."""
+    """Every step's draws from one seeded Generator; `state()` / `restore()` carry it through checkpoints.
+    With class images (prior preservation) `next_prior()` draws a class sample the same way, from its own
+    epochs over the class images and the same Generator."""
 
     def __init__(self, rng: np.random.Generator, n_images: int, latent_shape: tuple, num_timesteps: int,
-                 offset: bool = False):
+                 offset: bool = False, n_class_images: int = 0):
         self.rng, self.n, self.shape, self.num_timesteps = rng, n_images, tuple(latent_shape), num_timesteps
-        self.offset = offset
-        self.step = 0
-        self.order = None
+        self.offset, self.n_class = offset, n_class_images
+        self.step = self.prior_step = 0
+        self.order = self.prior_order = None
 
     def next(self) -> Draw:
         if self.step % self.n == 0:
             self.order = self.rng.permutation(self.n)
         image = int(self.order[self.step % self.n])
+        self.step += 1
+        return self._sample(image)
+
+    def next_prior(self) -> Draw:
+        """A class sample: its image indexes the class images."""
+        if self.prior_step % self.n_class == 0:
+            self.prior_order = self.rng.permutation(self.n_class)
+        image = int(self.prior_order[self.prior_step % self.n_class])
+        self.prior_step += 1
+        return self._sample(image)
+
+    def _sample(self, image: int) -> Draw:
         posterior = self.rng.standard_normal(self.shape, dtype=np.float32)
         noise = self.rng.standard_normal(self.shape, dtype=np.float32)
         timestep = int(self.rng.integers(0, self.num_timesteps))
         offset = self.rng.standard_normal(self.shape[:1], dtype=np.float32) if self.offset else None
-        self.step += 1
         return Draw(image, posterior, noise, timestep, offset)
 
     def state(self) -> dict:
-        return {"step": self.step, "order": None if self.order is None else [int(i) for i in self.order],
-                "rng": self.rng.bit_generator.state}
+        state = {"step": self.step, "order": _listed(self.order), "rng": self.rng.bit_generator.state}
+        if self.n_class:
+            state.update(prior_step=self.prior_step, prior_order=_listed(self.prior_order))
+        return state
 
     def restore(self, state: dict) -> None:
         self.step = int(state["step"])
         self.order = None if state["order"] is None else np.array(state["order"], dtype=np.int64)
+        if self.n_class:
+            self.prior_step = int(state["prior_step"])
+            self.prior_order = None if state["prior_order"] is None else np.array(state["prior_order"], np.int64)
         self.rng.bit_generator.state = state["rng"]
+
+
+def _listed(order) -> Optional[list]:
+    return None if order is None else [int(i) for i in order]

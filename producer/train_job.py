@@ -20,7 +20,8 @@ import numpy as np
 from common.captions import image_prompts, tokenizer_too_long
 from common.identity import Identities
 from common.provenance import prepare_lora
-from producer.train_data import Draws, load_images
+from common.prior import class_images as prior_images
+from producer.train_data import Draws, load_image, load_images
 from producer.train_files import (CHECKPOINT, LOSS_CURVE, load_checkpoint, save_checkpoint, write_lora,
                                   write_loss_curve, write_progress)
 
@@ -28,22 +29,28 @@ from producer.train_files import (CHECKPOINT, LOSS_CURVE, load_checkpoint, save_
 _NOT_IN_FINGERPRINT = ("checkpoint_every", "log_every", "safetensors", "size")
 
 
-def fingerprint(train, size: int, images: np.ndarray, model: str, prompts: list) -> str:
+def fingerprint(train, size: int, images: np.ndarray, model: str, prompts: list, class_images=None,
+                class_prompt: str = None) -> str:
     """A hash of everything the trained values depend on: settings, the prepared images and their prompts,
-    the model."""
+    the class images and their prompt (prior preservation), the model."""
     settings = {k: v for k, v in dataclasses.asdict(train).items() if k not in _NOT_IN_FINGERPRINT}
-    digest = hashlib.sha256(json.dumps({"train": settings, "size": size, "model": model, "prompts": prompts},
-                                       sort_keys=True).encode())
+    described = {"train": settings, "size": size, "model": model, "prompts": prompts}
+    if class_images is not None:
+        described["class_prompt"] = class_prompt
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     digest.update(np.ascontiguousarray(images, np.float32).tobytes())
+    if class_images is not None:
+        digest.update(np.ascontiguousarray(class_images, np.float32).tobytes())
     return digest.hexdigest()[:16]
 
 
 def train_style(sd, train, style: str, style_dir, lora_file, scratch_dir, *, size: int, fsync: bool,
-                beat=lambda phase: None, log=print, made_by: bytes = None) -> str:
+                beat=lambda phase: None, log=print, made_by: bytes = None, class_dir=None) -> str:
     """Train (or resume, or skip) the style's LoRA into `lora_file`; returns "trained", "skipped" or
     "restored". With `made_by` (the record of this recipe, images and model; docs/queue.md §11) a LoRA of
     ours made otherwise is trained again (kept beside, or put back if kept for `made_by`); a LoRA without
-    our record, or any LoRA when there is no `made_by`, is the user's and is kept."""
+    our record, or any LoRA when there is no `made_by`, is the user's and is kept. With `train.prior`, the
+    first `train.prior.images` images of `class_dir` are the class images (common/prior.py)."""
     from producer.train_loop import LoraTrainer, TrainingDiverged  # imports Jittor
     lora_file, scratch_dir = Path(lora_file), Path(scratch_dir)
     todo, old = ("keep" if lora_file.is_file() else "train"), None
@@ -56,23 +63,32 @@ def train_style(sd, train, style: str, style_dir, lora_file, scratch_dir, *, siz
         return "skipped" if todo == "keep" else "restored"
     files, images = load_images(style_dir, size, train.resize)
     prompts = image_prompts(files, train.prompt, style, tokenizer_too_long(sd.tokenizer))
+    class_images = class_prompt = None
+    if train.prior is not None:
+        class_prompt = train.prior.prompt.format(style=style)
+        class_images = np.stack([load_image(p, size, train.resize) for p in
+                                 prior_images(class_dir, train.prior.images)])
     rng = np.random.default_rng(train.seed)
     sd.set_lora(None)  # train on the base weights, whatever LoRA this process merged before
     trainer = LoraTrainer(sd, train, rng, style)
-    trainer.set_data(images, prompts, beat)
-    draws = Draws(rng, len(images), trainer.latent_shape, trainer.num_timesteps, offset=train.noise_offset > 0)
-    mark = fingerprint(train, size, images, f"{sd.folder}:{sd.dtype}", prompts)
+    trainer.set_data(images, prompts, beat, class_images, class_prompt)
+    draws = Draws(rng, len(images), trainer.latent_shape, trainer.num_timesteps, offset=train.noise_offset > 0,
+                  n_class_images=0 if class_images is None else len(class_images))
+    mark = fingerprint(train, size, images, f"{sd.folder}:{sd.dtype}", prompts, class_images, class_prompt)
     losses = _resume(trainer, draws, scratch_dir, mark, style, log)
     n = train.steps
     if trainer.step_count == 0:
         distinct = len(set(prompts))
         said = f"{distinct} captioned prompts, e.g. {prompts[0]!r}" if distinct > 1 else f"prompt {prompts[0]!r}"
+        if class_images is not None:
+            said += f", beside {len(class_images)} class images of {class_prompt!r} (weight {train.prior.weight})"
         log(f"train style {style}: {len(files)} images at {size}px, {n} steps, {said}")
     trainer.lora.attach()
     started, first = time.perf_counter(), trainer.step_count
     try:
         while trainer.step_count < n:
-            loss = trainer.step([draws.next() for _ in range(trainer.samples_per_step)])
+            instance = [draws.next() for _ in range(trainer.samples_per_step)]
+            loss = trainer.step(instance, [draws.next_prior() for _ in instance] if class_images is not None else ())
             losses.append(loss)
             k = trainer.step_count
             beat(f"train {k}/{n}")

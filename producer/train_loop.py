@@ -1,13 +1,17 @@
 """The DreamBooth-LoRA training step, as JDiffusion's examples/dreambooth/train.py computes it, with the
 recipe options of diffusers' train_dreambooth_lora.py and peft (docs/training.md).
 
-Per sample (a batch is B of them, prior preservation off):
+Per sample (a batch is B of them):
   z₀ = scaling_factor · (μ + σ·n)          the VAE posterior *sample* of the image (n: posterior noise)
   ε  = noise (+ noise_offset · o per channel, when set)
   z_t = √ā_t·z₀ + √(1−ā_t)·ε               DDPM's add_noise, ā from the model's scheduler config
   target = √ā_t·ε − √(1−ā_t)·z₀ (v_prediction) or ε (epsilon)
   loss = mean((UNet(z_t, t, text(prompt)) − target)²) in float32, or with `snr_gamma` each sample's mean
          weighted by min(SNR_t, γ)/SNR_t (+1 for v_prediction), as diffusers' DreamBooth scripts do
+With prior preservation (`train.prior`) a batch is its B instance samples followed by B class samples (a
+class image and the class prompt), in one UNet call; the prediction is split in two halves and
+  loss = (the loss above, of the instance half) + weight · mean((class half − its target)²)
+as diffusers' train_dreambooth_lora.py computes it with --with_prior_preservation;
 then AdamW with decoupled weight decay (`AdamW` below) over the gradients summed across
 `gradient_accumulation` micro-batches (each loss divided by their count, as accelerate does), at the lr of
 the schedule (`lr_factor`). Only the LoRA (common.sd.lora_layers) is trained; the UNet, VAE and text
@@ -100,6 +104,7 @@ class LoraTrainer:
         self.num_timesteps = scheduler.num_train_timesteps
         self.mean = self.std = self.context = self.ids = None
         self.prompt_index = None  # per image: its prompt's row in `context` / `ids`
+        self.prior_mean = self.prior_std = self.prior_row = None  # the class images' posteriors, prompt row
 
     def _lr(self, key: str) -> float:
         """A LoRA tensor's lr: the text encoder's own lr if set, B (up) at lr_ratio_b times (LoRA+)."""
@@ -118,34 +123,44 @@ class LoraTrainer:
 
     # ------------------------------------------------------------------ data
 
-    def set_data(self, images: np.ndarray, prompts, beat=lambda phase: None) -> None:
+    def set_data(self, images: np.ndarray, prompts, beat=lambda phase: None, class_images: np.ndarray = None,
+                 class_prompt: str = None) -> None:
         """Encode the images' posteriors (float32 (N, 3, S, S) in [-1, 1]) once, and the prompts (one per
-        image, or one for all): once each without a text-encoder LoRA, else tokenised for every step."""
+        image, or one for all): once each without a text-encoder LoRA, else tokenised for every step. With
+        prior preservation, the class images and the class prompt likewise."""
+        self.mean, self.std = self._posteriors(images, beat, "train encode")
+        prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
+        distinct = sorted(set(prompts), key=prompts.index)
+        self.prompt_index = np.array([distinct.index(p) for p in prompts], dtype=np.int64)
+        if class_images is not None:
+            self.prior_mean, self.prior_std = self._posteriors(class_images, beat, "train encode class image")
+            distinct += [] if class_prompt in distinct else [class_prompt]
+            self.prior_row = distinct.index(class_prompt)
+        self.ids = np.asarray(self.sd.tokenizer(distinct), dtype=np.int32)
+        if not self.trains_text_encoder:
+            self.context = self.sd.encode_prompt(distinct).float32().numpy()
+
+    def _posteriors(self, images: np.ndarray, beat, phase: str) -> tuple:
         means, stds = [], []
         with jt.no_grad():
             for i, image in enumerate(images):  # one at a time: the VAE encoder's activations are the largest
                 mean, logvar = self.sd.vae.encode(jt.array(image[None].astype(np.float32)))
                 means.append(mean.numpy()[0])
                 stds.append(jt.exp(logvar * 0.5).numpy()[0])
-                beat(f"train encode {i + 1}/{len(images)}")
-        self.mean, self.std = np.stack(means).astype(np.float32), np.stack(stds).astype(np.float32)
-        prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
-        distinct = sorted(set(prompts), key=prompts.index)
-        self.prompt_index = np.array([distinct.index(p) for p in prompts], dtype=np.int64)
-        self.ids = np.asarray(self.sd.tokenizer(distinct), dtype=np.int32)
-        if not self.trains_text_encoder:
-            self.context = self.sd.encode_prompt(distinct).float32().numpy()
+                beat(f"{phase} {i + 1}/{len(images)}")
+        return np.stack(means).astype(np.float32), np.stack(stds).astype(np.float32)
 
     @property
     def latent_shape(self) -> tuple:
         return tuple(self.mean.shape[1:])
 
-    def inputs(self, draws: list):
-        """(z_t, target) of a batch of draws, float32 NumPy (B, 4, h, w)."""
+    def inputs(self, draws: list, prior: bool = False):
+        """(z_t, target) of a batch of draws (of class images when `prior`), float32 NumPy (B, 4, h, w)."""
         scaling = np.float32(self.sd.vae.scaling_factor)
+        means, stds = (self.prior_mean, self.prior_std) if prior else (self.mean, self.std)
         z_ts, targets = [], []
         for draw in draws:
-            z0 = (self.mean[draw.image] + self.std[draw.image] * draw.posterior_noise) * scaling
+            z0 = (means[draw.image] + stds[draw.image] * draw.posterior_noise) * scaling
             a = self.alphas_cumprod[draw.timestep]
             sa, sb = np.float32(a) ** np.float32(0.5), (np.float32(1.0) - a) ** np.float32(0.5)
             noise = draw.noise.astype(np.float32)
@@ -164,40 +179,57 @@ class LoraTrainer:
 
     # ------------------------------------------------------------------ step
 
-    def context_of(self, draws: list):
-        """The batch's text context Var (B, 77, D): encoded once, or through the text encoder's LoRA."""
+    def context_of(self, draws: list, n_prior: int = 0):
+        """The batch's text context Var (B, 77, D), then `n_prior` rows of the class prompt: encoded once,
+        or through the text encoder's LoRA."""
         rows = self.prompt_index[[d.image for d in draws]]
+        if n_prior:
+            rows = np.concatenate([rows, np.full(n_prior, self.prior_row, np.int64)])
         if self.trains_text_encoder:
             return self.sd.text_encoder(jt.array(self.ids[rows]))
         return jt.array(self.context[rows])
 
-    def loss(self, draws):
-        """The loss Var of one batch (a Draw or a list; the LoRA must be attached)."""
+    def loss(self, draws, prior_draws=()):
+        """The loss Var of one batch (a Draw or a list, and as many class draws with prior preservation;
+        the LoRA must be attached)."""
         draws = [draws] if isinstance(draws, Draw) else list(draws)
+        prior_draws = list(prior_draws)
         z_t, target = self.inputs(draws)
-        context = self.context_of(draws).cast(self.sd.unet.conv_in.weight.dtype)
-        timesteps = draws[0].timestep if len(draws) == 1 else np.array([d.timestep for d in draws], np.int64)
+        if prior_draws:  # instance and class samples in one batch, as diffusers' collate_fn builds it
+            prior_z_t, prior_target = self.inputs(prior_draws, prior=True)
+            z_t, target = np.concatenate([z_t, prior_z_t]), np.concatenate([target, prior_target])
+        samples = draws + prior_draws
+        context = self.context_of(draws, len(prior_draws)).cast(self.sd.unet.conv_in.weight.dtype)
+        timesteps = samples[0].timestep if len(samples) == 1 else np.array([d.timestep for d in samples], np.int64)
         pred = self.sd.unet(jt.array(z_t), timesteps, context).float32()
         diff = pred - jt.array(target)
+        if prior_draws:
+            diff, prior_diff = diff[:len(draws)], diff[len(draws):]
         if self.train.snr_gamma is None:
-            return (diff * diff).mean()
-        per_sample = (diff * diff).reshape((len(draws), -1)).mean(dim=1)
-        return (per_sample * jt.array(self.snr_weights([d.timestep for d in draws]))).mean()
+            loss = (diff * diff).mean()
+        else:  # the instance half's timesteps weigh it; the class half stays a plain mean
+            per_sample = (diff * diff).reshape((len(draws), -1)).mean(dim=1)
+            loss = (per_sample * jt.array(self.snr_weights([d.timestep for d in draws]))).mean()
+        if prior_draws:
+            loss = loss + self.train.prior.weight * (prior_diff * prior_diff).mean()
+        return loss
 
     @property
     def step_count(self) -> int:
         """Optimiser steps taken."""
         return self.optimizer.step_count
 
-    def step(self, draws) -> float:
-        """One optimiser step on `draws` (a Draw, or batch size x accumulation of them); returns the mean
-        loss of its micro-batches. A NaN/inf loss raises before the update."""
+    def step(self, draws, prior_draws=()) -> float:
+        """One optimiser step on `draws` (a Draw, or batch size x accumulation of them) and, with prior
+        preservation, as many class draws; returns the mean loss of its micro-batches. A NaN/inf loss
+        raises before the update."""
         draws = [draws] if isinstance(draws, Draw) else list(draws)
+        prior_draws = list(prior_draws)
         size = self.train.batch_size
         batches = [draws[i:i + size] for i in range(0, len(draws), size)]
         grads, values = None, []
-        for batch in batches:
-            loss = self.loss(batch)
+        for i, batch in enumerate(batches):
+            loss = self.loss(batch, prior_draws[i * size:(i + 1) * size])
             scaled = loss if len(batches) == 1 else loss / len(batches)
             got = jt.grad(scaled, self.lora.params, retain_graph=False)  # frees the forward graph as it goes
             jt.sync([loss] + got)

@@ -25,18 +25,21 @@ class TrainStage:
 
     @property
     def size(self) -> int:
-        train = self.config.train
-        return train.size if train.size is not None else self.config.producer.size
+        return self.config.train_size
 
     def run(self, tasks: List, beat) -> None:
         if not tasks:
             return
         style_of(tasks)
         for task in tasks:
-            self.train(task.style, task.style_dir, task.files["lora_file"], task.scratch_dir, beat, task.made_by)
+            self.train(task.style, task.style_dir, task.files["lora_file"], task.scratch_dir, beat, task.made_by,
+                       task.files.get("class_images"))
 
-    def train(self, style: str, style_dir, lora_file, scratch_dir, beat=lambda phase: None, made_by=None) -> str:
+    def train(self, style: str, style_dir, lora_file, scratch_dir, beat=lambda phase: None, made_by=None,
+              class_dir=None) -> str:
         """Train (resume, skip, or restore) one style's LoRA; returns "trained", "skipped" or "restored".
-        `made_by`: the record it carries (docs/queue.md §11); without one an existing LoRA is kept."""
+        `made_by`: the record it carries (docs/queue.md §11); without one an existing LoRA is kept.
+        `class_dir`: the class images, with prior preservation (the prior stage's, common/prior.py)."""
         return train_style(self.sd, self.config.train, style, style_dir, lora_file, scratch_dir, size=self.size,
-                           fsync=self._fsync, beat=beat, log=lambda line: print(line, flush=True), made_by=made_by)
+                           fsync=self._fsync, beat=beat, log=lambda line: print(line, flush=True), made_by=made_by,
+                           class_dir=class_dir)

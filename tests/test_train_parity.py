@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.config import UNET_TARGETS, TextEncoderLoraConfig, TrainConfig
+from common.config import UNET_TARGETS, PriorConfig, TextEncoderLoraConfig, TrainConfig
 from common.devkit.tiny_weights import tiny_param
 from common.jittor_env import load_jittor
 from common.sd.lora import LoraMerger, LoraSet
@@ -251,3 +251,45 @@ def test_lora_file_with_text_encoder_and_conv_keys_reads_as_in_diffusers(sd, tin
         assert rel(got_context, golden["context"]) <= TOL
         assert rel(got, golden["out"]) <= TOL
     assert np.array_equal(outputs()[1], base)  # both ways leave the base model as it was
+
+
+# ---------------------------------------------------------------- prior preservation (docs/training.md)
+
+def prior_draws(golden, half: str, step: int) -> list:
+    return [Draw(int(i), p, n, int(t)) for i, p, n, t in zip(
+        golden[f"{half}/image"][step], golden[f"{half}/posterior_noise"][step], golden[f"{half}/noise"][step],
+        golden[f"{half}/timestep"][step])]
+
+
+def test_prior_preservation_trains_as_diffusers_and_peft(sd):
+    """Instance and class examples in one batch, the prediction chunked in two, loss = instance +
+    weight x class (tests/golden/make_train_prior.py), with gradient accumulation."""
+    golden = np.load(Path(__file__).parent / "golden" / "train_prior.npz")
+    keys = [str(k) for k in golden["keys"]]
+    prior = PriorConfig(prompt=str(golden["class_prompt"]), images=len(golden["class_images"]),
+                        weight=float(golden["prior_weight"]))
+    train = TrainConfig(steps=3, gradient_accumulation=int(golden["gradient_accumulation"]), prior=prior)
+    trainer = LoraTrainer(sd, train, np.random.default_rng(int(golden["init_seed"])), style="00")
+    assert trainer.lora.keys == keys
+    trainer.set_data(golden["images"], str(golden["instance_prompt"]), class_images=golden["class_images"],
+                     class_prompt=prior.prompt)
+    trainer.prediction_type = "v_prediction"
+    trainer.lora.attach()
+    try:
+        for s in range(3):
+            loss = trainer.step(prior_draws(golden, "instance", s), prior_draws(golden, "prior", s))
+            expected = golden["v_prediction/loss"][s]
+            assert abs(loss - expected) <= TOL * abs(expected), f"step {s + 1} loss {loss} vs {expected}"
+            grads = trainer.gradients()
+            got = np.concatenate([grads[k].ravel() for k in keys])
+            assert rel(got, golden["v_prediction/grads"][s]) <= TOL, f"step {s + 1} gradients"
+    finally:
+        trainer.lora.detach()
+    state = trainer.lora.state()
+    weights, expected = np.concatenate([state[k].ravel() for k in keys]), golden["v_prediction/weights"]
+    assert rel(weights, expected) <= TOL
+    up = np.concatenate([np.full(state[k].size, lora_half(k) == "up") for k in keys])
+    g1 = np.abs(golden["v_prediction/grads"][0])
+    clear = up & (g1 >= 1e-2 * g1.max())  # B entries with a clear first gradient (see the first test)
+    assert clear.sum() >= 0.1 * up.sum()
+    assert rel(weights[clear], expected[clear]) <= TOL
