@@ -40,7 +40,8 @@ def test_one_class_set_per_distinct_prompt_shared_by_its_styles_and_made_before_
     groups = {n.job.group for n in jobs_of(per_style, "prior")}
     assert groups == {class_group("00 painting"), class_group("01 painting")}
     for node in jobs_of(per_style, "train"):
-        own = {n.job.key for n in jobs_of(per_style, "prior") if n.job.group == class_group(f"{node.job.group} painting")}
+        group = class_group(f"{node.job.group} painting")
+        own = {n.job.key for n in jobs_of(per_style, "prior") if n.job.group == group}
         assert len(own) == 3 and set(node.needs) == own
 
 

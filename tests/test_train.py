@@ -248,6 +248,45 @@ def test_draws_shuffle_each_epoch_and_resume_exactly():
         assert a.noise.tobytes() == b.noise.tobytes() and a.posterior_noise.tobytes() == b.posterior_noise.tobytes()
 
 
+def test_prior_draws_take_their_own_epochs_over_the_class_images_and_resume_exactly():
+    draws = Draws(np.random.default_rng(0), 3, (4, 2, 2), 1000, n_class_images=2)
+    seq = [(draws.next(), draws.next_prior()) for _ in range(2)]
+    assert sorted(p.image for _, p in seq) == [0, 1]  # each class epoch a permutation of the class images
+    saved = json.loads(json.dumps(draws.state()))
+    ahead = [(draws.next(), draws.next_prior()) for _ in range(3)]
+    again = Draws(np.random.default_rng(9), 3, (4, 2, 2), 1000, n_class_images=2)
+    again.restore(saved)
+    for pair, other in zip(ahead, ((again.next(), again.next_prior()) for _ in range(3))):
+        for a, b in zip(pair, other):
+            assert a.image == b.image and a.timestep == b.timestep and a.noise.tobytes() == b.noise.tobytes()
+
+
+def test_prior_preservation_trains_beside_the_class_images(stage_config, style_dir, tmp_path, capsys):
+    from producer.train_stage import TrainStage
+    classes = tmp_path / "prior" / "a painting~0"
+    classes.mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(classes / f"{i:04d}.png")
+    prior = {"prompt": "a painting", "images": 2, "weight": 1.0}
+    stage = TrainStage(stage_config(steps=2, prior=prior), "cpu")
+    with_prior = task(style_dir, tmp_path / "with")
+    with_prior.files["class_images"] = classes
+    stage.run([with_prior], lambda phase: None)
+    assert "beside 2 class images of 'a painting' (weight 1.0)" in capsys.readouterr().out
+    stage.config = stage_config(steps=2)
+    without = task(style_dir, tmp_path / "without")
+    stage.run([without], lambda phase: None)
+    a, b = read_weights(with_prior.files["lora_file"]), read_weights(without.files["lora_file"])
+    assert sorted(a) == sorted(b) and any(not np.array_equal(a[k], b[k]) for k in a)  # the class loss counted
+    stage.config = stage_config(steps=2, prior=dict(prior, images=3))
+    short = task(style_dir, tmp_path / "short")
+    short.files["class_images"] = classes
+    with pytest.raises(FileNotFoundError, match="2 class images, train.prior.images asks for 3") as error:
+        stage.run([short], lambda phase: None)
+    assert "\n" not in str(error.value) and str(classes) in str(error.value)
+
+
 @pytest.mark.parametrize("key,value,needle", [("rank", 0, "train.rank"), ("resize", "fit", "train.resize"),
                                               ("prompt", "style_{name}", "train.prompt"), ("size", 100, "train.size"),
                                               ("adam_beta2", 1.0, "train.adam_beta2"), ("lr", 0.0, "train.lr")])
@@ -306,7 +345,11 @@ def test_captions_fill_the_prompt_and_bad_ones_are_one_line_errors(tiny_model_di
     ("batch_size", 0, "train.batch_size"), ("gradient_accumulation", 0, "train.gradient_accumulation"),
     ("lr_scheduler", "linear", "train.lr_scheduler"), ("lr_warmup_steps", 501, "train.lr_warmup_steps"),
     ("snr_gamma", -1.0, "train.snr_gamma"), ("noise_offset", -0.1, "train.noise_offset"),
-    ("prompt", "{caption} {name}", "train.prompt")])
+    ("prompt", "{caption} {name}", "train.prompt"), ("prior", {"images": 10}, "train.prior.prompt must be set"),
+    ("prior", {"prompt": "a {name}"}, "train.prior.prompt"),
+    ("prior", {"prompt": "x", "images": 0}, "train.prior.images"),
+    ("prior", {"prompt": "x", "weight": 0}, "train.prior.weight"),
+    ("prior", {"promt": "x"}, "train.prior: unknown key")])
 def test_recipe_options_reject_bad_values(key, value, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config(overrides={f"train.{key}": value})
@@ -320,10 +363,12 @@ def test_recipe_files_pass_the_launch_checks(name, tiny_model_dir, tmp_path, cap
     from queue_fixtures import graph_of, make_dataset, one_line_exit
     recipe = REPO / "configs" / "recipes" / f"{name}.yaml"
     config = load_config(recipe)
-    if name == "jdiffusion":  # today's baseline: the defaults, key for key, under the defaults' plan hash
-        assert config.train == load_config().train and config.pixel_hash() == load_config().pixel_hash()
+    default = load_config()
+    assert config.pixel_hash() == default.pixel_hash()  # train settings are out of it (docs/queue.md §11)
+    if name == "jdiffusion":  # today's baseline: the defaults, key for key, so the LoRAs' records too
+        assert config.train == default.train and config.train_hash() == default.train_hash()
     else:
-        assert config.pixel_hash() != load_config().pixel_hash()  # a queue planned without it is refused
+        assert config.train_hash() != default.train_hash()  # a LoRA trained by another recipe is retrained
         t = config.train
         assert t.text_encoder is not None and "{caption}" in t.prompt and len(t.targets) > 4 and t.lr_ratio_b > 1
     run = {**yaml.safe_load(recipe.read_text()), "dataset": str(make_dataset(tmp_path / "data")),
