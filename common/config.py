@@ -131,6 +131,7 @@ class TrainConfig:
     snr_gamma: Optional[float] = added(None)  # min-SNR loss weighting (e.g. 5.0); None: plain MSE
     noise_offset: float = added(0.0)  # adds this times a per-channel N(0, 1) to the diffusion noise
     prior: Optional[PriorConfig] = added(None)  # {prompt, images, weight}: prior preservation (docs/training.md)
+    pack: bool = added(False)  # one LoRA over every style's images, each style with its own token
     size: Optional[int] = pixels(None)  # training resolution; None: producer.size
     resize: str = pixels("crop")  # crop: shorter side to size, centre crop | stretch: straight to size x size
     prompt: str = pixels("style_{style}")  # the instance prompt; producer.prompt_template puts it after the prompt
@@ -495,6 +496,10 @@ def _check_train(t: TrainConfig, bad):
         bad("train.snr_gamma", f"must be positive (or unset for plain MSE), not {t.snr_gamma}")
     if not t.noise_offset >= 0:
         bad("train.noise_offset", f"must be 0 or more, not {t.noise_offset}")
+    if t.pack and "{style}" not in t.prompt:
+        bad("train.pack", f"needs train.prompt to name each style's token with {{style}}, not {t.prompt!r}")
+    if t.pack and t.prior is not None:
+        bad("train.pack", "is not yet combined with train.prior; set one of them")
     if t.prior is not None:
         if not t.prior.prompt.strip():
             bad("train.prior.prompt", "must be set: the class prompt, e.g. 'a painting'")

@@ -9,7 +9,7 @@ and what to do on completion (`StageRules`), and the launcher, workers, status, 
 take their stage names, batch sizes and costs from it. A new stage is a `StageSpec` plus a stage class.
 
     [prior (per class image of each distinct class prompt, shared by its styles; with train.prior)]
-      -> train (per style, only for styles without a LoRA when lora training is on)
+      -> train (per style when lora training is on; with train.pack one job shared by every style)
       -> gen (per prompt: content image + latent)  -> sty (per prompt: StyleID result)
 
 Paths are never read from job files: a task's files are derived by its stage's declaration from the
@@ -307,7 +307,8 @@ class Graph:
         """Whether `path` is the output of an earlier per-style job that has yet to run (a LoRA to be
         trained, or trained again): what is made from it now is not made from what this run makes."""
         for up in (self.spec(u) for u in spec.needs if self.spec(u).unit == STYLE):
-            job = self.job(up, task.style, {})
+            group = up.shared(self.config, Style(task.style, task.style_dir, ()))[0] if up.shared else task.style
+            job = self.job(up, group, {})
             up_task = self.task(job)
             if path in up.outputs(up_task) and not self._memoized(("ok", up.name, task.style),
                                                                   lambda: self.outputs_ok(up, up_task)):
@@ -348,7 +349,7 @@ class Graph:
         per-style job, one per prompt, or the jobs a `shared` stage declares (other styles may share them)."""
         if spec.shared is not None:
             group, payloads = spec.shared(self.config, style)
-            return group, [(p["name"], p) for p in payloads]
+            return group, [(p.get("name"), p) for p in payloads]  # a per-style job's unit key is None
         if spec.unit == STYLE:
             return style.name, [(None, {})]
         seed = self.config.producer.seed
@@ -413,10 +414,10 @@ class Graph:
 
 # -- the jstyleid stages ------------------------------------------------------------------------------
 def lora_target(config: RunConfig, style: str) -> Path:
-    """The style's LoRA file: the existing one the producer will read, else where training writes it."""
-    from common.style_files import lora_path
-    lora = config.lora
-    return lora_path(config, style) or Path(lora.dir) / lora.subdir.format(style=style) / lora.names[0]
+    """The style's LoRA file: the existing one the producer will read, else where training writes it (with
+    train.pack, the packed LoRA for every style)."""
+    from common.style_files import lora_folder, lora_path
+    return lora_path(config, style) or lora_folder(config, style) / config.lora.names[0]
 
 
 def _where(config: RunConfig) -> str:
@@ -612,8 +613,10 @@ def _style_inputs(config: RunConfig, task: Task) -> Tuple[Path, ...]:
 def jstyleid_specs(config: RunConfig) -> List[StageSpec]:
     """prior (class images, with train.prior) -> train (when LoRAs are trained here) -> gen -> sty -> score
     (when its files are found), as the config asks."""
+    from common.pack import pack_job, pack_styles
     from common.prior import class_jobs
     from common.provenance import png_state
+    dataset = Path(config.dataset).resolve()
     st = config.stages
     training, use_lora = config.lora.missing == "train", config.consumer.use_lora
     prior = training and config.train.prior is not None
@@ -625,15 +628,17 @@ def jstyleid_specs(config: RunConfig) -> List[StageSpec]:
             sharded=True, checks=(check_model,), recipe=RunConfig.class_image_hash, shared=class_jobs))
     if training:
         trained = lora_check(Identities())
+        # with train.pack: one job over every style's images (common/pack.py), its record naming each folder
+        images_of = (lambda t: {f"images {name}": dataset / name / "images" for name in pack_styles(dataset)}) \
+            if config.train.pack else (lambda t: {"images": t.style_dir / "images"})
         specs.append(StageSpec(
             name="train", unit=STYLE, impl=st.train, verb="train", needs=("prior",) if prior else (),
             cost=st.train_cost, files=lambda g, t: {**lora_files(g, t), **(class_images_of(g, t) if prior else {})},
             outputs=lambda t: {t.files["lora_file"]: trained}, scratch=lambda t: (t.scratch_dir,),
             checks=(check_model,), style_checks=(check_captions,), progress_unit="step",
-            inputs=lambda t: (t.style_dir / "images",), steps=config.train.steps, progress=scratch_progress,
-            made_of=lambda t: {"images": t.style_dir / "images",
-                               **({"class images": t.files["class_images"]} if prior else {})},
-            recipe=RunConfig.train_hash))
+            inputs=lambda t: tuple(images_of(t).values()), steps=config.train.steps, progress=scratch_progress,
+            made_of=lambda t: {**images_of(t), **({"class images": t.files["class_images"]} if prior else {})},
+            recipe=RunConfig.train_hash, shared=pack_job if config.train.pack else None))
     specs.append(StageSpec(
         name="gen", unit=PROMPT, impl=st.gen, verb="generate", needs=("train",) if training else (),
         files=lambda g, t: {**lora_files(g, t), **content_files(g, t)},

@@ -40,7 +40,11 @@ def style_image_path(style_dir, name: Optional[str] = None) -> Path:
 
 
 def lora_folder(config: RunConfig, style: str) -> Path:
-    """lora.dir / lora.subdir with the style's name filled in."""
+    """lora.dir / lora.subdir with the style's name filled in; with `train.pack` every style's is the one
+    packed LoRA's folder, lora.dir / pack (common/pack.py)."""
+    if config.train.pack:
+        from common.pack import PACK_DIR
+        return Path(config.lora.dir) / PACK_DIR
     return Path(config.lora.dir) / config.lora.subdir.format(style=style)
 
 

@@ -14,6 +14,8 @@ diffusion noise (both standard normal, the latent's shape), the timestep, unifor
 {0, ..., num_train_timesteps - 1}, and, only with a noise offset, a standard normal per latent channel.
 A batch of B is B consecutive draws. With prior preservation an optimiser step draws its instance
 samples, then as many class samples the same way (the class image from its own per-epoch permutation).
+A LoRA packed over S styles (`RoundRobinDraws`) takes step k's image from style k mod S, each style's
+images in its own per-epoch permutation, so every style is seen equally often whatever its image count.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -108,6 +110,36 @@ class Draws:
             self.prior_step = int(state["prior_step"])
             self.prior_order = None if state["prior_order"] is None else np.array(state["prior_order"], np.int64)
         self.rng.bit_generator.state = state["rng"]
+
+
+class RoundRobinDraws(Draws):
+    """Draws over several styles' images, concatenated in style order (`sizes` images each): step k's
+    image is style k mod S's next, from that style's own permutation, redrawn as each of its epochs starts."""
+
+    def __init__(self, rng: np.random.Generator, sizes: list, latent_shape: tuple, num_timesteps: int,
+                 offset: bool = False):
+        super().__init__(rng, sum(sizes), latent_shape, num_timesteps, offset)
+        self.sizes = [int(n) for n in sizes]
+        self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self.taken = [0] * len(self.sizes)  # per style: images drawn so far
+        self.orders = [None] * len(self.sizes)  # per style: its epoch's permutation
+
+    def next(self) -> Draw:
+        s = self.step % len(self.sizes)
+        n, k = self.sizes[s], self.taken[s]
+        if k % n == 0:
+            self.orders[s] = self.rng.permutation(n)
+        self.taken[s] += 1
+        self.step += 1
+        return self._sample(self.starts[s] + int(self.orders[s][k % n]))
+
+    def state(self) -> dict:
+        return {**super().state(), "taken": list(self.taken), "orders": [_listed(o) for o in self.orders]}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        self.taken = [int(k) for k in state["taken"]]
+        self.orders = [None if o is None else np.array(o, dtype=np.int64) for o in state["orders"]]
 
 
 def _listed(order) -> Optional[list]:
