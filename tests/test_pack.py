@@ -141,7 +141,7 @@ def test_pack_training_gives_each_style_its_token_and_resumes_after_a_kill(tiny_
     set_data = LoraTrainer.set_data
     monkeypatch.setattr(LoraTrainer, "set_data", lambda self, images, prompts, *a: (
         seen.append(list(prompts)), set_data(self, images, prompts, *a))[1])
-    stage = TrainStage(load_config(write_train_config(tmp_path, tiny_model_dir, steps=3, checkpoint_every=2)), "cpu")
+    stage = TrainStage(load_config(write_train_config(tmp_path, tiny_model_dir, steps=3, checkpoint_every=2, pack=True)), "cpu")
 
     def task(out):
         return types.SimpleNamespace(style="pack", style_dir=dataset / "pack", made_by=None,
