@@ -45,11 +45,6 @@ def fingerprint(train, size: int, images: np.ndarray, model: str, prompts: list,
     return digest.hexdigest()[:16]
 
 
-def train_style(sd, train, style: str, style_dir, lora_file, scratch_dir, **kwargs) -> str:
-    """Train (or resume, or skip) one style's LoRA into `lora_file` (`train_styles`)."""
-    return train_styles(sd, train, f"style {style}", [(style, style_dir)], lora_file, scratch_dir, **kwargs)
-
-
 def train_styles(sd, train, label: str, sources: list, lora_file, scratch_dir, *, size: int, fsync: bool,
                  beat=lambda phase: None, log=print, made_by: bytes = None, class_dir=None) -> str:
     """Train (or resume, or skip) one LoRA into `lora_file` over the images of each (style, style folder)
@@ -85,7 +80,7 @@ def train_styles(sd, train, label: str, sources: list, lora_file, scratch_dir, *
                                  prior_images(class_dir, train.prior.images)])
     rng = np.random.default_rng(train.seed)
     sd.set_lora(None)  # train on the base weights, whatever LoRA this process merged before
-    trainer = LoraTrainer(sd, train, rng, label)
+    trainer = LoraTrainer(sd, train, rng, sources[0][0] if len(sources) == 1 else "pack")
     trainer.set_data(images, prompts, beat, class_images, class_prompt)
     if len(sources) == 1:
         draws = Draws(rng, len(images), trainer.latent_shape, trainer.num_timesteps, offset=train.noise_offset > 0,

@@ -235,7 +235,7 @@ class LoraTrainer:
             jt.sync([loss] + got)
             values.append(float(loss.item()))
             if not math.isfinite(values[-1]):
-                raise TrainingDiverged(f"{self.style}: training diverged at step {self.step_count + 1} "
+                raise TrainingDiverged(f"style {self.style}: training diverged at step {self.step_count + 1} "
                                        f"(loss {values[-1]}); lower train.lr or check the style's images")
             grads = got if grads is None else [a + b for a, b in zip(grads, got)]
         self.optimizer.step(grads, lr_factor(self.train, self.step_count))
