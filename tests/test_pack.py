@@ -2,6 +2,8 @@
 generation waits for, its images drawn round-robin across the styles with each style's own prompt, a
 resumable run, and a record over every style's images (docs/queue.md §11). The plan and records run with
 the stand-in stages; the trainer on the tiny model at 64 px, shapes as in test_train.py."""
+import json
+import time
 import types
 
 import numpy as np
@@ -14,13 +16,15 @@ from common.pack import PACK_DIR
 from common.style_files import lora_path
 from producer.train_data import RoundRobinDraws
 from producer.train_files import LORA_BIN
-from queue_fixtures import check_invariants, graph_of, launch as run_launcher, write_config
+import launch
+from common.devkit.fake_stage import FAKE_TRAIN_STEPS, fake_lora
+from queue_fixtures import check_invariants, graph_of, kill_run, launch as run_launcher, wait_for, write_config
 from test_train import write_config as write_train_config
 
 
-def pack_config(tmp_path, **train):
+def pack_config(tmp_path, **sections):
     return write_config(tmp_path, lora={"missing": "train", "dir": str(tmp_path / "style")},
-                        train={"pack": True, **train})
+                        train={"pack": True}, **sections)
 
 
 def test_one_train_job_for_every_style_and_every_gen_job_waits_for_it(tmp_path):
@@ -61,6 +65,35 @@ def test_a_changed_styles_images_retrain_the_pack_and_redo_every_styles_results(
     assert current(graph, nodes, q) == {"train": [True], "gen": [True] * 6, "sty": [True] * 6}
     # (the stand-in's LoRA bytes do not depend on the images, so style 00's stylized results, whose style
     # image is unchanged, count again once the pack is retrained: the invariants' done records differ)
+
+
+def test_a_launcher_killed_while_the_pack_trains_resumes_it_from_its_last_step(tmp_path):
+    path = pack_config(tmp_path, producer={"batch": 1})
+    queue = graph_of(path)[3]
+    first = run_launcher(path, env={"JSTYLEID_FAKE_MS": "400-450"}, wait=False)
+
+    def progress():
+        steps = []
+        for p in (queue.layout.scratch / "train").glob("*/progress.json"):
+            try:
+                steps.append(json.loads(p.read_text())["step"])
+            except (OSError, ValueError):
+                pass
+        return steps
+    wait_for(lambda: any(s >= 2 for s in progress()), timeout=30)
+    assert launch.main(["status", "--config", str(path)]) == 0  # the pack's progress, while it runs
+    kill_run(first, queue.layout.root)
+    time.sleep(0.2)
+    saved = max(progress())
+    assert 2 <= saved < FAKE_TRAIN_STEPS and len(progress()) == 1  # one job's scratch folder
+    before = set(queue.layout.logs.glob("*.log"))
+    rerun = run_launcher(path)
+    assert rerun.returncode == 0, rerun.stderr
+    logs = "".join(p.read_text() for p in set(queue.layout.logs.glob("*.log")) - before)
+    assert f"train style pack: resuming at step {saved}" in logs  # not from step 0
+    check_invariants(path)
+    packed = tmp_path / "style" / PACK_DIR / LORA_BIN
+    assert packed.read_bytes() == fake_lora("pack", load_config(path).train_hash())
 
 
 def current(graph, nodes, q) -> dict:
