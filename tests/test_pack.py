@@ -158,7 +158,8 @@ def dataset(tmp_path_factory):
     for style, n in (("00", 2), ("01", 1)):
         (root / style / "images").mkdir(parents=True)
         for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / style / "images" / f"{i}.png")
+            pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / style / "images" / f"{i}.png")
     return root
 
 
@@ -174,7 +175,8 @@ def test_pack_training_gives_each_style_its_token_and_resumes_after_a_kill(tiny_
     set_data = LoraTrainer.set_data
     monkeypatch.setattr(LoraTrainer, "set_data", lambda self, images, prompts, *a: (
         seen.append(list(prompts)), set_data(self, images, prompts, *a))[1])
-    stage = TrainStage(load_config(write_train_config(tmp_path, tiny_model_dir, steps=3, checkpoint_every=2, pack=True)), "cpu")
+    config = load_config(write_train_config(tmp_path, tiny_model_dir, steps=3, checkpoint_every=2, pack=True))
+    stage = TrainStage(config, "cpu")
 
     def task(out):
         return types.SimpleNamespace(style="pack", style_dir=dataset / "pack", made_by=None,
