@@ -1,9 +1,11 @@
 """LoRA training speed and memory: seconds per training step and peak RSS, ours against diffusers + peft.
 
     .venv/bin/python benchmarks/train.py --json train.json [--torch-python .venv-ref/bin/python] [--project]
+        [--recipe NAME] [--rows jdiffusion,text_encoder,targets,batch2]
 
 Both sides train the same model folder (random weights with SD 2.1's shapes), at the same resolution,
-batch 1, rank-4 LoRA on every to_q/to_k/to_v/to_out.0, AdamW, float32, each in its own worker process
+with the same recipe (`--recipe`, RECIPES below; default JDiffusion's: batch 1, rank-4 LoRA on every
+to_q/to_k/to_v/to_out.0), AdamW, float32, each in its own worker process
 (torch and Jittor never share one; peak RSS is per side) with the same thread count. The workers take
 turns step by step, one computing while the other waits, so a busy shared machine slows both alike;
 `ours_vs_torch_*` is the median of the per-pair ratios.
@@ -18,6 +20,8 @@ turns step by step, one computing while the other waits, so a busy shared machin
 - `--project`: `ours_train_var_mib`, the live Var bytes training adds over the weights at its peak
   (Jittor's memory profiler, one extra step), at the size and at half of it, and from the two points
   the projected memory of training full SD 2.1 at 512 px in float32 on a GPU (see `project()`).
+- `--rows`: one short run per recipe named (each option that costs time), its figures prefixed `NAME/`,
+  ours against diffusers + peft with the same option.
 
 CPU default: `--arch half` (SD 2.1's layout, every width halved; `benchmarks/stages.py`) at 256 px.
 GPU: `--arch sd21 --size 512`.
@@ -57,6 +61,22 @@ def latents(size: int):
     return np.random.default_rng(1).standard_normal((2, 4, size // 8, size // 8)).astype(np.float32)
 
 
+# name: the train: settings of a recipe (a path: a recipe file's train: section)
+RECIPES = {"jdiffusion": {}, "text_encoder": {"text_encoder": {"rank": 4}},
+           "targets": {"targets": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in",
+                                   "proj_out", "conv1", "conv2", "conv_shortcut"]},
+           "batch2": {"batch_size": 2}, "strong": "configs/recipes/strong.yaml"}
+
+
+def recipe(name: str):
+    """The TrainConfig of a recipe (common.config is Jittor- and torch-free: both workers read it)."""
+    from common.config import load_config
+    settings = RECIPES[name]
+    if isinstance(settings, str):
+        return load_config(ROOT / settings).train
+    return load_config(overrides={f"train.{k}": v for k, v in settings.items()}).train
+
+
 def serve(commands: dict, base_rss: float) -> None:
     """Answer one JSON line per command read from stdin: a step's {"wall", "cpu"}, or what a command returns."""
     print(json.dumps({"ready": True}), flush=True)
@@ -76,7 +96,6 @@ def serve(commands: dict, base_rss: float) -> None:
 def worker_jittor(a) -> None:
     import numpy as np
 
-    from common.config import TrainConfig
     from common.jittor_env import load_jittor
     from common.sd.pipeline import StableDiffusion
     from producer.train_data import Draws
@@ -84,25 +103,28 @@ def worker_jittor(a) -> None:
     jt = load_jittor()
     sd = StableDiffusion.load(a.model, "float32", a.device)
     rng = np.random.default_rng(0)
-    trainer = LoraTrainer(sd, TrainConfig(), rng, "bench")
+    train = recipe(a.recipe)
+    trainer = LoraTrainer(sd, train, rng, "bench")
     # Posteriors as set_data would make them, without running the VAE here: its activations would sit in
     # the allocator's cache and hide what training itself needs (the VAE is not timed either).
     trainer.mean, trainer.std = latents(a.size), np.full((2, 4, a.size // 8, a.size // 8), 0.1, np.float32)
-    with jt.no_grad():
+    trainer.prompt_index, trainer.ids = np.zeros(2, np.int64), sd.tokenizer(["style_00"])
+    if not trainer.trains_text_encoder:
         trainer.context = sd.encode_prompt(["style_00"]).numpy()
-    draws = Draws(rng, 2, trainer.latent_shape, trainer.num_timesteps)
+    draws = Draws(rng, 2, trainer.latent_shape, trainer.num_timesteps, offset=train.noise_offset > 0)
+    samples = trainer.samples_per_step
     trainer.lora.attach()
     weights = sum(int(np.prod(p.shape)) * 4 for m in (sd.unet, sd.vae, sd.text_encoder) for p in m.parameters())
 
     def memory():  # one step under Jittor's memory profiler: live Var bytes at the peak, less the weights
         jt.flags.profile_memory_enable = 1
-        trainer.step(draws.next())
+        trainer.step([draws.next() for _ in range(samples)])
         peak = int(jt.get_max_memory_info().split("[!@#div1!@#]")[0])
         jt.flags.profile_memory_enable = 0
         return {"train_var_mib": (peak - weights) / 2 ** 20}
 
     def step():
-        trainer.step(draws.next())
+        trainer.step([draws.next() for _ in range(samples)])
 
     serve({"step": step, "memory": memory}, rss_mib())
 
@@ -123,14 +145,21 @@ def worker_torch(a) -> None:
     text = text_encoder(Path(a.model) / "text_encoder").to(device).requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(a.model, subfolder="tokenizer")
     scheduler = DDPMScheduler.from_pretrained(a.model, subfolder="scheduler")
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-    params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    train = recipe(a.recipe)
+    unet.add_adapter(LoraConfig(r=train.rank, lora_alpha=train.alpha or train.rank, init_lora_weights="gaussian",
+                                target_modules=list(train.targets)))
+    te = train.text_encoder
+    if te is not None:  # as train_dreambooth_lora.py --train_text_encoder adds it
+        text.add_adapter(LoraConfig(r=te.rank, lora_alpha=te.rank, init_lora_weights="gaussian",
+                                    target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+    groups = [{"params": [p], "lr": 1e-4 * (train.lr_ratio_b if "lora_B" in n else 1.0)}
+              for model in (unet, text) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    batch = train.batch_size * train.gradient_accumulation  # one micro-batch of all (same work per step)
     pixels = torch.from_numpy(images(a.size)).to(device)
     ids = tokenizer("style_00", padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    ids = ids.to(device)
-    z0 = torch.from_numpy(latents(a.size)[:1]).to(device)
+    ids = ids.to(device).repeat(batch, 1)
+    z0 = torch.from_numpy(latents(a.size)[[i % 2 for i in range(batch)]]).to(device)
     with torch.no_grad():
         context = text(ids)[0]
     state = {"image": 0}
@@ -140,8 +169,10 @@ def worker_torch(a) -> None:
             torch.cuda.synchronize()
 
     def unet_step(latents_=z0, hidden=context):
+        if te is not None:  # the text encoder's LoRA trains: encode with its graph every step
+            hidden = text(ids)[0]
         noise = torch.randn_like(latents_)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), device=device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents_.shape[0],), device=device)
         noisy = scheduler.add_noise(latents_, noise, t)
         target = scheduler.get_velocity(latents_, noise, t) if scheduler.config.prediction_type == "v_prediction" \
             else noise
@@ -154,7 +185,8 @@ def worker_torch(a) -> None:
     def script_step():
         i = state["image"] = 1 - state["image"]
         with torch.no_grad():  # the script's frozen modules build no graph either
-            latents_ = vae.encode(pixels[i:i + 1]).latent_dist.sample() * vae.config.scaling_factor
+            latents_ = vae.encode(pixels[[(i + j) % 2 for j in range(batch)]]).latent_dist.sample() \
+                * vae.config.scaling_factor
             hidden = text(ids)[0]
         unet_step(latents_, hidden)
 
@@ -182,7 +214,7 @@ class Worker:
 
     def __init__(self, a, python: str, side: str, size: int):
         args = [python, __file__, "--worker", side, "--model", str(a.model), "--size", str(size),
-                "--device", a.device, "--threads", str(a.threads)]
+                "--device", a.device, "--threads", str(a.threads), "--recipe", a.recipe]
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
         self.side = side
         self.log = tempfile.TemporaryFile(mode="w+")
@@ -235,36 +267,8 @@ def project(small: float, large: float, size: int, arch: str) -> dict:
             "projected_sd21_512_total_mib": kept + transient + SD21_FP32_WEIGHTS_MIB}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--json", type=Path, help="write the figures here")
-    p.add_argument("--model", help="a diffusers folder (default: a random SD-2.1-shaped one)")
-    p.add_argument("--arch", choices=("sd21", "half"), help="random model's shapes (default: sd21 on a GPU, half on a CPU)")
-    p.add_argument("--size", type=int, help="training resolution (default 512 on a GPU, 256 on a CPU)")
-    p.add_argument("--steps", type=int, default=4, help="timed step pairs")
-    p.add_argument("--warmup", type=int, default=2, help="untimed step pairs first (compilation)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of both sides")
-    p.add_argument("--project", action="store_true", help="also the SD 2.1 512 px memory projection")
-    p.add_argument("--torch-python", default=str(ROOT / ".venv-ref" / "bin" / "python"))
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "jstyleid-bench")
-    p.add_argument("--device")
-    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.worker:
-        WORKERS[a.worker](a)
-        return
-
-    from common.jittor_env import gpu_present
-    gpu = gpu_present()
-    a.device = a.device or ("cuda" if gpu else "cpu")
-    a.size = a.size or (512 if gpu else 256)
-    a.arch = a.arch or ("sd21" if gpu else "half")
-    if a.model is None:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from stages import write_random_model  # the SD 2.1 configs live there until they move to common/devkit
-        a.model = a.workdir / f"random-{a.arch}"
-        write_random_model(a.model, a.arch)
-
+def measure(a) -> dict:
+    """One recipe's figures (`a.recipe`): step times of both sides, memory, and with --project the projection."""
     ours, ref = Worker(a, sys.executable, "jittor", a.size), Worker(a, a.torch_python, "torch", a.size)
     for _ in range(a.warmup):
         ours.ask("step"), ref.ask("unet")
@@ -295,10 +299,51 @@ def main():
         figures["ours_train_var_mib_half_size"] = small.ask("memory")["train_var_mib"]
         small.close()
         figures.update(project(figures["ours_train_var_mib_half_size"], figures["ours_train_var_mib"], a.size, a.arch))
+    return figures
 
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--model", help="a diffusers folder (default: a random SD-2.1-shaped one)")
+    p.add_argument("--arch", choices=("sd21", "half"), help="random model's shapes (default: sd21 on a GPU, half on a CPU)")
+    p.add_argument("--size", type=int, help="training resolution (default 512 on a GPU, 256 on a CPU)")
+    p.add_argument("--steps", type=int, default=4, help="timed step pairs")
+    p.add_argument("--warmup", type=int, default=2, help="untimed step pairs first (compilation)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of both sides")
+    p.add_argument("--project", action="store_true", help="also the SD 2.1 512 px memory projection")
+    p.add_argument("--recipe", default="jdiffusion", choices=sorted(RECIPES), help="the train: settings of both sides")
+    p.add_argument("--rows", help="comma-separated recipes: one row of figures each")
+    p.add_argument("--torch-python", default=str(ROOT / ".venv-ref" / "bin" / "python"))
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "jstyleid-bench")
+    p.add_argument("--device")
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        WORKERS[a.worker](a)
+        return
+
+    from common.jittor_env import gpu_present
+    gpu = gpu_present()
+    a.device = a.device or ("cuda" if gpu else "cpu")
+    a.size = a.size or (512 if gpu else 256)
+    a.arch = a.arch or ("sd21" if gpu else "half")
+    if a.model is None:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from stages import write_random_model  # the SD 2.1 configs live there until they move to common/devkit
+        a.model = a.workdir / f"random-{a.arch}"
+        write_random_model(a.model, a.arch)
+
+    if a.rows:
+        figures = {}
+        for name in a.rows.split(","):
+            a.recipe = name
+            figures.update({f"{name}/{k}": v for k, v in measure(a).items()})
+    else:
+        figures = measure(a)
     setup = {"device": a.device, "model": f"random {a.arch} (SD 2.1 shapes)" if "random-" in str(a.model) else str(a.model),
-             "size": a.size, "batch": 1, "rank": 4, "dtype": "float32", "steps": a.steps, "warmup": a.warmup,
-             "threads": a.threads, "cpu_count": os.cpu_count()}
+             "size": a.size, "recipe": a.rows or a.recipe, "dtype": "float32", "steps": a.steps,
+             "warmup": a.warmup, "threads": a.threads, "cpu_count": os.cpu_count()}
     report(setup, figures, a.json)
 
 

@@ -33,6 +33,13 @@ def pixels(default, **meta):
     return field(default=default, metadata={"pixels": True, **meta})
 
 
+def added(default, **meta):
+    """A pixel setting added after queues were planned: `pixel_hash()` (or `train_hash()`, for the train
+    section) covers it only when it differs from its default, so the defaults keep the hashes (the job ids,
+    the records) every existing queue and LoRA was made under."""
+    return pixels(default, added=True, **meta)
+
+
 def runtime(default, **meta):
     """A setting that never changes a pixel (batching, timing, retries, paths of the run's folders)."""
     return field(default=default, metadata={"pixels": False, **meta})
@@ -48,13 +55,13 @@ class ModelConfig:
     pixel hash only when set, so runs planned before they existed keep their hash."""
     path: str = pixels("stabilityai/stable-diffusion-2-1")  # a diffusers folder, a repo id in the HF cache
     dtype: str = pixels("float16")  # UNet/text encoder precision on a GPU; the CPU always runs float32
-    prediction: str = pixels("auto", when_set=True)  # auto (scheduler config, else inferred) | v_prediction | epsilon
+    prediction: str = added("auto")  # auto (scheduler config, else inferred) | v_prediction | epsilon
     # single files only: the UNet's EMA weights; the native size (None: 768 for v-prediction, else 512); a tokenizer
     # folder, diffusers folder or CLIP BPE .txt.gz; a diffusers folder (or repo id) whose configs describe the file
-    ema: bool = pixels(False, when_set=True)
-    image_size: Optional[int] = pixels(None, when_set=True)
-    tokenizer: Optional[str] = pixels(None, when_set=True)
-    config: Optional[str] = pixels(None, when_set=True)
+    ema: bool = added(False)
+    image_size: Optional[int] = added(None)
+    tokenizer: Optional[str] = added(None)
+    config: Optional[str] = added(None)
 
 
 @dataclass(frozen=True)
@@ -95,12 +102,46 @@ class ConsumerConfig:
     use_lora: bool = pixels(False)  # StyleID runs on the base model by default (docs/styleid.md §12)
 
 
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out",
+                "conv1", "conv2", "conv_shortcut")
+LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine")
+
+
+@dataclass(frozen=True)
+class TextEncoderLoraConfig:
+    """LoRA on the CLIP text encoder's q_proj/k_proj/v_proj/out_proj, trained beside the UNet's."""
+    rank: int = pixels(4)  # alpha = rank
+    lr: Optional[float] = pixels(None)  # None: train.lr
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Prior preservation: class images the base model makes from `prompt` ({style} may name the style),
+    trained beside the style's images at `weight` (diffusers' --with_prior_preservation)."""
+    prompt: str = pixels("")  # the class prompt, e.g. "a painting"; styles with the same one share its images
+    images: int = pixels(100)  # class images per class prompt (num_class_images)
+    weight: float = pixels(1.0)  # prior_loss_weight: loss = instance loss + weight x class loss
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """DreamBooth-LoRA training of one style, with the values JDiffusion's train_all.sh passes."""
-    steps: int = pixels(500)
+    """DreamBooth-LoRA training of one style, with the values JDiffusion's train_all.sh passes; the recipe
+    options below (off by default) are diffusers' and peft's (docs/training.md)."""
+    steps: int = pixels(500)  # optimiser steps
     lr: float = pixels(1e-4)  # constant, no warm-up
     rank: int = pixels(4)  # LoRA alpha = rank (scale 1), as peft is configured there
+    alpha: Optional[float] = added(None)  # LoRA alpha apart from rank (scale alpha/rank); None: rank
+    targets: tuple = added(UNET_TARGETS[:4])  # UNet modules with a LoRA, matched by name as peft does
+    text_encoder: Optional[TextEncoderLoraConfig] = added(None)  # {rank, lr}: a text-encoder LoRA too
+    lr_ratio_b: float = added(1.0)  # LoRA+: the B (up) matrices learn at this times the lr
+    batch_size: int = added(1)
+    gradient_accumulation: int = added(1)  # micro-batches summed per optimiser step
+    lr_scheduler: str = added("constant")  # constant | constant_with_warmup | cosine (diffusers' get_scheduler)
+    lr_warmup_steps: int = added(0)
+    snr_gamma: Optional[float] = added(None)  # min-SNR loss weighting (e.g. 5.0); None: plain MSE
+    noise_offset: float = added(0.0)  # adds this times a per-channel N(0, 1) to the diffusion noise
+    prior: Optional[PriorConfig] = added(None)  # {prompt, images, weight}: prior preservation (docs/training.md)
+    pack: bool = added(False)  # one LoRA over every style's images, each style with its own token
     size: Optional[int] = pixels(None)  # training resolution; None: producer.size
     resize: str = pixels("crop")  # crop: shorter side to size, centre crop | stretch: straight to size x size
     prompt: str = pixels("style_{style}")  # the instance prompt; producer.prompt_template puts it after the prompt
@@ -137,10 +178,12 @@ class StagesConfig:
     gen: str = pixels("producer.stage:ProducerStage")
     sty: str = pixels("consumer.stage:ConsumerStage")
     score: str = runtime("consumer.score_stage:ScoreStage")
+    prior: str = added("producer.prior_stage:PriorStage")  # class images, with train.prior
     train_cost: float = runtime(150.0)  # relative seconds per job (a style's training ~ 150 content images)
     gen_cost: float = runtime(1.0)  # relative seconds per image (configured, not measured): sets the GPU split
     sty_cost: float = runtime(2.0)
     score_cost: float = runtime(20.0)  # a style's score ~ 20 StyleID images
+    prior_cost: float = runtime(1.0)  # a class image ~ a content image
 
 
 @dataclass(frozen=True)
@@ -197,12 +240,30 @@ class RunConfig:
         relevant["stages"] = list(relevant["stages"].values())
         return _digest(relevant)
 
+    @property
+    def train_size(self) -> int:
+        """The training resolution (class images are made at it too)."""
+        return self.train.size if self.train.size is not None else self.producer.size
+
     def train_hash(self) -> str:
         """A hash of the settings a LoRA trained here depends on: the train section's pixel settings (its
-        size resolved), the model and the training stage."""
+        size resolved), the model and the training stage; with prior preservation also the settings its
+        class images are made with (`class_image_hash`)."""
         relevant = dict(pixel_settings(self.train))
-        relevant["size"] = self.train.size if self.train.size is not None else self.producer.size
-        return _digest({"train": relevant, "model": pixel_settings(self.model), "stage": self.stages.train})
+        relevant["size"] = self.train_size
+        settings = {"train": relevant, "model": pixel_settings(self.model), "stage": self.stages.train}
+        if self.train.prior is not None:
+            settings["class images"] = self.class_image_hash()
+        return _digest(settings)
+
+    def class_image_hash(self) -> str:
+        """A hash of the settings prior preservation's class images are made with: sampled as content images
+        (producer.steps, guidance, negative prompt) at the training size, by the model and the prior stage.
+        The class prompt and the image's seed are its job's."""
+        p = self.producer
+        return _digest({"size": self.train_size, "steps": p.steps, "guidance": p.guidance,
+                        "negative_prompt": p.negative_prompt, "model": pixel_settings(self.model),
+                        "stage": self.stages.prior})
 
 
 def _digest(settings: dict) -> str:
@@ -210,10 +271,10 @@ def _digest(settings: dict) -> str:
 
 
 def pixel_settings(section) -> dict:
-    """{name: value} of a section's settings declared `pixels` (those declared `when_set`: only when not
-    at their default)."""
+    """{name: value} of a section's settings declared `pixels` (those declared `added`: only when not at
+    their default, so hashes made before they existed stay valid)."""
     return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.metadata["pixels"]
-            and not (f.metadata.get("when_set") and getattr(section, f.name) == f.default)}
+            and not (f.metadata.get("added") and getattr(section, f.name) == f.default)}
 
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
@@ -396,7 +457,7 @@ def _check_values(c: RunConfig, source: str):
     for key in ("backoff_base_s", "backoff_max_s", "restart_base_s", "kill_grace_s", "stop_grace_s"):
         if not getattr(qc, key) >= 0:
             bad(f"queue.{key}", f"must be 0 or more (seconds), not {getattr(qc, key)}")
-    for key in ("train_cost", "gen_cost", "sty_cost", "score_cost"):
+    for key in ("train_cost", "gen_cost", "sty_cost", "score_cost", "prior_cost"):
         if not getattr(c.stages, key) > 0:
             bad(f"stages.{key}", f"must be positive (relative seconds per job), not {getattr(c.stages, key)}")
 
@@ -429,10 +490,39 @@ def _check_train(t: TrainConfig, bad):
         bad("train.size", f"must be a multiple of 8 (or unset for producer.size), not {t.size}")
     if t.resize not in ("crop", "stretch"):
         bad("train.resize", f"must be 'crop' or 'stretch', not {t.resize!r}")
-    try:
-        t.prompt.format(style="00")
-    except (KeyError, IndexError, ValueError) as e:
-        bad("train.prompt", f"{t.prompt!r} is not a template with only {{style}} in it ({type(e).__name__}: {e})")
+    _check_fields("train.prompt", t.prompt, ("style", "caption"), bad)
+    for key, value in (("batch_size", t.batch_size), ("gradient_accumulation", t.gradient_accumulation)):
+        if value < 1:
+            bad(f"train.{key}", f"must be at least 1, not {value}")
+    if t.alpha is not None and not t.alpha > 0:
+        bad("train.alpha", f"must be positive (or unset for alpha = rank), not {t.alpha}")
+    if not t.targets or any(target not in UNET_TARGETS for target in t.targets) or len(set(t.targets)) < len(t.targets):
+        bad("train.targets", f"must list UNet modules among {', '.join(UNET_TARGETS)} once each, not {list(t.targets)}")
+    te = t.text_encoder
+    if te is not None and (te.rank < 1 or (te.lr is not None and not te.lr > 0)):
+        bad("train.text_encoder", f"needs rank >= 1 and a positive lr (or none for train.lr), not {te}")
+    if not t.lr_ratio_b > 0:
+        bad("train.lr_ratio_b", f"must be positive (1 trains A and B at train.lr), not {t.lr_ratio_b}")
+    if t.lr_scheduler not in LR_SCHEDULES:
+        bad("train.lr_scheduler", f"must be one of {', '.join(LR_SCHEDULES)}, not {t.lr_scheduler!r}")
+    if not 0 <= t.lr_warmup_steps <= t.steps:
+        bad("train.lr_warmup_steps", f"must lie in [0, train.steps], not {t.lr_warmup_steps}")
+    if t.snr_gamma is not None and not t.snr_gamma > 0:
+        bad("train.snr_gamma", f"must be positive (or unset for plain MSE), not {t.snr_gamma}")
+    if not t.noise_offset >= 0:
+        bad("train.noise_offset", f"must be 0 or more, not {t.noise_offset}")
+    if t.pack and "{style}" not in t.prompt:
+        bad("train.pack", f"needs train.prompt to name each style's token with {{style}}, not {t.prompt!r}")
+    if t.pack and t.prior is not None:
+        bad("train.pack", "is not yet combined with train.prior; set one of them")
+    if t.prior is not None:
+        if not t.prior.prompt.strip():
+            bad("train.prior.prompt", "must be set: the class prompt, e.g. 'a painting'")
+        _check_fields("train.prior.prompt", t.prior.prompt, ("style",), bad)
+        if t.prior.images < 1:
+            bad("train.prior.images", f"must be at least 1, not {t.prior.images}")
+        if not t.prior.weight > 0:
+            bad("train.prior.weight", f"must be positive, not {t.prior.weight}")
 
 
 def require_path(path, key: str, source: str) -> Path:

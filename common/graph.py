@@ -8,7 +8,8 @@ declaration: the planner expands it over the dataset into jobs, the queue learns
 and what to do on completion (`StageRules`), and the launcher, workers, status, progress and scheduling
 take their stage names, batch sizes and costs from it. A new stage is a `StageSpec` plus a stage class.
 
-    train (per style, only for styles without a LoRA when lora training is on)
+    [prior (per class image of each distinct class prompt, shared by its styles; with train.prior)]
+      -> train (per style when lora training is on; with train.pack one job shared by every style)
       -> gen (per prompt: content image + latent)  -> sty (per prompt: StyleID result)
 
 Paths are never read from job files: a task's files are derived by its stage's declaration from the
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from common.atomic import npy_is_complete
+from common.captions import check_captions
 from common.config import ConfigError, RunConfig
 from common.dataset import DatasetError, Style
 from common.identity import Identities, combined
@@ -75,6 +77,10 @@ class StageSpec:
     inputs: Callable[[Task], Tuple[Path, ...]] = lambda t: ()  # user files it reads: a fix requeues its failures
     made_of: Callable[[Task], Dict[str, Path]] = lambda t: {}  # {name: input file} its outputs' records name
     recipe: Optional[Callable[[RunConfig], str]] = None  # the settings its records name (default: pixel_hash)
+    # jobs styles share (class images): (group, [payload]) for a style, the group its jobs are filed under and
+    # their payloads ({"prompt", "name", "seed"}); styles with the same group share the jobs, whose ids hash
+    # the stage's recipe instead of the pixel hash, so settings they do not read leave them done
+    shared: Optional[Callable[[RunConfig, Style], Tuple[str, List[dict]]]] = None
 
 
 class _Rules:
@@ -216,8 +222,9 @@ class Graph:
 
     # -- tasks ----------------------------------------------------------------------------------------
     def job(self, spec: StageSpec, style: str, payload: dict, after: Tuple[str, ...] = ()) -> Job:
-        jid = style_id(spec.name, style, self.plan) if spec.unit == STYLE else \
-            item_id(style, payload["prompt"], payload["seed"], self.plan)
+        plan = spec.recipe(self.config) if spec.shared and spec.recipe else self.plan
+        jid = style_id(spec.name, style, plan) if spec.unit == STYLE else \
+            item_id(style, payload["prompt"], payload["seed"], plan)
         return Job(id=jid, stage=spec.name, group=style, plan=self.plan,
                    payload={} if spec.unit == STYLE else dict(payload), after=tuple(after),
                    max_attempts=self.config.queue.max_attempts)
@@ -300,7 +307,8 @@ class Graph:
         """Whether `path` is the output of an earlier per-style job that has yet to run (a LoRA to be
         trained, or trained again): what is made from it now is not made from what this run makes."""
         for up in (self.spec(u) for u in spec.needs if self.spec(u).unit == STYLE):
-            job = self.job(up, task.style, {})
+            group = up.shared(self.config, Style(task.style, task.style_dir, ()))[0] if up.shared else task.style
+            job = self.job(up, group, {})
             up_task = self.task(job)
             if path in up.outputs(up_task) and not self._memoized(("ok", up.name, task.style),
                                                                   lambda: self.outputs_ok(up, up_task)):
@@ -336,33 +344,47 @@ class Graph:
         return combined(sorted((t.name or t.style, digest(t.made_by)) for t in tasks))
 
     # -- planning -------------------------------------------------------------------------------------
+    def units(self, spec: StageSpec, style: Style) -> Tuple[str, List[Tuple[Optional[str], dict]]]:
+        """The group a stage's jobs for `style` are filed under, and each job's (unit key, payload): one
+        per-style job, one per prompt, or the jobs a `shared` stage declares (other styles may share them)."""
+        if spec.shared is not None:
+            group, payloads = spec.shared(self.config, style)
+            return group, [(p.get("name"), p) for p in payloads]  # a per-style job's unit key is None
+        if spec.unit == STYLE:
+            return style.name, [(None, {})]
+        seed = self.config.producer.seed
+        return style.name, [(p.key, {"prompt": p.text, "name": p.name, "seed": seed}) for p in style.prompts]
+
     def nodes(self, styles: List[Style]) -> List[Node]:
-        """Every job the dataset asks of every stage, with its prerequisites, in stage order."""
+        """Every job the dataset asks of every stage, with its prerequisites, in stage order; a shared job
+        once, however many styles read it."""
         nodes = []
-        keys = {}  # (stage, style, prompt key or None) -> job key
+        keys = {}  # (stage, group, unit key or None) -> job key
         publisher = {}  # job key -> the key of the job whose completion publishes it
+        units = {(s.name, style.name): self.units(s, style) for s in self.specs for style in styles}
 
         def in_order(key):  # a published job is waited for after its publishers: queued by then
             return in_order(publisher[key]) + [key] if key in publisher else [key]
         for spec in self.specs:
             for style in styles:
-                units = [None] if spec.unit == STYLE else list(style.prompts)
-                for prompt in units:
-                    payload = {} if prompt is None else {"prompt": prompt.text, "name": prompt.name,
-                                                         "seed": self.config.producer.seed}
+                group, jobs = units[(spec.name, style.name)]
+                for unit, payload in jobs:
+                    if (spec.name, group, unit) in keys:
+                        continue  # shared with an earlier style
                     needs, published_by = [], None
                     for up in spec.needs:
                         upstream = self.spec(up)
+                        up_group, up_jobs = units[(up, style.name)]
                         if upstream.unit == spec.unit:
-                            published_by = keys[(up, style.name, prompt.key if prompt else None)]
+                            published_by = keys[(up, up_group, unit)]
                             needs.append(published_by)
                         elif upstream.unit == STYLE:
-                            needs.append(keys[(up, style.name, None)])
+                            needs.append(keys[(up, up_group, None)])
                         else:  # a per-style stage reading a per-prompt one waits for all its prompts
-                            for p in style.prompts:
-                                needs += [k for k in in_order(keys[(up, style.name, p.key)]) if k not in needs]
-                    job = self.job(spec, style.name, payload)
-                    keys[(spec.name, style.name, prompt.key if prompt else None)] = job.key
+                            for up_unit, _ in up_jobs:
+                                needs += [k for k in in_order(keys[(up, up_group, up_unit)]) if k not in needs]
+                    job = self.job(spec, group, payload)
+                    keys[(spec.name, group, unit)] = job.key
                     if published_by is not None:
                         publisher[job.key] = published_by
                     nodes.append(Node(job, tuple(needs), published_by))
@@ -392,10 +414,10 @@ class Graph:
 
 # -- the jstyleid stages ------------------------------------------------------------------------------
 def lora_target(config: RunConfig, style: str) -> Path:
-    """The style's LoRA file: the existing one the gen stage will read, else where training writes it."""
-    from common.style_files import lora_path
-    lora = config.lora
-    return lora_path(config, style) or Path(lora.dir) / lora.subdir.format(style=style) / lora.names[0]
+    """The style's LoRA file: the existing one the gen stage will read, else where training writes it (with
+    train.pack, the packed LoRA for every style)."""
+    from common.style_files import lora_folder, lora_path
+    return lora_path(config, style) or lora_folder(config, style) / config.lora.names[0]
 
 
 def _where(config: RunConfig) -> str:
@@ -531,6 +553,18 @@ def lora_files(graph: Graph, task: Task) -> Dict[str, Path]:
     return {"lora_file": lora_target(graph.config, task.style)}
 
 
+def class_image_file(graph: Graph, task: Task) -> Dict[str, Path]:
+    """The prior stage's output: one class image, LORA_DIR/prior/GROUP/NNNN.png (common/prior.py)."""
+    from common.prior import class_folder
+    return {"class_image": class_folder(graph.config, task.style) / f"{task.name}.png"}
+
+
+def class_images_of(graph: Graph, task: Task) -> Dict[str, Path]:
+    """The folder of the class images a style trains beside (prior preservation)."""
+    from common.prior import class_folder, class_group, class_prompt
+    return {"class_images": class_folder(graph.config, class_group(class_prompt(graph.config, task.style)))}
+
+
 def content_files(graph: Graph, task: Task) -> Dict[str, Path]:
     """Generation's outputs: OUTPUT/STYLE/content/NAME.png and its final latent, a hand-off in the queue."""
     return {"content_png": graph.output / task.style / "content" / f"{task.name}.png",
@@ -580,20 +614,34 @@ def _style_inputs(config: RunConfig, task: Task) -> Tuple[Path, ...]:
 
 
 def jstyleid_specs(config: RunConfig) -> List[StageSpec]:
-    """train (when LoRAs are trained here) -> gen -> sty -> score (when its files are found), as the config
-    asks."""
+    """prior (class images, with train.prior) -> train (when LoRAs are trained here) -> gen -> sty -> score
+    (when its files are found), as the config asks."""
+    from common.pack import pack_job, pack_styles
+    from common.prior import class_jobs
     from common.provenance import png_state
+    dataset = Path(config.dataset).resolve()
     st = config.stages
     training, use_lora = config.lora.missing == "train", config.consumer.use_lora
+    prior = training and config.train.prior is not None
     specs = []
+    if prior:  # one job per class image of each distinct class prompt, shared by its styles
+        specs.append(StageSpec(
+            name="prior", unit=PROMPT, impl=st.prior, verb="make as class images", files=class_image_file,
+            outputs=lambda t: {t.files["class_image"]: png_state}, batch=config.producer.batch, cost=st.prior_cost,
+            sharded=True, checks=(check_model,), recipe=RunConfig.class_image_hash, shared=class_jobs))
     if training:
         trained = lora_check(Identities())
+        # with train.pack: one job over every style's images (common/pack.py), its record naming each folder
+        images_of = (lambda t: {f"images {name}": dataset / name / "images" for name in pack_styles(dataset)}) \
+            if config.train.pack else (lambda t: {"images": t.style_dir / "images"})
         specs.append(StageSpec(
-            name="train", unit=STYLE, impl=st.train, verb="train", cost=st.train_cost, files=lora_files,
+            name="train", unit=STYLE, impl=st.train, verb="train", needs=("prior",) if prior else (),
+            cost=st.train_cost, files=lambda g, t: {**lora_files(g, t), **(class_images_of(g, t) if prior else {})},
             outputs=lambda t: {t.files["lora_file"]: trained}, scratch=lambda t: (t.scratch_dir,),
-            checks=(check_model,), progress_unit="step", inputs=lambda t: (t.style_dir / "images",),
-            steps=config.train.steps, progress=scratch_progress, made_of=lambda t: {"images": t.style_dir / "images"},
-            recipe=RunConfig.train_hash))
+            checks=(check_model,), style_checks=(check_captions,), progress_unit="step",
+            inputs=lambda t: tuple(images_of(t).values()), steps=config.train.steps, progress=scratch_progress,
+            made_of=lambda t: {**images_of(t), **({"class images": t.files["class_images"]} if prior else {})},
+            recipe=RunConfig.train_hash, shared=pack_job if config.train.pack else None))
     specs.append(StageSpec(
         name="gen", unit=PROMPT, impl=st.gen, verb="generate", needs=("train",) if training else (),
         files=lambda g, t: {**lora_files(g, t), **content_files(g, t)},

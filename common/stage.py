@@ -16,7 +16,7 @@ class Task:
     "output_png", ...), derived from the config by the stage graph (common/graph.py), never read from a
     job file."""
     id: str  # deterministic: hash of what the job produces and the config's pixel hash
-    style: str  # the style folder's name, e.g. "00"
+    style: str  # the style folder's name, e.g. "00" (a shared job's group: the prior stage's class set)
     prompt: Optional[str]  # as written in prompt.json (None for a per-style task)
     name: Optional[str]  # the prompt as a safe, unique file name, without .png (None for a per-style task)
     seed: int

@@ -1,4 +1,5 @@
-"""Where a style's files are: its reference image (for StyleID) and its DreamBooth LoRA (config.lora).
+"""Where a style's files are: its training images, its reference image (for StyleID) and its DreamBooth
+LoRA (config.lora).
 
 Jittor-free, so the launcher can check a dataset before any worker loads a model: a missing file is then a
 one-line error at launch, not a job that fails max_attempts times.
@@ -9,6 +10,17 @@ from typing import Optional
 from common.config import RunConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def training_images(style_dir) -> list:
+    """STYLE/images/* with an image suffix, sorted; a one-line error when there are none."""
+    folder = Path(style_dir) / "images"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder; a style folder must hold images/ with its training images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no training images ({', '.join(IMAGE_SUFFIXES)}); add some or fix the path")
+    return files
 
 
 def style_image_path(style_dir, name: Optional[str] = None) -> Path:
@@ -28,7 +40,11 @@ def style_image_path(style_dir, name: Optional[str] = None) -> Path:
 
 
 def lora_folder(config: RunConfig, style: str) -> Path:
-    """lora.dir / lora.subdir with the style's name filled in."""
+    """lora.dir / lora.subdir with the style's name filled in; with `train.pack` every style's is the one
+    packed LoRA's folder, lora.dir / pack (common/pack.py)."""
+    if config.train.pack:
+        from common.pack import PACK_DIR
+        return Path(config.lora.dir) / PACK_DIR
     return Path(config.lora.dir) / config.lora.subdir.format(style=style)
 
 

@@ -123,3 +123,31 @@ def test_the_demo_killed_during_training_and_after_the_first_image_completes_eve
         assert (lora / "pytorch_lora_weights.bin").is_file() and png_is_complete(lora / "loss_curve.png")
     assert not list(out.rglob(".*.tmp")), "a temporary file was left behind"
     assert not list((queue_dir / "scratch" / "train").glob("*/*")), "a training checkpoint was left behind"
+
+
+def test_the_demo_with_the_strong_recipe_runs_train_gen_sty_to_every_output(tmp_path):
+    """configs/recipes/strong.yaml's train: section (a few steps) on the demo's data, a caption beside one
+    image, sty applying the LoRA too: every output lands, and each LoRA carries text-encoder and conv keys
+    that the gen and sty stages merged (their launch checks parsed them)."""
+    import yaml
+    from common.sd.weights import read_weights
+    settings = yaml.safe_load(Path(prepare_demo(tmp_path)).read_text())
+    strong = yaml.safe_load((ROOT / "configs" / "recipes" / "strong.yaml").read_text())["train"]
+    settings["train"] = {**strong, "steps": 4, "checkpoint_every": 2, "log_every": 2, "rank": 4,
+                         "text_encoder": {"rank": 4}}
+    settings["consumer"]["use_lora"] = True
+    path = tmp_path / "strong.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    (Path(settings["dataset"]) / "00" / "images" / "00.txt").write_text("red stripes", encoding="utf-8")
+    run = subprocess.run([sys.executable, "launch.py", "--config", str(path), "--gpus", "cpu"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    config = load_config(path)
+    for style in PROMPTS:
+        source = Path(config.dataset) / style / "prompt.json"
+        for name in prompt_names(json.loads(source.read_text()), str(source)).values():
+            assert png_is_complete(Path(config.output) / style / f"{name}.png"), (style, name)
+        keys = read_weights(Path(config.lora.dir) / f"style_{style}" / "pytorch_lora_weights.bin")
+        assert any(k.startswith("text_encoder.") for k in keys) and any(".conv1.lora_A" in k for k in keys)
+    logs = "".join(p.read_text() for p in (Path(config.queue_dir) / "logs").glob("*.log"))
+    assert "2 captioned prompts" in logs

@@ -199,3 +199,16 @@ def test_a_broken_style_image_is_refused_at_launch(tmp_path, capsys, tiny_model_
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
     breakage(image)
     _launch_fails(capsys, path, str(image), needle)
+
+
+@pytest.mark.parametrize("caption, needle", [
+    ("caf\xe9".encode("latin-1"), "ref.txt: the caption is not UTF-8"),
+    (" ".join(["fox"] * 80).encode(), "ref.png: its training prompt"),
+], ids=["not-utf8", "too-long"])
+def test_a_bad_caption_is_refused_at_launch(tmp_path, capsys, tiny_model_files, caption, needle):
+    path = write_config(tmp_path, stages={"graph": "common.graph:default_graph"}, model={"path": str(tiny_model_files)},
+                        lora={"missing": "train", "dir": str(tmp_path / "loras")},
+                        train={"prompt": "{caption} in style_{style}"})
+    (tmp_path / "data" / "01" / "images" / "ref.txt").write_bytes(caption)
+    _launch_fails(capsys, path, str(tmp_path / "data" / "01" / "images"), needle)
+    assert not (tmp_path / "q").exists()

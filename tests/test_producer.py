@@ -183,3 +183,21 @@ def test_a_lora_of_nans_fails_the_task_naming_it_and_writes_nothing(tiny, tmp_pa
     assert "\n" not in message and "NaN/inf" in message and str(path) in message
     assert "style 00, prompt 'Dolphin'" in message and "style 00, prompt 'Lighthouse'" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_class_images_are_the_base_models_whatever_lora_the_process_merged(tiny, tmp_path):
+    """The prior stage (prior preservation's class images) samples as generation does, without a LoRA,
+    and writes its record into the PNG."""
+    from common.provenance import png_made_by
+    from producer.generate import generate, image_seed
+    from producer.prior_stage import PriorStage
+    stage = PriorStage(make_config(tiny), "cpu")
+    group, prompt = "a painting~0", "a painting"
+    stage.sd.set_lora(None)
+    _, base = generate(stage.sd, [prompt], [image_seed(5, group, prompt)], size=128, steps=STEPS)
+    stage.sd.set_lora(tiny / "loras" / "style_00" / "pytorch_lora_weights.safetensors")  # as a gen batch leaves it
+    task = Task(id="c5", style=group, prompt=prompt, name="0005", seed=5, style_dir=tmp_path,
+                files={"class_image": tmp_path / "prior" / "0005.png"}, made_by=b'{"plan":"x"}')
+    stage.run([task], lambda phase: None)
+    assert np.array_equal(base[0].astype(np.int16), pixels(task.files["class_image"]))
+    assert png_made_by(task.files["class_image"]) == task.made_by

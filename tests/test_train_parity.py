@@ -1,16 +1,18 @@
-"""LoRA training steps equal diffusers + peft on PyTorch (golden from tests/golden/make_train.py): the loss,
-every LoRA gradient and the LoRA after 3 AdamW steps, for v-prediction and epsilon; a LoRA file we write
-reads back in diffusers and in our loader with the same UNet output."""
+"""LoRA training steps equal diffusers + peft on PyTorch (goldens from tests/golden/make_train.py and
+make_train_recipes.py): the loss, every LoRA gradient and the LoRA after 3 AdamW steps, for v-prediction
+and epsilon, JDiffusion's recipe and each option of docs/training.md; a LoRA file we write (also with
+text-encoder and conv keys) reads back in diffusers and in our loader with the same text embeddings and
+UNet output."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from common.config import TrainConfig
+from common.config import UNET_TARGETS, PriorConfig, TextEncoderLoraConfig, TrainConfig
 from common.devkit.tiny_weights import tiny_param
 from common.jittor_env import load_jittor
 from common.sd.lora import LoraMerger, LoraSet
-from common.sd.lora_layers import UNetLora
+from common.sd.lora_layers import TARGETS, TEXT_TARGETS, Lora, lora_half
 from common.sd.pipeline import StableDiffusion
 from common.sd.weights import read_weights
 from producer.train_data import Draw
@@ -57,7 +59,8 @@ def prepared(sd):
 
 def fresh(sd, prepared, prediction_type):
     trainer = LoraTrainer(sd, TrainConfig(), np.random.default_rng(0), style="00")
-    trainer.mean, trainer.std, trainer.context = prepared.mean, prepared.std, prepared.context
+    for name in ("mean", "std", "context", "ids", "prompt_index"):
+        setattr(trainer, name, getattr(prepared, name))
     trainer.prediction_type = prediction_type
     zeros = {k: np.zeros(s, np.float32) for k, s in zip(KEYS, SHAPES)}
     trainer.restore({"lora": unflatten(GOLDEN["init"]), "m": zeros, "v": dict(zeros), "step": 0})
@@ -149,12 +152,144 @@ def test_written_lora_reads_back_in_diffusers_and_ours(sd, tmp_path):
         merger.apply(LoraSet.read(path, sd.unet), 1.0)  # the producer's loader, merged into the weights
         merged = sd.unet(x, t, cond).numpy()
         merger.remove()
-        lora = UNetLora(sd.unet, read_weights(path))  # the trainer's separate low-rank path
+        lora = Lora({"unet": sd.unet}, {"unet": TARGETS}, read_weights(path))  # the trainer's low-rank path
         lora.attach()
         separate = sd.unet(x, t, cond).numpy()
         lora.detach()
     with pytest.raises(ValueError, match="1 keys missing"):
-        UNetLora(sd.unet, {k: v for k, v in state.items() if k != KEYS[-1]})
+        Lora({"unet": sd.unet}, {"unet": TARGETS}, {k: v for k, v in state.items() if k != KEYS[-1]})
     assert rel(base, GOLDEN["file_base"]) <= TOL
     assert rel(merged, GOLDEN["file_out"]) <= TOL
     assert rel(separate, GOLDEN["file_out"]) <= TOL
+
+
+# ---------------------------------------------------------------- the recipe options (docs/training.md)
+
+RECIPES = {name: np.load(Path(__file__).parent / "golden" / f"train_recipes_{name}.npz")
+           for name in ("te", "targets", "knobs", "file")}
+SETTINGS = {  # the train: settings each golden scenario stands for (tests/golden/make_train_recipes.py)
+    "te": dict(text_encoder=TextEncoderLoraConfig(rank=2, lr=5e-5), lr_ratio_b=16.0),
+    "targets": dict(targets=UNET_TARGETS, rank=2, alpha=4.0, lr_scheduler="constant_with_warmup", lr_warmup_steps=2),
+    "knobs": dict(batch_size=2, gradient_accumulation=2, lr_scheduler="cosine", lr_warmup_steps=1, snr_gamma=5.0,
+                  noise_offset=0.1),
+}
+
+
+def recipe_draws(golden, step):
+    return [Draw(int(i), p, n, int(t), o) for i, p, n, t, o in zip(
+        golden["image"][step], golden["posterior_noise"][step], golden["noise"][step], golden["timestep"][step],
+        golden["offset"][step])]
+
+
+@pytest.mark.parametrize("name, prediction_type", [("te", "v_prediction"), ("targets", "v_prediction"),
+                                                   ("knobs", "v_prediction"), ("knobs", "epsilon")])
+def test_recipe_options_train_as_diffusers_and_peft(sd, name, prediction_type):
+    golden = RECIPES[name]
+    keys = [str(k) for k in golden["keys"]]
+    train = TrainConfig(steps=3, **SETTINGS[name])
+    trainer = LoraTrainer(sd, train, np.random.default_rng(int(golden["init_seed"])), style="00")
+    assert trainer.lora.keys == keys  # the modules peft picks, under the names diffusers saves
+    assert [",".join(map(str, p.shape)) for p in trainer.lora.params] == [str(s) for s in golden["shapes"]]
+    trainer.set_data(golden["images"], [str(p) for p in golden["prompts"]])
+    trainer.prediction_type = prediction_type
+    grad_steps = [int(s) for s in golden["grad_steps"]]
+    trainer.lora.attach()
+    try:
+        for s in range(3):
+            loss = trainer.step(recipe_draws(golden, s))
+            expected = golden[f"{prediction_type}/loss"][s]
+            assert abs(loss - expected) <= TOL * abs(expected), f"step {s + 1} loss {loss} vs {expected}"
+            if s in grad_steps:
+                grads = trainer.gradients()
+                got = np.concatenate([grads[k].ravel() for k in keys])
+                assert rel(got, golden[f"{prediction_type}/grads"][grad_steps.index(s)]) <= TOL, f"step {s + 1}"
+    finally:
+        trainer.lora.detach()
+    state = trainer.lora.state()
+    weights, expected = np.concatenate([state[k].ravel() for k in keys]), golden[f"{prediction_type}/weights"]
+    assert rel(weights, expected) <= TOL
+    up = np.concatenate([np.full(state[k].size, lora_half(k) == "up") for k in keys])
+    g1 = np.abs(golden[f"{prediction_type}/grads"][0])
+    clear = up & (g1 >= 1e-2 * g1.max())  # B entries with a clear first gradient (see the test above)
+    assert clear.sum() >= 0.1 * up.sum()
+    assert rel(weights[clear], expected[clear]) <= TOL
+    if name == "te":  # the text encoder's LoRA trained, and LoRA+ moved B further than A
+        assert any(k.startswith("text_encoder.") and lora_half(k) == "up" and np.abs(state[k]).max() > 0
+                   for k in keys)
+
+
+def test_lora_file_with_text_encoder_and_conv_keys_reads_as_in_diffusers(sd, tiny_model_dir, tmp_path):
+    from common.model_check import check_lora_file, inspect_model
+    golden = RECIPES["file"]
+    keys, seed = [str(k) for k in golden["keys"]], int(golden["seed"])
+    shapes = [tuple(int(n) for n in str(s).split(",")) for s in golden["shapes"]]
+    state = {k: tiny_param(k, s, seed) for k, s in zip(keys, shapes)}
+    path = write_lora(state, tmp_path / "pytorch_lora_weights.bin", fsync=False)
+    check_lora_file(path, inspect_model(tiny_model_dir))  # the launch check parses it
+    x, ids = jt.array(golden["x"]), golden["ids"].astype(np.int32)
+
+    def outputs():
+        with jt.no_grad():
+            context = sd.text_encoder(jt.array(ids))
+            return context.numpy(), sd.unet(x, 500, context).numpy()
+
+    base_context, base = outputs()
+    sd.set_lora(path)  # what the gen stage (and sty with consumer.use_lora) does: merged into both models
+    try:
+        context, out = outputs()
+    finally:
+        sd.set_lora(None)
+    lora = Lora({"unet": sd.unet, "text_encoder": sd.text_encoder},
+                {"unet": UNET_TARGETS, "text_encoder": TEXT_TARGETS}, read_weights(path))
+    lora.attach()  # the trainer's separate low-rank path
+    try:
+        separate_context, separate = outputs()
+    finally:
+        lora.detach()
+    assert rel(base_context, golden["base_context"]) <= TOL and rel(base, golden["base"]) <= TOL
+    for got_context, got in ((context, out), (separate_context, separate)):
+        assert rel(got_context, golden["context"]) <= TOL
+        assert rel(got, golden["out"]) <= TOL
+    assert np.array_equal(outputs()[1], base)  # both ways leave the base model as it was
+
+
+# ---------------------------------------------------------------- prior preservation (docs/training.md)
+
+def prior_draws(golden, half: str, step: int) -> list:
+    return [Draw(int(i), p, n, int(t)) for i, p, n, t in zip(
+        golden[f"{half}/image"][step], golden[f"{half}/posterior_noise"][step], golden[f"{half}/noise"][step],
+        golden[f"{half}/timestep"][step])]
+
+
+def test_prior_preservation_trains_as_diffusers_and_peft(sd):
+    """Instance and class examples in one batch, the prediction chunked in two, loss = instance +
+    weight x class (tests/golden/make_train_prior.py), with gradient accumulation."""
+    golden = np.load(Path(__file__).parent / "golden" / "train_prior.npz")
+    keys = [str(k) for k in golden["keys"]]
+    prior = PriorConfig(prompt=str(golden["class_prompt"]), images=len(golden["class_images"]),
+                        weight=float(golden["prior_weight"]))
+    train = TrainConfig(steps=3, gradient_accumulation=int(golden["gradient_accumulation"]), prior=prior)
+    trainer = LoraTrainer(sd, train, np.random.default_rng(int(golden["init_seed"])), style="00")
+    assert trainer.lora.keys == keys
+    trainer.set_data(golden["images"], str(golden["instance_prompt"]), class_images=golden["class_images"],
+                     class_prompt=prior.prompt)
+    trainer.prediction_type = "v_prediction"
+    trainer.lora.attach()
+    try:
+        for s in range(3):
+            loss = trainer.step(prior_draws(golden, "instance", s), prior_draws(golden, "prior", s))
+            expected = golden["v_prediction/loss"][s]
+            assert abs(loss - expected) <= TOL * abs(expected), f"step {s + 1} loss {loss} vs {expected}"
+            grads = trainer.gradients()
+            got = np.concatenate([grads[k].ravel() for k in keys])
+            assert rel(got, golden["v_prediction/grads"][s]) <= TOL, f"step {s + 1} gradients"
+    finally:
+        trainer.lora.detach()
+    state = trainer.lora.state()
+    weights, expected = np.concatenate([state[k].ravel() for k in keys]), golden["v_prediction/weights"]
+    assert rel(weights, expected) <= TOL
+    up = np.concatenate([np.full(state[k].size, lora_half(k) == "up") for k in keys])
+    g1 = np.abs(golden["v_prediction/grads"][0])
+    clear = up & (g1 >= 1e-2 * g1.max())  # B entries with a clear first gradient (see the first test)
+    assert clear.sum() >= 0.1 * up.sum()
+    assert rel(weights[clear], expected[clear]) <= TOL

@@ -3,7 +3,9 @@
 `graph` (config `stages.graph: common.devkit.fake_stage:graph`) is jstyleid's stage graph with these
 stand-ins and without the launch checks that need a model.
 
-FakeTrain writes a LoRA file naming its style after FAKE_TRAIN_STEPS beats (its progress.json says the
+FakePrior writes a tiny class image derived from its task id; FakeTrain refuses to run before its style's
+class images are all there (with train.prior), then writes a LoRA file naming its style after
+FAKE_TRAIN_STEPS beats (its progress.json says the
 step, and a killed job resumes from it, as the real trainer resumes from its checkpoint); FakeGen refuses
 to run before its style's LoRA exists when LoRAs are trained here, then writes a tiny content PNG and a
 latent derived from the task id; FakeSty reads the latent and writes the stylized PNG, so a lost or
@@ -29,6 +31,7 @@ from common.atomic import write_bytes, write_npy
 from common.graph import Graph, jstyleid_specs, without_checks
 from common.identity import Identities
 from common.jobqueue import crash
+from common.prior import class_images
 from common.provenance import place_lora, prepare_lora, write_png as write_result
 
 SIZE = 8
@@ -72,15 +75,32 @@ def _faults(task, beat):
             time.sleep(3600)
 
 
+class FakePrior:
+    kind = "prior"
+
+    def __init__(self, config, device: str):
+        self.device, self.fsync = device, config.queue.fsync
+
+    def run(self, tasks, beat):
+        for task in tasks:
+            beat("working")
+            _pause(task.id)
+            write_result(task.files["class_image"], fake_content(fake_latent(task.id)), task.made_by, fsync=self.fsync)
+            crash.point("after_output")
+
+
 class FakeTrain:
     kind = "train"
 
     def __init__(self, config, device: str):
         self.device, self.fsync = device, config.queue.fsync
         self.recipe, self.identities = config.train_hash(), Identities()
+        self.prior = config.train.prior
 
     def run(self, tasks, beat):
         for task in tasks:
+            if self.prior is not None:  # a one-line error when the class images are not all there
+                class_images(task.files["class_images"], self.prior.images)
             todo, old = prepare_lora(task.files["lora_file"], task.made_by, self.identities.of, fsync=self.fsync)
             if todo != "train":
                 print(f"train style {task.style}: {task.files['lora_file']} {todo}", flush=True)
@@ -148,8 +168,8 @@ class NoDevice:
         raise DeviceError(f"no usable device for {device}")
 
 
-FAKES = {"train": "common.devkit.fake_stage:FakeTrain", "gen": "common.devkit.fake_stage:FakeGen",
-         "sty": "common.devkit.fake_stage:FakeSty"}
+FAKES = {"prior": "common.devkit.fake_stage:FakePrior", "train": "common.devkit.fake_stage:FakeTrain",
+         "gen": "common.devkit.fake_stage:FakeGen", "sty": "common.devkit.fake_stage:FakeSty"}
 
 
 def _fake_specs(config, impls: dict):

@@ -1,9 +1,12 @@
-"""LoRA: read every common key format into one form, merge into Linear weights, swap and remove exactly.
+"""LoRA: read every common key format into one form, merge into Linear and Conv2d weights, swap and
+remove exactly.
 
 A LoRA file (JDiffusion: `pytorch_lora_weights.bin`, diffusers: `.safetensors`) holds, per Linear module,
-`down` (r, in) and `up` (out, r) and maybe `alpha`. Merging W ← W + s·(α/r)·(up @ down) in fp32 equals
-diffusers' `load_lora_weights` + `fuse_lora`. The original weights of touched modules are kept, so
-removing or swapping a LoRA restores them bit for bit without reading the base model again.
+`down` (r, in) and `up` (out, r) and maybe `alpha`; per Conv2d module (peft's conv LoRA) `down`
+(r, in, kh, kw) and `up` (out, r, 1, 1). Merging W ← W + s·(α/r)·(up @ down) in fp32 (for a conv, over
+the flattened kernels) equals diffusers' `load_lora_weights` + `fuse_lora`. The original weights of
+touched modules are kept, so removing or swapping a LoRA restores them bit for bit without reading the
+base model again.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,18 +38,20 @@ class LoraError(ValueError):
 class LoraLayer:
     model: str          # "unet" | "text_encoder"
     module: str         # our module path, e.g. down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q
-    down: np.ndarray    # (r, in) float32
-    up: np.ndarray      # (out, r) float32
+    down: np.ndarray    # (r, in) float32; a conv's (r, in, kh, kw)
+    up: np.ndarray      # (out, r) float32; a conv's (out, r, 1, 1)
     alpha: float        # α; ΔW = s·(α/r)·(up @ down)
 
     def delta(self, scale: float) -> np.ndarray:
-        return (scale * self.alpha / self.down.shape[0]) * (self.up.astype(np.float32) @ self.down.astype(np.float32))
+        r = self.down.shape[0]
+        product = self.up.reshape(-1, r).astype(np.float32) @ self.down.reshape(r, -1).astype(np.float32)
+        return (scale * self.alpha / r) * product.reshape((self.up.shape[0],) + self.down.shape[1:])
 
 
 def _linear_weights(model) -> dict:
-    """{module path: weight Var} of the model's 2-D weights (its Linear layers)."""
+    """{module path: weight Var} of the model's Linear (2-D) and Conv2d (4-D) weights."""
     return {k[:-len(".weight")]: v for k, v in model.state_dict().items()
-            if k.endswith(".weight") and len(v.shape) == 2}
+            if k.endswith(".weight") and len(v.shape) in (2, 4)}
 
 
 def _split_key(key: str, kohya_names: dict):
@@ -110,11 +115,11 @@ class LoraSet:
                 raise LoraError(f"{path}: key {key!r} has no matching {'up' if 'down' in got else 'down'} "
                                 "half; the file is incomplete: save the LoRA again")
             (key, down), (_, up) = got["down"], got["up"]
-            out_features, in_features = weights[model][module].shape
-            if down.ndim != 2 or up.ndim != 2 or down.shape[1] != in_features or up.shape[0] != out_features \
-                    or up.shape[1] != down.shape[0]:
+            shape = tuple(weights[model][module].shape)  # (out, in) or a conv's (out, in, kh, kw)
+            if down.ndim != len(shape) or down.shape[1:] != shape[1:] or up.shape[:2] != (shape[0], down.shape[0]) \
+                    or up.shape[2:] != (1,) * (len(shape) - 2):
                 raise LoraError(f"{path}: key {key!r}: down {down.shape} / up {up.shape} do not fit {module} "
-                                f"({out_features}x{in_features}); the LoRA was trained for another model")
+                                f"({'x'.join(map(str, shape))}); the LoRA was trained for another model")
             alpha = float(got["alpha"][1]) if "alpha" in got else float(down.shape[0])
             layers.append(LoraLayer(model, module, down, up, alpha))
         if not layers:
@@ -123,7 +128,7 @@ class LoraSet:
 
 
 class LoraMerger:
-    """Merges one LoRA at a time into the models' Linear weights; keeps originals for an exact undo."""
+    """Merges one LoRA at a time into the models' Linear and Conv2d weights; keeps originals for an exact undo."""
 
     def __init__(self, unet, text_encoder=None):
         self.models = {"unet": unet, "text_encoder": text_encoder}
