@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict
 
-from common.sd.architecture import COMPONENTS, Shapes, shapes
+from common.sd.architecture import COMPONENTS, Shapes, declared_shapes
 from common.sd.configs import text_encoder_key, vae_key
 from common.sd.model_folder import ModelFolderError, component_files, resolve_model_folder, scheduler_config
 from common.sd.model_source import ModelOptions, open_model, options_of
@@ -71,7 +71,7 @@ def _inspect_folder(folder: Path, _stamp) -> Dict[str, Shapes]:
             raise ModelCheckError(f"{config_path}: not a {component} config (a JSON object naming its class in "
                                   "_class_name or architectures); download the model again") from None
         try:
-            expected = shapes(declare(config))
+            expected = declared_shapes(declare(config))
         except (ValueError, TypeError, KeyError) as e:
             raise ModelCheckError(f"{config_path}: {component} config: {' '.join(str(e).split())}; use a Stable "
                                   "Diffusion 1.x or 2.x model folder") from None
@@ -140,7 +140,7 @@ def _inspect_single_file(file: Path, options: ModelOptions, _stamp) -> Dict[str,
         shapes = {}
         for component, declare in COMPONENTS.items():
             try:
-                expected = shapes(declare(source.config(component)))
+                expected = declared_shapes(declare(source.config(component)))
             except (ValueError, TypeError, KeyError) as e:
                 raise ModelCheckError(f"{source.config_path(component)}: {component} config: {' '.join(str(e).split())}; "
                                       "set model.config to the diffusers folder this checkpoint belongs to") from None

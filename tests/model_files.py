@@ -9,7 +9,7 @@ from pathlib import Path
 from safetensors.numpy import save_file
 
 from common.devkit import tiny_model, tiny_weights
-from common.sd.architecture import shapes as declared_shapes, text_encoder, unet, vae
+from common.sd.architecture import declared_shapes, text_encoder, unet, vae
 
 
 def shapes(family: str = "sd21") -> dict:

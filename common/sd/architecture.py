@@ -3,7 +3,7 @@
 A declaration is a tree: each `Block` names the module class that runs it, its children by attribute name
 (a `Layer`: a Linear, conv, norm or embedding with its parameters' shapes; a sub-block; a list, i.e. a
 ModuleList; None) and the settings its forward pass reads. `common.sd.layers.build` makes the Jittor
-modules from it; `shapes` reads the parameter names and shapes off it without Jittor, for the launch check
+modules from it; `declared_shapes` reads the parameter names and shapes off it without Jittor, for the launch check
 (common/model_check.py, docs/inputs.md §3). A config the modules cannot build is refused here, in one
 ValueError, for both. Names are diffusers' / transformers' state-dict keys.
 """
@@ -31,14 +31,14 @@ def block(kind: str, children: dict, **settings) -> Block:
     return Block(kind, children, settings)
 
 
-def shapes(node, prefix: str = "") -> Shapes:
+def declared_shapes(node, prefix: str = "") -> Shapes:
     """{parameter: shape} of a declaration, named as the built module's state_dict() names them."""
     if isinstance(node, Layer):
         return {prefix + name: shape for name, shape in node.params.items()}
     out = {}
     for name, child in enumerate(node) if isinstance(node, list) else node.children.items():
         if child is not None:
-            out.update(shapes(child, f"{prefix}{name}."))
+            out.update(declared_shapes(child, f"{prefix}{name}."))
     return out
 
 
