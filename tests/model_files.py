@@ -1,21 +1,21 @@
 """The tiny model folder of `common.devkit.tiny_model`, written without Jittor, for tests of the launch checks.
 
-The devkit writes the tiny model over the shapes of our Jittor modules; here the shapes come from
-`common.model_check`, which tests/test_model_check.py proves equal to the modules', so the files are the
-same and a test of the launcher's checks needs no Jittor import.
+The devkit writes the tiny model over the shapes of our Jittor modules; here the shapes come from the
+declarations those modules are built from (`common.sd.architecture`; tests/test_model_check.py shows them
+equal), so the files are the same and a test of the launcher's checks needs no Jittor import.
 """
 from pathlib import Path
 
 from safetensors.numpy import save_file
 
 from common.devkit import tiny_model, tiny_weights
-from common.model_check import text_encoder_params, unet_params, vae_params
+from common.sd.architecture import declared_shapes, text_encoder, unet, vae
 
 
 def shapes(family: str = "sd21") -> dict:
     configs = tiny_model.FAMILIES[family]
-    return {"unet": unet_params(configs["unet"]), "vae": vae_params(tiny_weights.VAE),
-            "text_encoder": text_encoder_params(configs["text_encoder"])}
+    return {"unet": declared_shapes(unet(configs["unet"])), "vae": declared_shapes(vae(tiny_weights.VAE)),
+            "text_encoder": declared_shapes(text_encoder(configs["text_encoder"]))}
 
 
 def write_model(folder: Path, lora_styles=(), family: str = "sd21") -> Path:

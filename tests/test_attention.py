@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from common.jittor_env import load_jittor
-from common.sd.attention import Attention, AttnProcessor, _attention_generic, attention, fused_cpu_available
+from common.sd import architecture
+from common.sd.attention import AttnProcessor, _attention_generic, attention, fused_cpu_available
+from common.sd.layers import build
 
 jt = load_jittor()
 HEADS, C = 2, 16
@@ -75,7 +77,7 @@ def test_bad_shapes_raise():
 
 
 def test_attention_module_keys_and_processor_hook():
-    attn = Attention(C, cross_attention_dim=8, heads=HEADS, dim_head=C // HEADS)
+    attn = build(architecture.attention(C, 8, HEADS, C // HEADS))
     assert sorted(attn.state_dict()) == ["to_k.weight", "to_out.0.bias", "to_out.0.weight", "to_q.weight",
                                          "to_v.weight"]
     assert tuple(attn.to_k.weight.shape) == (C, 8)

@@ -1,6 +1,6 @@
 """Model files, LoRAs and style images are checked at launch (docs/inputs.md): without Jittor, from configs
-and headers, in one line naming the file and exit code 2. The Jittor-free rules of common/model_check.py
-are first shown equal to the modules they mirror."""
+and headers, in one line naming the file and exit code 2. The parameters the check expects are read off
+common/sd/architecture.py's declarations, from which the Jittor modules are built: first shown equal."""
 import json
 import os
 import shutil
@@ -11,8 +11,8 @@ from PIL import Image
 
 import launch
 from common.devkit import sd21_configs, tiny_weights
-from common.model_check import (ModelCheckError, inspect_model, text_encoder_params, unet_params,
-                                vae_params)
+from common.model_check import ModelCheckError, inspect_model
+from common.sd.architecture import declared_shapes, text_encoder, unet, vae
 from queue_fixtures import REPO, write_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -23,16 +23,17 @@ def _module_shapes(cls, config):
 
 
 @pytest.mark.parametrize("family", ["tiny-sd21", "tiny-sd1", "sd21"])
-def test_the_jittor_free_parameter_rules_equal_the_modules(family):
+def test_the_declared_parameters_equal_the_built_modules(family):
     from common.sd.clip import CLIPTextModel
     from common.sd.unet import UNet2DConditionModel
     from common.sd.vae import AutoencoderKL
-    unet, vae, text = {"tiny-sd21": (tiny_weights.UNET, tiny_weights.VAE, tiny_weights.TEXT_ENCODER),
+    unet_cfg, vae_cfg, text_cfg = {"tiny-sd21": (tiny_weights.UNET, tiny_weights.VAE, tiny_weights.TEXT_ENCODER),
                        "tiny-sd1": (tiny_weights.UNET_SD1, tiny_weights.VAE, tiny_weights.TEXT_ENCODER_SD1),
                        "sd21": (sd21_configs.UNET, sd21_configs.VAE, sd21_configs.TEXT_ENCODER)}[family]
-    assert unet_params(unet) == _module_shapes(UNet2DConditionModel, unet)  # lazy Vars: nothing is computed
-    assert vae_params(vae) == _module_shapes(AutoencoderKL, vae)
-    assert text_encoder_params(text) == _module_shapes(CLIPTextModel, text)
+    # lazy Vars: nothing is computed
+    assert declared_shapes(unet(unet_cfg)) == _module_shapes(UNet2DConditionModel, unet_cfg)
+    assert declared_shapes(vae(vae_cfg)) == _module_shapes(AutoencoderKL, vae_cfg)
+    assert declared_shapes(text_encoder(text_cfg)) == _module_shapes(CLIPTextModel, text_cfg)
 
 
 BAD_CONFIGS = [
@@ -46,18 +47,19 @@ BAD_CONFIGS = [
 
 
 @pytest.mark.parametrize("component, change", BAD_CONFIGS)
-def test_a_config_the_modules_refuse_is_refused_by_the_rules_too(component, change):
+def test_a_config_we_cannot_build_is_refused_by_the_modules_and_the_check(tmp_path, tiny_model_files, component,
+                                                                          change):
     from common.sd.clip import CLIPTextModel
     from common.sd.unet import UNet2DConditionModel
     from common.sd.vae import AutoencoderKL
-    cls, rule, base = {"unet": (UNet2DConditionModel, unet_params, tiny_weights.UNET),
-                       "vae": (AutoencoderKL, vae_params, tiny_weights.VAE),
-                       "text_encoder": (CLIPTextModel, text_encoder_params, tiny_weights.TEXT_ENCODER)}[component]
-    config = {**base, **change}
+    cls, base = {"unet": (UNet2DConditionModel, tiny_weights.UNET), "vae": (AutoencoderKL, tiny_weights.VAE),
+                 "text_encoder": (CLIPTextModel, tiny_weights.TEXT_ENCODER)}[component]
     with pytest.raises(ValueError):
-        cls(config)
-    with pytest.raises(ValueError):
-        rule(config)
+        cls({**base, **change})
+    model = _copy(tiny_model_files, tmp_path)
+    _edit_json(model / component / "config.json", **change)
+    with pytest.raises(ModelCheckError, match=f"{component}/config.json: {component} config"):
+        inspect_model(model)
 
 
 def test_the_tiny_model_the_devkit_writes_with_jittor_passes(tiny_model_dir):

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from common.jittor_env import load_jittor
-from common.sd.attention import Attention, AttnProcessor
+from common.sd import architecture
+from common.sd.attention import AttnProcessor
+from common.sd.layers import build
 from common.devkit.tiny_weights import tiny_param
 from consumer.features import FeatureStore, MissingFeature, StepClock
 from consumer.processors import InjectProcessor, RecordProcessor
@@ -14,7 +16,7 @@ C, HEADS, N = 16, 2, 64
 
 
 def _attn():
-    attn = Attention(C, heads=HEADS, dim_head=C // HEADS, upcast=True)
+    attn = build(architecture.attention(C, heads=HEADS, dim_head=C // HEADS, upcast=True))
     for key, p in attn.state_dict().items():
         p.assign(jt.array(tiny_param(f"{NAME}.{key}", p.shape)))
     attn.name = NAME

@@ -15,9 +15,10 @@ padding after it. Embeddings are L2-normalised; logits = exp(logit_scale) * imag
 import numpy as np
 
 from common.jittor_env import load_jittor
-from common.sd.clip import _ACTIVATIONS, CLIPEncoder, CLIPTextTransformer
+from common.sd.architecture import clip_encoder, clip_text_transformer
+from common.sd.clip import _ACTIVATIONS
 from common.sd.configs import text_config
-from common.sd.layers import LayerNorm
+from common.sd.layers import LayerNorm, build
 
 jt = load_jittor()
 nn = jt.nn
@@ -68,7 +69,7 @@ class CLIPVisionTransformer(nn.Module):
     def __init__(self, cfg: dict):
         self.embeddings = CLIPVisionEmbeddings(cfg)
         self.pre_layrnorm = LayerNorm(cfg["hidden_size"], cfg["layer_norm_eps"])
-        self.encoder = CLIPEncoder(cfg, _ACTIVATIONS[cfg["hidden_act"]], causal=False)
+        self.encoder = build(clip_encoder(cfg, causal=False))
         self.post_layernorm = LayerNorm(cfg["hidden_size"], cfg["layer_norm_eps"])
 
     def execute(self, pixels):
@@ -93,7 +94,7 @@ class CLIPModel(nn.Module):
         self.text_config, self.vision_config = text_config(text), vision_config(vision)
         self.eos_token_id = text.get("eos_token_id", TEXT_EOS_DEFAULT)
         projection = config.get("projection_dim", PROJECTION_DEFAULT)
-        self.text_model = CLIPTextTransformer(self.text_config, _ACTIVATIONS[self.text_config["hidden_act"]])
+        self.text_model = build(clip_text_transformer(self.text_config))
         self.vision_model = CLIPVisionTransformer(self.vision_config)
         self.visual_projection = nn.Linear(self.vision_config["hidden_size"], projection, bias=False)
         self.text_projection = nn.Linear(self.text_config["hidden_size"], projection, bias=False)

@@ -16,6 +16,7 @@ logits hold scale · q·kᵀ (as diffusers computes them) rather than values √
 import numpy as np
 
 from common.jittor_env import load_jittor
+from common.sd.layers import Declared
 
 jt = load_jittor()
 nn = jt.nn
@@ -125,18 +126,12 @@ class AttnProcessor:
         return attn.project_out(attention(q, k, v, attn.heads, attn.scale, attn.upcast))
 
 
-class Attention(nn.Module):
-    """diffusers' Attention: to_q/to_k/to_v/to_out.0 (to_out.1 is inference-time Dropout)."""
+class Attention(Declared):
+    """diffusers' Attention (`architecture.attention`): to_q/to_k/to_v/to_out.0; to_out.1 is inference-time
+    Dropout. `name` is its diffusers path, set by the UNet."""
 
-    def __init__(self, query_dim, cross_attention_dim=None, heads=8, dim_head=64, upcast=False, bias=False,
-                 out_bias=True):
-        inner = heads * dim_head
-        context_dim = cross_attention_dim or query_dim
-        self.to_q = nn.Linear(query_dim, inner, bias=bias)
-        self.to_k = nn.Linear(context_dim, inner, bias=bias)
-        self.to_v = nn.Linear(context_dim, inner, bias=bias)
-        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim, bias=out_bias), nn.Dropout(0.0)])
-        self.heads, self.scale, self.upcast = heads, dim_head ** -0.5, upcast
+    def __init__(self, declaration):
+        super().__init__(declaration)
         self.name = ""
         self.processor = AttnProcessor()
 

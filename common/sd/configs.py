@@ -2,8 +2,8 @@
 
 Each module (UNet, VAE, text encoder) builds from `*_config(config.json's dict)`, which fills in the
 defaults diffusers/transformers use for omitted keys and refuses, in one line, every value that would
-select an architecture we do not implement. The launcher checks a model folder with the same functions
-before any worker starts (common/model_check.py), so the check and the modules cannot drift apart.
+select an architecture we do not implement. common/sd/architecture.py declares the modules from them, and
+the launcher's check (common/model_check.py) reads that same declaration.
 """
 import re
 

@@ -1,13 +1,16 @@
-"""Building blocks shared by the UNet and the VAE, named like diffusers' modules so keys match.
+"""Building blocks shared by the UNet and the VAE, named like diffusers' modules so keys match, and `build`,
+which makes a module from its declaration (common/sd/architecture.py).
 
 Norms compute in float32 with a two-pass variance: Jittor's own norms take E[x²] − E[x]², which loses
 precision on large activations and runs in the input dtype (fp16 overflows).
 """
 
 from common.jittor_env import load_jittor
+from common.sd.architecture import Layer
 
 jt = load_jittor()
 nn = jt.nn
+_DECLARED = {}  # Block.kind -> the Declared class that runs it
 
 
 def silu(x):
@@ -53,16 +56,38 @@ class LayerNorm(nn.Module):
         return y.cast(dtype)
 
 
-class ResnetBlock2D(nn.Module):
-    """GN → SiLU → conv1 (+ time embedding) → GN → SiLU → conv2, plus a (1x1 conv) shortcut."""
+class Declared(nn.Module):
+    """A module built from its declaration: each child by `build`, each setting an attribute. Subclasses
+    add only the forward pass; a declaration names them by class name (`Block.kind`)."""
 
-    def __init__(self, in_channels, out_channels, temb_channels, groups=32, eps=1e-5):
-        self.norm1 = GroupNorm(groups, in_channels, eps)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
-        self.norm2 = GroupNorm(groups, out_channels, eps)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _DECLARED[cls.__name__] = cls
+
+    def __init__(self, declaration):
+        for name, value in declaration.settings.items():
+            setattr(self, name, value)
+        for name, child in declaration.children.items():
+            setattr(self, name, build(child))
+
+
+LAYERS = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "GroupNorm": GroupNorm, "LayerNorm": LayerNorm,
+          "Embedding": nn.Embedding, "Dropout": nn.Dropout}
+
+
+def build(node):
+    """The Jittor module of a declaration (common/sd/architecture.py): a Layer, a Block, a list, or None."""
+    if node is None:
+        return None
+    if isinstance(node, list):
+        return nn.ModuleList([build(child) for child in node])
+    if isinstance(node, Layer):
+        return LAYERS[node.kind](*node.args)
+    return _DECLARED[node.kind](node)
+
+
+class ResnetBlock2D(Declared):
+    """GN → SiLU → conv1 (+ time embedding) → GN → SiLU → conv2, plus a (1x1 conv) shortcut."""
 
     def execute(self, x, temb=None):
         h = self.conv1(silu(self.norm1(x)))
@@ -72,12 +97,8 @@ class ResnetBlock2D(nn.Module):
         return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
 
 
-class Downsample2D(nn.Module):
+class Downsample2D(Declared):
     """3x3 stride-2 conv; padding 0 means the VAE's asymmetric pad (right and bottom by one)."""
-
-    def __init__(self, channels, padding=1):
-        self.padding = padding
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def execute(self, x):
         if self.padding == 0:
@@ -92,11 +113,8 @@ def upsample_nearest(x, size=None):
     return x.reindex([n, c, oh, ow], ["i0", "i1", f"i2*{h}/{oh}", f"i3*{w}/{ow}"])
 
 
-class Upsample2D(nn.Module):
+class Upsample2D(Declared):
     """Nearest x2 (or to the skip's size when latents are not divisible by 8), then a 3x3 conv."""
-
-    def __init__(self, channels):
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def execute(self, x, size=None):
         return self.conv(upsample_nearest(x, size))
