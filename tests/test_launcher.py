@@ -26,7 +26,7 @@ def test_run_completes_and_a_rerun_does_nothing(tmp_path):
     logs = list((tmp_path / "q" / "logs").glob("*.log"))
     assert logs and "no job left" in logs[0].read_text()
     again = run_launcher(path)
-    assert again.returncode == 0 and "6 finished, 0 to generate" in again.stderr
+    assert again.returncode == 0 and "6 finished, 0 failed; jobs: 0 to generate" in again.stderr
 
 
 def test_a_deleted_output_is_rebuilt_by_one_rerun(tmp_path):
@@ -38,7 +38,7 @@ def test_a_deleted_output_is_rebuilt_by_one_rerun(tmp_path):
     lost.files["content_png"].unlink()
     again = run_launcher(path)
     assert again.returncode == 0, again.stderr
-    assert "5 finished, 1 to generate" in again.stderr
+    assert "5 finished, 0 failed; jobs: 1 to generate" in again.stderr
     check_invariants(path)
 
 

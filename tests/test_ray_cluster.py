@@ -93,7 +93,7 @@ def test_a_cluster_run_places_a_worker_per_gpu_shows_nodes_and_a_rerun_does_noth
     logs = list((tmp_path / "q" / "logs").glob("*.log"))
     assert sum("no job left" in p.read_text() for p in logs) == 2  # each worker's log, in the queue folder
     again = ray_launch(path, cluster.address)
-    assert again.returncode == 0 and f"{TASKS} finished, 0 to generate" in again.stderr, again.stderr
+    assert again.returncode == 0 and f"{TASKS} finished, 0 failed; jobs: 0 to generate" in again.stderr, again.stderr
 
 
 def test_sigkill_of_a_worker_and_of_another_worker_actor_loses_nothing(cluster, tmp_path):

@@ -53,4 +53,4 @@ def test_a_third_stage_runs_first_and_the_pipeline_completes_through_the_launche
     assert all(not read_job(p).errors for p in q.scan("gen")["done"].values())  # no gen ever ran before prep
     assert sorted(p.parent.name for p in (tmp_path / "out").glob("*/prep.txt")) == ["00", "01"]
     again = launch(path, env=ENV)
-    assert again.returncode == 0 and "6 finished, 0 to prepare, 0 to generate" in again.stderr
+    assert again.returncode == 0 and "6 finished, 0 failed; jobs: 0 to prepare, 0 to generate" in again.stderr
