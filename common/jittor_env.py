@@ -304,3 +304,17 @@ def require_device(device: str) -> None:
 def _no_cuda_message() -> str:
     return (f"a GPU was asked for but Jittor has no CUDA here (CUDA_VISIBLE_DEVICES="
             f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}); check the driver and nvcc, or run with --gpus cpu")
+
+
+def main() -> int:
+    """`python -m common.jittor_env`: compile Jittor's core now, as the README's set-up does (not inside the
+    first test or the first run), and say what this machine runs on."""
+    jt = load_jittor()
+    onednn = "yes" if fast_cpu_path() else "no (slow CPU path)"
+    print(f"jstyleid: Jittor {jt.__version__} ready on {'cuda' if jt.flags.use_cuda else 'cpu'}; "
+          f"oneDNN: {onednn}; cache: {jittor_cache()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

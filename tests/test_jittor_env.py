@@ -25,6 +25,13 @@ def test_cpu_import_hides_nvcc_and_uses_onednn():
     assert out.stdout.split()[-3:] == ["''", "0", "True"]
 
 
+def test_the_set_up_command_compiles_jittor_and_says_what_it_runs_on():
+    out = subprocess.run([sys.executable, "-m", "common.jittor_env"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ready on cpu; oneDNN: yes; cache: " in out.stdout
+
+
 def test_without_onednn_it_warns_how_to_fix():
     out = run_python("from common.jittor_env import load_jittor\nload_jittor(use_cuda=False)", use_mkl="0")
     assert out.returncode == 0, out.stderr[-2000:]
