@@ -50,6 +50,19 @@ def test_our_writer_matches_torch_layout(tmp_path):
     assert {n.split("/", 1)[1] for n in names} == {"data.pkl", "data/0", "version", "byteorder"}
 
 
+def test_equal_tensors_written_at_different_times_give_equal_files(tmp_path):
+    """A retrained LoRA equal to the last one keeps its identity (a content hash), so its results stand."""
+    import time
+    state = {"w": np.arange(6, dtype=np.float32)}
+    first, second = tmp_path / "1" / "lora.bin", tmp_path / "2" / "lora.bin"
+    for path in (first, second):
+        path.parent.mkdir()
+        save_torch_zip(state, path)
+        time.sleep(2.1)  # zip member times have a 2-second resolution
+    assert first.read_bytes() == second.read_bytes()
+    assert zipfile.ZipFile(first).read("lora/byteorder") == b"little"
+
+
 def test_truncated_bin_is_one_line_error(tmp_path):
     save_torch_zip({"w": np.zeros(1000, np.float32)}, tmp_path / "w.bin")
     raw = (tmp_path / "w.bin").read_bytes()

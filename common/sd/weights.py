@@ -27,7 +27,6 @@ import math
 import pickle
 import pickletools
 import struct
-import sys
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -633,12 +632,11 @@ def save_torch_zip(state: dict, path, extras: dict = None) -> None:
     path = Path(path)
     storages, data = _pickled_tree(state, extras=extras)
     root = path.name.split(".")[0] or "archive"
+    members = [("data.pkl", data), ("byteorder", b"little")]  # the storages are written little-endian
+    members += [(f"data/{s.key}", _little_endian_bytes(s.array)) for s in storages] + [("version", b"3\n")]
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr(f"{root}/data.pkl", data)
-        archive.writestr(f"{root}/byteorder", sys.byteorder)
-        for s in storages:
-            archive.writestr(f"{root}/data/{s.key}", _little_endian_bytes(s.array))
-        archive.writestr(f"{root}/version", "3\n")
+        for name, payload in members:  # a fixed date: equal tensors give an equal file, hence one identity
+            archive.writestr(zipfile.ZipInfo(f"{root}/{name}", date_time=(1980, 1, 1, 0, 0, 0)), payload)
 
 
 def save_torch_legacy(state: dict, path) -> None:
