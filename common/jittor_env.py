@@ -17,7 +17,8 @@ to load would otherwise mean silently slow generic kernels.
 Several processes may start at once on a cold cache (one worker per GPU). Jittor serialises its per-op
 compiles with a file lock, but not the first steps of its import (recording $JITTOR_HOME in a config file)
 nor our oneDNN links: `load_jittor` runs those under a lock of its own. Jittor's caches live in
-`jittor_cache()`, found as Jittor finds it ($JITTOR_HOME honoured).
+`jittor_cache()`, found as Jittor finds it ($JITTOR_HOME honoured); its kernels under one name, not the
+git branch Jittor would read (`CACHE_NAME`).
 """
 import atexit
 import ctypes
@@ -47,6 +48,7 @@ DEVICES = ("cpu", "cuda")
 # cuDNN convolution algorithms Jittor remembers per process (its default, 100, is less than one worker needs:
 # ~33 UNet conv shapes per batch size, several batch sizes, the VAE; past it every call re-chooses).
 CONV_ALGO_CACHE = 4096
+CACHE_NAME = "jstyleid"
 
 
 class DeviceUnavailable(RuntimeError):
@@ -189,6 +191,9 @@ def load_jittor(use_cuda=None):
     if not use_cuda:
         os.environ["nvcc_path"] = ""
     os.environ.setdefault("use_mkl", "1")
+    # Jittor names its kernel cache after the git branch of the folder it is installed in (ours, with a
+    # project .venv): one fixed name keeps a branch switch from recompiling every kernel (docs/engine.md §12)
+    os.environ.setdefault("cache_name", CACHE_NAME)
     os.environ.setdefault("log_silent", "1")  # use_device("cuda") checks what its dropped warnings would say
     with _import_lock():
         have_onednn = os.environ["use_mkl"] == "1" and _link_onednn_for_jittor()

@@ -19,10 +19,12 @@ def run_python(code, **env):
 def test_cpu_import_hides_nvcc_and_uses_onednn():
     out = run_python("from common.jittor_env import load_jittor, fast_cpu_path\n"
                      "import os\n"
+                     "from pathlib import Path\n"
                      "jt = load_jittor(use_cuda=False)\n"
-                     "print(repr(os.environ['nvcc_path']), jt.flags.use_cuda, fast_cpu_path())")
+                     "print(repr(os.environ['nvcc_path']), jt.flags.use_cuda, fast_cpu_path(), "
+                     "Path(jt.flags.cache_path).name)")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-3:] == ["''", "0", "True"]
+    assert out.stdout.split()[-4:] == ["''", "0", "True", "jstyleid"]  # the kernels' folder: not the branch
 
 
 def test_the_set_up_command_compiles_jittor_and_says_what_it_runs_on():
