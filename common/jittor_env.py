@@ -36,6 +36,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from common import kernel_header
+
 # The folder name Jittor's installer looks for; if it holds lib/libmkldnn.so, Jittor downloads nothing.
 _JITTOR_DNNL_DIR = {"x86_64": "dnnl_lnx_2.2.0_cpu_gomp", "aarch64": "dnnl_lnx_2.2.0_cpu_gomp_aarch64"}
 SLOW_CPU_WARNING = (
@@ -204,6 +206,7 @@ def load_jittor(use_cuda=None):
                   f"(cached in {jittor_cache()})", file=sys.stderr, flush=True)
         with _default_signals(), _without_torch():
             import jittor as jt
+        kernel_header.install(jt)  # before any kernel compiles (docs/engine.md §12)
     _close_compile_pool()
     on_cuda = bool(use_cuda and jt.has_cuda)
     if not on_cuda and (not have_onednn or jt.compile_extern.mkl_ops is None):  # a GPU process needs no oneDNN
