@@ -319,8 +319,9 @@ def main() -> int:
     first test or the first run), and say what this machine runs on."""
     jt = load_jittor()
     onednn = "yes" if fast_cpu_path() else "no (slow CPU path)"
+    header = "yes" if kernel_header.install(jt) else "no"  # already there: this only checks it
     print(f"jstyleid: Jittor {jt.__version__} ready on {'cuda' if jt.flags.use_cuda else 'cpu'}; "
-          f"oneDNN: {onednn}; cache: {jittor_cache()}")
+          f"oneDNN: {onednn}; precompiled kernel header: {header}; cache: {jittor_cache()}")
     return 0
 
 

@@ -9,6 +9,7 @@ import signal
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from common.atomic import write_npy, write_png
@@ -117,3 +118,19 @@ def test_a_worker_stopped_past_its_ttl_whose_jobs_went_to_another_changes_nothin
     assert {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in placed} == placed
     assert {s: q.count_done(s) for s in q.stages} == done
     check_invariants(path)
+
+
+def test_a_worker_stopped_between_batches_is_fenced_before_it_claims_or_exits(tmp_path, monkeypatch):
+    # The race the test above can meet: stopped just after a batch's last write, the worker finds the queue
+    # finished by another and would exit 0 (or claim a job) as if it had never been silent.
+    path = write_config(tmp_path, queue={"ttl_loading_s": 1.0, "ttl_working_s": 1.0})
+    worker = Worker(load_config(path), "cpu", "both", 1, fenced=True)  # nothing planned: nothing in flight
+    write = worker.lease._write
+
+    def write_then_stopped():
+        write()
+        worker.lease._written -= 60.0  # a minute's SIGSTOP right after this write
+
+    monkeypatch.setattr(worker.lease, "_write", write_then_stopped)
+    with pytest.raises(lease.Fenced):
+        worker.run()

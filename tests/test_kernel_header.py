@@ -1,8 +1,6 @@
 """Jittor's CPU kernels parse a precompiled header (common/kernel_header.py): it must be used, generate the
 same code as the plain headers, and never break a compile when it cannot be built."""
-import re
-import shlex
-import subprocess
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,42 +8,30 @@ import numpy as np
 import pytest
 
 from common import kernel_header
+from common.devkit.kernel_compile import compile_kernel, code
 from common.jittor_env import load_jittor
 
-KERNEL_START = "\n#define JIT 1\n#define JIT_cpu 1\n#include <cmath>\n"
 
-
-def compile_to_assembly(cc_flags: str, source: Path, output: Path) -> str:
-    """Parse `source` as Jittor's compile of a kernel does (to assembly, -g); g++'s -H list of headers."""
-    flags = [f for f in shlex.split(cc_flags) if f != "-shared" and not f.startswith(("-l", "-L"))]
-    out = subprocess.run(["g++", str(source), *flags, "-H", "-w", "-S", "-g", "-o", str(output)],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stderr
-
-
-def instructions(assembly: Path) -> list:
-    """The assembly without its directives and local labels (debug line numbers and file names)."""
-    return [line for line in assembly.read_text().splitlines() if not re.match(r"\s*\.", line)]
-
-
-def test_kernels_parse_the_precompiled_header_and_compile_to_the_same_code(tmp_path):
+@pytest.fixture(scope="module")
+def jt():
+    """Jittor, with at least two fused kernels of ours in its cache."""
+    if kernel_header.gpu_machine():
+        pytest.skip("a GPU is installed here: the header stays out of nvcc's way")
     jt = load_jittor()
     a = jt.array(np.arange(6, dtype=np.float32).reshape(2, 3))
-    ((a * 0.5).exp().maximum(a) - a.sqrt()).sum(dim=1).sync()  # at least one fused kernel in the cache
+    ((a * 0.5).exp().maximum(a) - a.sqrt()).sum(dim=1).sync()
+    (a.sigmoid() * a + 1).sync()
+    return jt
+
+
+def test_kernels_parse_the_precompiled_header_and_compile_to_the_same_code(jt, tmp_path):
     cache = Path(jt.flags.cache_path)
     assert kernel_header.install(jt) and (cache / "cmath.gch").is_file()
-    source = next(p for p in sorted((cache / "jit").glob("*_op.cc")) if p.read_text().startswith(KERNEL_START))
-    with_header = compile_to_assembly(jt.flags.cc_flags, source, tmp_path / "with.s")
-    assert f"! {cache / 'cmath.gch'}" in with_header.splitlines()  # g++ marks a valid precompiled header "!"
-    plain_folder = tmp_path / "plain"
-    plain_folder.mkdir()
-    (plain_folder / "cmath").write_text((cache / "cmath").read_text())  # the fallback only, no .gch
-    plain_flags = jt.flags.cc_flags.replace(f'-I"{cache}"', f'-I"{plain_folder}"')
-    assert plain_flags != jt.flags.cc_flags
-    without_header = compile_to_assembly(plain_flags, source, tmp_path / "without.s")
-    assert "! " not in without_header and "kernel_headers" not in without_header
-    assert instructions(tmp_path / "with.s") == instructions(tmp_path / "without.s")
+    source = kernel_header.kernels_using_header(cache)[0]
+    _, used = compile_kernel(jt, source, tmp_path / "with.s", header=True)
+    _, used_without = compile_kernel(jt, source, tmp_path / "without.s", header=False)
+    assert used and not used_without
+    assert code(tmp_path / "with.s") == code(tmp_path / "without.s")
 
 
 def fake_jittor(cache: Path, cc_flags: str, has_cuda=False):
@@ -73,6 +59,16 @@ def test_a_failed_build_warns_and_leaves_the_plain_headers(tmp_path):
     assert (tmp_path / "cmath").read_text() == "#include_next <cmath>\n"
 
 
-def test_nothing_is_written_for_cuda(tmp_path):
+def test_nothing_is_written_where_a_gpu_is(tmp_path, monkeypatch):
     assert not kernel_header.install(fake_jittor(tmp_path, "", has_cuda=True))
+    monkeypatch.setattr(kernel_header.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    assert not kernel_header.install(fake_jittor(tmp_path, ""))  # a GPU machine running on its CPU
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_benchmark_compiles_kernels_both_ways_to_the_same_code(jt, tmp_path):
+    from benchmarks.kernel_compile import main
+    main(["--kernels", "2", "--json", str(tmp_path / "out.json")])
+    figures = json.loads((tmp_path / "out.json").read_text())
+    assert figures["kernels_same_code"] == figures["kernels_using_header"] == figures["setup"]["kernels"] == 2
+    assert figures["plain_s_per_kernel"] > 0 and figures["header_build_s"] > 0

@@ -117,6 +117,7 @@ class Worker:
         try:
             self.lease.beat("loading", force=True)
             while not self.stopping:
+                self.lease.check()  # stopped past the TTL between batches: fenced before it claims or exits
                 stage = self.pick()
                 jobs = []
                 if stage is not None:
